@@ -1,0 +1,105 @@
+"""Generator parameters: one declaration per parameter, used for validation and by the CLI.
+
+Every component declares its parameters as a tuple of :class:`Param`. The component's
+``__init__`` calls :func:`check` on its keyword arguments, so a bad value is rejected at
+construction with a message that names the parameter and its allowed range; the CLI uses the
+same declarations to parse ``--param k=v`` strings and to list defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Param", "ParamError", "check", "parse_value", "defaults"]
+
+
+class ParamError(ValueError):
+    """A generator parameter is out of its allowed range or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One generator parameter.
+
+    ``kind`` is ``int`` or ``bool``. Integers have an inclusive range ``[lo, hi]``; a
+    ``multiple_of`` names another parameter this one must be a multiple of. A parameter with
+    ``follows`` set takes that parameter's value unless given explicitly (its ``default`` is
+    then ``None``).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    lo: int | None = None
+    hi: int | None = None
+    multiple_of: str | None = None
+    follows: str | None = None
+
+    def default_text(self) -> str:
+        if self.follows:
+            return f"= {self.follows}"
+        return str(self.default).lower() if self.kind is bool else str(self.default)
+
+    def allowed(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        text = f"an integer in [{self.lo}, {self.hi}]"
+        if self.multiple_of:
+            text += f" and a multiple of {self.multiple_of}"
+        return text
+
+    def validate(self, value: Any, values: dict[str, Any]) -> Any:
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ParamError(f"{self.name} must be true or false, not {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamError(f"{self.name} must be {self.allowed()}, not {value!r}")
+        if not self.lo <= value <= self.hi:
+            raise ParamError(f"{self.name} must be {self.allowed()}, not {value}")
+        if self.multiple_of is not None:
+            base = values[self.multiple_of]
+            if value % base != 0:
+                raise ParamError(
+                    f"{self.name} must be {self.allowed()} (= {base}), not {value}"
+                )
+        return value
+
+
+def check(params: tuple[Param, ...], **values: Any) -> dict[str, Any]:
+    """Validate ``values`` against ``params`` in declaration order; return them unchanged."""
+    known = {p.name for p in params}
+    for name in values:
+        if name not in known:
+            raise ParamError(f"unknown parameter {name!r}; valid: {', '.join(sorted(known))}")
+    for p in params:
+        p.validate(values[p.name], values)
+    return values
+
+
+def parse_value(param: Param, text: str) -> Any:
+    """Turn the string a user typed (``--param k=v``) into the parameter's type."""
+    if param.kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ParamError(f"{param.name} must be {param.allowed()}, not {text!r}")
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ParamError(f"{param.name} must be {param.allowed()}, not {text!r}") from None
+
+
+def defaults(params: tuple[Param, ...], given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter's value: ``given`` where present, else its default (or, for a parameter
+    that ``follows`` another, that one's value)."""
+    values = {p.name: p.default for p in params}
+    values.update(given or {})
+    for p in params:
+        if p.follows and (given is None or p.name not in given):
+            values[p.name] = values[p.follows]
+    return values

@@ -1,0 +1,80 @@
+"""The registry of generator units: what ``heterotron list/generate/lint/sim`` know about.
+
+Adding a unit means adding one :class:`Unit` to :data:`UNITS` (see ``docs/adding-a-unit.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from amaranth.lib import wiring
+
+from .params import Param, ParamError, defaults, parse_value
+from .requantizer import Requantizer
+
+__all__ = ["Unit", "UNITS", "get_unit", "UnitError"]
+
+
+class UnitError(ValueError):
+    """An unknown unit name."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A generator unit: its component class, its cocotb testbench module, a one-line summary."""
+
+    name: str
+    component: Callable[..., wiring.Component]
+    testbench: str
+    summary: str
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        return self.component.PARAMS
+
+    def defaults(self) -> dict[str, Any]:
+        return defaults(self.params)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        valid = ", ".join(p.name for p in self.params)
+        raise ParamError(f"{self.name} has no parameter {name!r}; valid: {valid}")
+
+    def resolve(self, config: dict[str, Any] | None = None,
+                overrides: dict[str, str] | None = None) -> dict[str, Any]:
+        """Defaults, then a configuration section (typed values), then ``--param`` strings."""
+        given: dict[str, Any] = {}
+        for name, value in (config or {}).items():
+            self.param(name)
+            given[name] = value
+        for name, text in (overrides or {}).items():
+            given[name] = parse_value(self.param(name), text)
+        return defaults(self.params, given)
+
+    def build(self, params: dict[str, Any]) -> wiring.Component:
+        """Construct the component; raises :class:`ParamError` on a bad parameter."""
+        return self.component(**params)
+
+
+UNITS: dict[str, Unit] = {
+    u.name: u
+    for u in [
+        Unit(
+            name="requantizer",
+            component=Requantizer,
+            testbench="heterotron.tb.requantizer",
+            summary="int32 -> int8 by a run-time dyadic scale per channel, optional residual add",
+        ),
+    ]
+}
+
+
+def get_unit(name: str) -> Unit:
+    try:
+        return UNITS[name]
+    except KeyError:
+        raise UnitError(f"unknown unit {name!r}; known units: {', '.join(UNITS)}") from None

@@ -1,0 +1,143 @@
+"""Component -> Verilog + JSON sidecar, cached by unit, parameters and generator source."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from amaranth.back import verilog
+from amaranth.hdl import Shape
+from amaranth.lib import data, wiring
+from heterotron.hdl.units import Unit
+
+__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest", "locked"]
+
+
+def build_root() -> Path:
+    """Where generated files are cached: ``$HETEROTRON_BUILD_DIR`` or ``./build``."""
+    return Path(os.environ.get("HETEROTRON_BUILD_DIR", "build")).resolve()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("heterotron")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def source_digest() -> str:
+    """Hash of the generator's HDL sources: a changed component invalidates every cache entry."""
+    import heterotron.hdl as hdl
+
+    h = hashlib.sha256()
+    for path in sorted(Path(next(iter(hdl.__path__))).glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(unit: Unit, params: dict[str, Any]) -> str:
+    blob = json.dumps({"unit": unit.name, "params": params, "src": source_digest()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (parallel test workers share the cache)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def describe_shape(shape) -> Any:
+    """A JSON description of a port's shape: bit offsets for structured payloads."""
+    if isinstance(shape, data.ArrayLayout):
+        return {"array": describe_shape(shape.elem_shape), "length": shape.length,
+                "stride": Shape.cast(shape.elem_shape).width}
+    if isinstance(shape, data.StructLayout):
+        return {"struct": {name: {"offset": field.offset, "shape": describe_shape(field.shape)}
+                           for name, field in shape}}
+    s = Shape.cast(shape)
+    return f"{'signed' if s.signed else 'unsigned'}({s.width})"
+
+
+def sidecar(unit: Unit, component: wiring.Component, module: str) -> dict[str, Any]:
+    """Ports, parameters and latency of a generated module, from the component itself."""
+    ports = [
+        {"name": "clk", "direction": "input", "width": 1},
+        {"name": "rst", "direction": "input", "width": 1},
+    ]
+    for path, member, _value in component.signature.flatten(component):
+        ports.append({
+            "name": "__".join(str(p) for p in path),
+            "direction": "input" if member.flow == wiring.In else "output",
+            "width": Shape.cast(member.shape).width,
+            "shape": describe_shape(member.shape),
+        })
+    return {
+        "format": "heterotron-sidecar/1",
+        "generator": f"heterotron {_version()}",
+        "unit": unit.name,
+        "module": module,
+        "summary": unit.summary,
+        "parameters": component.parameters,
+        "latency_cycles": component.latency,
+        "clock": "clk (rising edge)",
+        "reset": "rst (synchronous, active high)",
+        "ports": ports,
+    }
+
+
+@dataclass(frozen=True)
+class Generated:
+    verilog: Path
+    sidecar: Path
+    module: str
+    params: dict[str, Any]
+    key: str
+
+
+def generate(unit: Unit, params: dict[str, Any], out_dir: Path | None = None) -> Generated:
+    """Write ``<unit>.v`` and ``<unit>.json`` for ``params``.
+
+    Without ``out_dir`` the files go to the cache ``build/gen/<unit>/<key>/`` and an unchanged
+    entry is reused; with ``out_dir`` they are always written there.
+    """
+    component = unit.build(params)  # validates every parameter
+    params = component.parameters
+    key = cache_key(unit, params)
+    cached = out_dir is None
+    directory = build_root() / "gen" / unit.name / key if cached else Path(out_dir)
+    v_path, j_path = directory / f"{unit.name}.v", directory / f"{unit.name}.json"
+    if not cached:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write(unit, component, v_path, j_path)
+        return Generated(v_path, j_path, unit.name, params, key)
+    with locked(directory):
+        if not (v_path.exists() and j_path.exists()):
+            _write(unit, component, v_path, j_path)
+    return Generated(v_path, j_path, unit.name, params, key)
+
+
+def _write(unit: Unit, component: wiring.Component, v_path: Path, j_path: Path) -> None:
+    text = verilog.convert(component, name=unit.name, emit_src=False)
+    meta = sidecar(unit, component, unit.name)
+    # Write to temporary names first: an interrupted run never leaves a half file in the cache.
+    v_tmp, j_tmp = v_path.with_suffix(".v.tmp"), j_path.with_suffix(".json.tmp")
+    v_tmp.write_text(text)
+    j_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    v_tmp.replace(v_path)
+    j_tmp.replace(j_path)

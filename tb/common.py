@@ -1,0 +1,227 @@
+"""Shared cocotb testbench pieces: parameters from the runner, lane packing, stream source and
+sink with random valid gaps and back-pressure, a stream-rule checker and a scoreboard.
+
+Timing discipline (the same on Verilator and Icarus): every driver writes its inputs just after
+a rising edge; every monitor samples after the falling edge in the read-only phase, when the
+values that the next rising edge will act on have settled. A transfer happens at a rising edge
+when the sampled ``valid`` and ``ready`` were both high.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+
+__all__ = [
+    "params_from_env",
+    "vectors_from_env",
+    "stalls_from_env",
+    "make_rng",
+    "pack",
+    "unpack",
+    "StreamSource",
+    "StreamSink",
+    "Scoreboard",
+    "ClockedBench",
+]
+
+CLOCK_NS = 10
+
+
+def params_from_env(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The generator parameters the runner built this model with."""
+    raw = os.environ.get("HETEROTRON_PARAMS")
+    params = dict(defaults)
+    if raw:
+        params.update(json.loads(raw))
+    return params
+
+
+def vectors_from_env(default: int) -> int:
+    return int(os.environ.get("HETEROTRON_VECTORS", default))
+
+
+def stalls_from_env() -> bool:
+    """Random valid gaps and back-pressure are on unless the runner switched them off."""
+    return os.environ.get("HETEROTRON_STALLS", "1") != "0"
+
+
+def make_rng(salt: int = 0) -> np.random.Generator:
+    """NumPy generator seeded from cocotb's seed (``heterotron sim --seed N``)."""
+    return np.random.default_rng([cocotb.RANDOM_SEED & 0xFFFFFFFF, salt])
+
+
+def pack(values: Iterable[int], width: int) -> int:
+    """Pack signed or unsigned lane values into one integer, lane 0 in the low bits."""
+    mask = (1 << width) - 1
+    word = 0
+    for k, v in enumerate(values):
+        word |= (int(v) & mask) << (k * width)
+    return word
+
+
+def unpack(word: int, width: int, count: int, signed: bool = True) -> list[int]:
+    """Split an integer into ``count`` lanes of ``width`` bits (two's complement if signed)."""
+    mask = (1 << width) - 1
+    out = []
+    for k in range(count):
+        v = (word >> (k * width)) & mask
+        if signed and v >> (width - 1):
+            v -= 1 << width
+        out.append(v)
+    return out
+
+
+class StreamSource:
+    """Drives ``<prefix>__valid`` / ``<prefix>__payload`` from a queue of packed words, with a
+    random gap before each beat (probability ``gap``, re-drawn per cycle)."""
+
+    def __init__(self, dut, prefix: str, rng: np.random.Generator, gap: float = 0.0):
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.payload = getattr(dut, f"{prefix}__payload")
+        self.rng = rng
+        self.gap = gap
+        self.queue: deque[int] = deque()
+        self.sent = 0
+        self._valid = False
+        self._fired = False
+        self.valid.value = 0
+
+    def send(self, words: Iterable[int]) -> None:
+        self.queue.extend(words)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self._valid
+
+    def sample(self) -> None:
+        self._fired = self._valid and bool(self.ready.value)
+
+    def drive(self) -> None:
+        if self._fired:
+            self.queue.popleft()
+            self.sent += 1
+            self._valid = False
+        if not self._valid and self.queue and not (self.gap and self.rng.random() < self.gap):
+            self._valid = True
+            self.payload.value = self.queue[0]
+        self.valid.value = int(self._valid)
+
+
+class StreamSink:
+    """Drives ``<prefix>__ready`` high with probability ``1 - stall``, collects transfers, and
+    checks the stream rules: once valid, the source holds valid and payload until taken."""
+
+    def __init__(self, dut, prefix: str, rng: np.random.Generator, stall: float = 0.0,
+                 on_beat: Callable[[int], None] | None = None):
+        self.valid = getattr(dut, f"{prefix}__valid")
+        self.ready = getattr(dut, f"{prefix}__ready")
+        self.payload = getattr(dut, f"{prefix}__payload")
+        self.name = prefix
+        self.rng = rng
+        self.stall = stall
+        self.on_beat = on_beat
+        self.received = 0
+        self._ready = False
+        self._pending: int | None = None  # payload offered but not taken at the last edge
+        self.ready.value = 0
+
+    def sample(self) -> None:
+        valid = bool(self.valid.value)
+        if self._pending is not None:
+            assert valid, f"{self.name}: valid dropped before the beat was taken"
+            word = self.payload.value.to_unsigned()
+            assert word == self._pending, (
+                f"{self.name}: payload changed while waiting: "
+                f"{self._pending:#x} -> {word:#x}")
+        if not valid:
+            self._pending = None
+            return
+        word = self.payload.value.to_unsigned()
+        if self._ready:
+            self._pending = None
+            self.received += 1
+            if self.on_beat is not None:
+                self.on_beat(word)
+        else:
+            self._pending = word
+
+    def drive(self) -> None:
+        self._ready = not (self.stall and self.rng.random() < self.stall)
+        self.ready.value = int(self._ready)
+
+
+class Scoreboard:
+    """In-order comparison of received beats with the golden model's expected beats."""
+
+    def __init__(self, name: str, fmt: Callable[[int], Any] = hex):
+        self.name = name
+        self.fmt = fmt
+        self.expected: deque[tuple[int, Any]] = deque()
+        self.matched = 0
+
+    def expect(self, word: int, context: Any = None) -> None:
+        self.expected.append((word, context))
+
+    def got(self, word: int) -> None:
+        assert self.expected, f"{self.name}: unexpected extra beat {self.fmt(word)}"
+        want, context = self.expected.popleft()
+        assert word == want, (
+            f"{self.name}: beat {self.matched} mismatch: got {self.fmt(word)}, "
+            f"expected {self.fmt(want)} ({context})")
+        self.matched += 1
+
+    def check_done(self) -> None:
+        assert not self.expected, (
+            f"{self.name}: {len(self.expected)} expected beats never arrived "
+            f"(after {self.matched} matched)")
+
+
+class ClockedBench:
+    """Starts the clock, resets the DUT, and steps all sources and sinks once per cycle."""
+
+    def __init__(self, dut, parts: Sequence[Any] = ()):
+        self.dut = dut
+        self.parts = list(parts)
+        self.cycle = 0
+        self._task = None
+
+    async def start(self, reset_cycles: int = 2) -> None:
+        Clock(self.dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
+        self.dut.rst.value = 1
+        for _ in range(reset_cycles):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+        self._task = cocotb.start_soon(self._step_forever())
+
+    async def _step_forever(self) -> None:
+        while True:
+            await FallingEdge(self.dut.clk)
+            await ReadOnly()
+            for part in self.parts:
+                part.sample()
+            await RisingEdge(self.dut.clk)
+            self.cycle += 1
+            for part in self.parts:
+                part.drive()
+
+    async def cycles(self, n: int) -> None:
+        for _ in range(n):
+            await RisingEdge(self.dut.clk)
+
+    async def wait_until(self, done: Callable[[], bool], limit: int, what: str) -> None:
+        """Wait for ``done()``; fail (watchdog) after ``limit`` cycles without it."""
+        for _ in range(limit):
+            if done():
+                return
+            await RisingEdge(self.dut.clk)
+        raise AssertionError(f"watchdog: {what} not done after {limit} cycles")
