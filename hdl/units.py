@@ -11,7 +11,7 @@ from typing import Any
 
 from amaranth.lib import wiring
 
-from .params import Param, ParamError, defaults, parse_value
+from .params import Param, ParamError, check, defaults, parse_value
 from .requantizer import Requantizer
 
 __all__ = ["Unit", "UNITS", "get_unit", "UnitError"]
@@ -54,6 +54,10 @@ class Unit:
         for name, text in (overrides or {}).items():
             given[name] = parse_value(self.param(name), text)
         return defaults(self.params, given)
+
+    def validate(self, params: dict[str, Any]) -> None:
+        """Raise :class:`ParamError` for a bad parameter, as construction would."""
+        check(self.params, **params)
 
     def build(self, params: dict[str, Any]) -> wiring.Component:
         """Construct the component; raises :class:`ParamError` on a bad parameter."""

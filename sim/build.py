@@ -16,6 +16,8 @@ from typing import Any
 from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import data, wiring
+
+from heterotron.hdl.params import defaults
 from heterotron.hdl.units import Unit
 
 __all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest", "locked"]
@@ -116,23 +118,24 @@ def generate(unit: Unit, params: dict[str, Any], out_dir: Path | None = None) ->
     Without ``out_dir`` the files go to the cache ``build/gen/<unit>/<key>/`` and an unchanged
     entry is reused; with ``out_dir`` they are always written there.
     """
-    component = unit.build(params)  # validates every parameter
-    params = component.parameters
+    params = defaults(unit.params, params)
+    unit.validate(params)
     key = cache_key(unit, params)
     cached = out_dir is None
     directory = build_root() / "gen" / unit.name / key if cached else Path(out_dir)
     v_path, j_path = directory / f"{unit.name}.v", directory / f"{unit.name}.json"
     if not cached:
         directory.mkdir(parents=True, exist_ok=True)
-        _write(unit, component, v_path, j_path)
+        _write(unit, params, v_path, j_path)
         return Generated(v_path, j_path, unit.name, params, key)
     with locked(directory):
         if not (v_path.exists() and j_path.exists()):
-            _write(unit, component, v_path, j_path)
+            _write(unit, params, v_path, j_path)
     return Generated(v_path, j_path, unit.name, params, key)
 
 
-def _write(unit: Unit, component: wiring.Component, v_path: Path, j_path: Path) -> None:
+def _write(unit: Unit, params: dict[str, Any], v_path: Path, j_path: Path) -> None:
+    component = unit.build(params)
     text = verilog.convert(component, name=unit.name, emit_src=False)
     meta = sidecar(unit, component, unit.name)
     # Write to temporary names first: an interrupted run never leaves a half file in the cache.

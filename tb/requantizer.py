@@ -9,6 +9,7 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 from cocotb.triggers import RisingEdge
+
 from heterotron.hdl.params import defaults
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.sim.requantizer import requantize

@@ -1,0 +1,265 @@
+"""Requantizer: golden model properties, RTL in Amaranth's simulator, and the cocotb testbench
+on Verilator (and Icarus when installed)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heterotron.hdl.params import ParamError
+from heterotron.hdl.requantizer import Requantizer
+from heterotron.hdl.units import get_unit
+from heterotron.sim.amaranth_sim import stream_get, stream_put
+from heterotron.sim.requantizer import dyadic, requantize, round_shift, saturate
+from heterotron.sim.runner import run_sim
+from heterotron.sim.toolchain import icarus_available
+
+# -- golden model -----------------------------------------------------------------------------
+
+
+def exact_round_half_up(p: int, e: int) -> int:
+    """Reference rounding from rational arithmetic: floor(p / 2^e + 1/2)."""
+    return math.floor(Fraction(p, 1 << e) + Fraction(1, 2))
+
+
+@given(st.integers(-(1 << 80), 1 << 80), st.integers(0, 100))
+def test_round_shift_is_round_half_up(p, e):
+    assert int(round_shift(p, e)) == exact_round_half_up(p, e)
+
+
+@given(st.lists(st.integers(-(1 << 60), 1 << 60), min_size=1, max_size=50), st.integers(0, 70))
+def test_round_shift_int64_path_matches_exact(ps, e):
+    got = round_shift(np.array(ps, dtype=np.int64), e)
+    assert got.dtype != object
+    assert [int(v) for v in got] == [exact_round_half_up(p, e) for p in ps]
+
+
+def test_ties_round_towards_plus_infinity():
+    # 2.5 -> 3, -2.5 -> -2, 1.5 -> 2, -1.5 -> -1, -0.5 -> 0, 0.5 -> 1
+    p = np.array([5, -5, 3, -3, -1, 1])
+    assert round_shift(p, 1).tolist() == [3, -2, 2, -1, 0, 1]
+    # just off the tie goes to the nearest
+    assert round_shift(np.array([-11, -9]), 2).tolist() == [-3, -2]  # -2.75, -2.25
+
+
+def test_saturation_never_wraps():
+    x = np.array([-(1 << 40), -129, -128, 127, 128, 1 << 40])
+    assert saturate(x, 8).tolist() == [-128, -128, -128, 127, 127, 127]
+    assert requantize(np.array([1 << 31 - 1]), (1 << 31) - 1, 0, 8).tolist() == [127]
+
+
+@settings(max_examples=300)
+@given(st.integers(-(1 << 31), (1 << 31) - 1), st.integers(0, (1 << 31) - 1), st.integers(0, 80),
+       st.integers(2, 16))
+def test_requantize_is_rounded_saturated_product(z, m, e, bits):
+    want = exact_round_half_up(z * m, e)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    assert int(requantize(z, m, e, bits)) == min(max(want, lo), hi)
+
+
+@given(st.integers(-(1 << 31), (1 << 31) - 1), st.integers(-(1 << 21), (1 << 21) - 1),
+       st.integers(0, (1 << 31) - 1), st.integers(0, 63), st.integers(0, (1 << 31) - 1),
+       st.integers(0, 63))
+def test_residual_rounds_each_term_then_adds(z, y, m, e, m_y, e_y):
+    want = exact_round_half_up(z * m, e) + exact_round_half_up(y * m_y, e_y)
+    got = int(requantize(z, m, e, 8, y=y, m_y=m_y, e_y=e_y))
+    assert got == min(max(want, -128), 127)
+
+
+def test_requantize_per_channel_broadcast():
+    z = np.array([[100, 100, 100], [-7, 0, 7]])
+    m = np.array([1 << 30, 1 << 29, 3 << 28])
+    e = np.array([31, 31, 30])
+    got = requantize(z, m, e)
+    want = [[exact_round_half_up(int(z[r, c]) * int(m[c]), int(e[c])) for c in range(3)]
+            for r in range(2)]
+    assert got.tolist() == want
+
+
+def test_requantize_rejects_out_of_range_scales():
+    with pytest.raises(ValueError, match="m must be"):
+        requantize(1, 1 << 31, 3)
+    with pytest.raises(ValueError, match="e must be"):
+        requantize(1, 5, -1)
+    with pytest.raises(ValueError, match="residual"):
+        requantize(1, 5, 1, y=3)
+
+
+@given(st.floats(1e-12, 1e6, allow_nan=False, allow_infinity=False))
+def test_dyadic_approximates_ratio(ratio):
+    m, e = dyadic(ratio)
+    assert (1 << 30) <= m < (1 << 31)
+    assert e >= 0
+    assert abs(m / 2**e - ratio) <= ratio * 2.0**-31
+
+
+def test_dyadic_edges():
+    # a mantissa that rounds up to 2^31 is renormalised, exactly
+    m, e = dyadic(1 - 2**-40)
+    assert m == 1 << 30 and e == 30
+    assert dyadic(0.5) == (1 << 30, 31)
+    assert dyadic(0.75, m_bits=8) == (192, 8)
+    # capped shift keeps the value, losing mantissa bits
+    m, e = dyadic(2**-40 * 1.25, max_shift=45)
+    assert e == 45 and m == 40
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive finite"):
+            dyadic(bad)
+    with pytest.raises(ValueError, match="too large"):
+        dyadic(2.0**40)
+    with pytest.raises(ValueError, match="too small"):
+        dyadic(2.0**-80, max_shift=63)
+
+
+def test_dyadic_scale_requantizes_like_float():
+    """Folding a float scale into (m, e) costs at most the half-LSB of rounding."""
+    rng = np.random.default_rng(0)
+    for ratio in (1 / 3, 0.0123, 7.3e-5, 0.99):
+        m, e = dyadic(ratio)
+        z = rng.integers(-(1 << 24), 1 << 24, size=2000)
+        got = requantize(z, m, e, 32)
+        assert np.max(np.abs(got - z * ratio)) <= 0.5 + np.max(np.abs(z)) * ratio * 2.0**-30
+
+
+# -- parameters -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lanes=0), "lanes must be an integer in [1, 64], not 0"),
+    (dict(lanes=65), "lanes must be an integer in [1, 64]"),
+    (dict(lanes=4, channels=6), "channels must be an integer in [1, 4096] and a multiple of lanes"),
+    (dict(in_width=1), "in_width must be an integer in [2, 48]"),
+    (dict(out_width=33), "out_width must be an integer in [2, 32]"),
+    (dict(m_width=32), "m_width must be an integer in [1, 31]"),
+    (dict(max_shift=0), "max_shift must be an integer in [1, 127]"),
+    (dict(residual=1), "residual must be true or false"),
+    (dict(lanes=2.0), "lanes must be an integer"),
+])
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_bad_parameters_rejected(kwargs, message):
+    with pytest.raises(ParamError) as info:
+        Requantizer(**kwargs)
+    assert message in str(info.value)
+
+
+# -- RTL in Amaranth's simulator (fast) -------------------------------------------------------
+
+def amaranth_run(dut: Requantizer, scales, z, y=None, seed=0):
+    """Write the scale table, stream ``z`` (and ``y``) through with random gaps and stalls,
+    return the outputs."""
+    rng = np.random.default_rng(seed)
+    out = []
+
+    async def writer(ctx):
+        for g in range(dut.groups):
+            for k in range(dut.lanes):
+                ctx.set(dut.cfg.we, 1)
+                if dut.groups > 1:
+                    ctx.set(dut.cfg.group, g)
+                if dut.lanes > 1:
+                    ctx.set(dut.cfg.lane, k)
+                ctx.set(dut.cfg.m, int(scales["m"][g, k]))
+                ctx.set(dut.cfg.e, int(scales["e"][g, k]))
+                if dut.residual:
+                    ctx.set(dut.cfg.m_y, int(scales["m_y"][g, k]))
+                    ctx.set(dut.cfg.e_y, int(scales["e_y"][g, k]))
+                await ctx.tick()
+        ctx.set(dut.cfg.we, 0)
+        for n in range(len(z)):
+            lanes_z = [int(v) for v in z[n]]
+            payload = {"z": lanes_z, "y": [int(v) for v in y[n]]} if dut.residual else lanes_z
+            await stream_put(ctx, dut.i, payload, rng, gap=0.3)
+
+    async def reader(ctx):
+        for _ in range(len(z)):
+            payload = await stream_get(ctx, dut.o, rng, stall=0.3)
+            out.append([int(payload[k]) for k in range(dut.lanes)])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(writer)
+    sim.add_testbench(reader)
+    sim.run()
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lanes=1),
+    dict(lanes=4),
+    dict(lanes=2, channels=6, residual=True, res_width=22),
+    dict(lanes=3, in_width=20, out_width=6, m_width=12, max_shift=40),
+])
+def test_rtl_matches_golden_in_amaranth_sim(kwargs):
+    dut = Requantizer(**kwargs)
+    rng = np.random.default_rng(42)
+    shape = (dut.groups, dut.lanes)
+    # The shift at which a full-range input fills the output range; go a little either side.
+    fill = (dut.in_width - 1) + dut.m_width - (dut.out_width - 1)
+    fill_y = (dut.res_width - 1) + dut.m_width - (dut.out_width - 1)
+    scales = {
+        "m": rng.integers(1 << (dut.m_width - 1), 1 << dut.m_width, size=shape),  # as dyadic()
+        "e": rng.integers(fill - 8, fill, size=shape).clip(0, dut.max_shift),
+        "m_y": rng.integers(0, 1 << dut.m_width, size=shape),
+        "e_y": rng.integers(fill_y - 2, fill_y + 6, size=shape).clip(0, dut.max_shift),
+    }
+    n = 300
+    z = rng.integers(-(1 << (dut.in_width - 1)), 1 << (dut.in_width - 1), size=(n, dut.lanes))
+    y = rng.integers(-(1 << (dut.res_width - 1)), 1 << (dut.res_width - 1), size=(n, dut.lanes))
+    got = amaranth_run(dut, scales, z, y if dut.residual else None)
+    rows = np.arange(n) % dut.groups
+    if dut.residual:
+        want = requantize(z, scales["m"][rows], scales["e"][rows], dut.out_width,
+                          y=y, m_y=scales["m_y"][rows], e_y=scales["e_y"][rows])
+    else:
+        want = requantize(z, scales["m"][rows], scales["e"][rows], dut.out_width)
+    assert got.shape == want.shape
+    assert (got == want).all(), np.argwhere(got != want)[:5]
+    # the stimulus must exercise both saturation and the in-range path
+    lim = 1 << (dut.out_width - 1)
+    assert ((want == lim - 1) | (want == -lim)).any()
+    assert ((want > -lim) & (want < lim - 1)).any()
+
+
+# -- cocotb testbench on real simulators -------------------------------------------------------
+
+COCOTB_CASES = [
+    pytest.param({"lanes": "4"}, id="default"),
+    pytest.param({"lanes": "1"}, id="lanes1"),
+    pytest.param({"lanes": "3", "channels": "12", "residual": "true", "res_width": "22"},
+                 id="perchannel-residual"),
+    pytest.param({"lanes": "2", "in_width": "48", "out_width": "16", "m_width": "31",
+                  "max_shift": "127"}, id="wide"),
+]
+
+
+@pytest.mark.parametrize("overrides", COCOTB_CASES)
+def test_cocotb_verilator(overrides):
+    unit = get_unit("requantizer")
+    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="verilator", seed=1234)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
+@pytest.mark.parametrize("overrides", COCOTB_CASES[:3])
+def test_cocotb_icarus(overrides):
+    unit = get_unit("requantizer")
+    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="icarus", seed=99)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("overrides", [
+    {"lanes": "8", "channels": "64", "residual": "true", "res_width": "22"},
+    {"lanes": "5", "in_width": "16", "out_width": "4", "m_width": "8", "max_shift": "30"},
+])
+def test_cocotb_verilator_long(overrides, seed):
+    """More seeds, more vectors, larger configurations."""
+    unit = get_unit("requantizer")
+    result = run_sim(unit, unit.resolve(overrides=overrides), seed=seed, vectors=40_000)
+    assert result.tests == 2 and result.failed == 0, result
