@@ -65,22 +65,22 @@ def round_shift(p, e) -> np.ndarray:
         return (((p << 1) >> e) + 1) >> 1
     p = np.asarray(p, dtype=object)
     e = np.asarray(e, dtype=object)
-    return (((p << 1) >> e) + 1) >> 1
+    # Arithmetic on 0-d object arrays yields a bare int: wrap the result again.
+    return np.asarray((((p << 1) >> e) + 1) >> 1, dtype=object)
 
 
 def saturate(x, bits: int) -> np.ndarray:
     """Clamp ``x`` to the signed range of ``bits`` bits."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     x = _as_int_array(x, "x")
-    if x.dtype == object:
-        return np.asarray(np.clip(x, lo, hi).astype(np.int64))
-    return np.clip(x, lo, hi).astype(np.int64)
+    return np.asarray(np.clip(x, lo, hi), dtype=object if x.dtype == object else None).astype(
+        np.int64)
 
 
 def _product(z: np.ndarray, m: np.ndarray) -> np.ndarray:
     if z.dtype != object and m.dtype != object and _max_abs(z) * max(_max_abs(m), 1) < 2**61:
         return z.astype(np.int64) * m.astype(np.int64)
-    return np.asarray(z, dtype=object) * np.asarray(m, dtype=object)
+    return np.asarray(np.asarray(z, dtype=object) * np.asarray(m, dtype=object), dtype=object)
 
 
 def _check_scale(m: np.ndarray, e: np.ndarray, which: str) -> None:
@@ -110,7 +110,8 @@ def requantize(z, m, e, out_bits: int = 8, *, y=None, m_y=None, e_y=None) -> np.
         _check_scale(m_y, e_y, "y scale")
         term = round_shift(_product(y, m_y), e_y)
         if acc.dtype == object or term.dtype == object:
-            acc = np.asarray(acc, dtype=object) + np.asarray(term, dtype=object)
+            acc = np.asarray(np.asarray(acc, dtype=object) + np.asarray(term, dtype=object),
+                             dtype=object)
         else:
             acc = acc + term
     return saturate(acc, out_bits)
