@@ -110,7 +110,10 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
         env[ENV_VECTORS] = str(vectors)
     _log(f"simulating {unit.name} {json.dumps(gen.params)} on {simulator}, seed {seed}")
     t0 = time.monotonic()
+    # hdl_toplevel_lang is given because a reused build skips runner.build(), which is where
+    # cocotb would otherwise infer it from the sources.
     results = runner.test(test_module=unit.testbench, hdl_toplevel=gen.module,
+                          hdl_toplevel_lang="verilog",
                           build_dir=build_dir, test_dir=run_dir, seed=seed, extra_env=env,
                           waves=waves, testcase=testcase, timescale=TIMESCALE,
                           results_xml=str(run_dir / "results.xml"))

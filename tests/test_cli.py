@@ -135,3 +135,22 @@ def test_sim_waves_writes_a_waveform(capsys):
     with open(wave) as f:
         head = f.read(4096)
     assert "$timescale" in head and "$var" in head
+
+
+def test_unchanged_builds_are_reused(tmp_path, monkeypatch):
+    """Second run with the same parameters: same Verilog file untouched, no simulator build."""
+    from heterotron.sim.build import generate
+    from heterotron.sim.runner import run_sim
+
+    monkeypatch.setenv("HETEROTRON_BUILD_DIR", str(tmp_path))
+    unit = get_unit("requantizer")
+    params = unit.resolve(overrides={"lanes": "2", "out_width": "7"})
+    first = generate(unit, params)
+    stamp = first.verilog.stat().st_mtime_ns
+    assert generate(unit, params).verilog == first.verilog
+    assert first.verilog.stat().st_mtime_ns == stamp
+    other = generate(unit, unit.resolve(overrides={"lanes": "2", "out_width": "6"}))
+    assert other.verilog != first.verilog
+    runs = [run_sim(unit, params, seed=s, vectors=200) for s in (1, 2)]
+    assert all(r.ok for r in runs)
+    assert runs[0].build_seconds > 0 and runs[1].build_seconds == 0.0
