@@ -103,3 +103,26 @@ def defaults(params: tuple[Param, ...], given: dict[str, Any] | None = None) -> 
         if p.follows and (given is None or p.name not in given):
             values[p.name] = values[p.follows]
     return values
+
+
+def sample(params: tuple[Param, ...], rng, caps: dict[str, int] | None = None) -> dict[str, Any]:
+    """A random valid parameter set (for sweeps that test "any valid parameters").
+
+    ``rng`` is a ``numpy.random.Generator``; ``caps`` lowers the upper bound of chosen integer
+    parameters (to keep simulations short). Each integer is its lower bound, its (capped) upper
+    bound or uniform in between, with equal chance, so the edges come up often.
+    """
+    caps = caps or {}
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.kind is bool:
+            values[p.name] = bool(rng.integers(0, 2))
+            continue
+        hi = min(p.hi, caps.get(p.name, p.hi))
+        if p.multiple_of is not None:
+            base = values[p.multiple_of]
+            k = int(rng.choice([1, max(1, hi // base), rng.integers(1, max(1, hi // base) + 1)]))
+            values[p.name] = base * k
+        else:
+            values[p.name] = int(rng.choice([p.lo, hi, rng.integers(p.lo, hi + 1)]))
+    return values

@@ -139,17 +139,27 @@ def cmd_lint(args) -> int:
     from heterotron.sim.toolchain import VERILATOR_WAIVERS
 
     unit, params = _resolve(args)
-    gen = generate(unit, params)
+    if args.verilog:
+        # Lint a file written earlier by `generate`; its sidecar names the parameters.
+        verilog, module = Path(args.verilog), unit.name
+        if not verilog.is_file():
+            raise UsageError(f"--verilog: no such file {verilog}")
+        side = verilog.with_suffix(".json")
+        if side.is_file():
+            params = json.loads(side.read_text()).get("parameters", params)
+    else:
+        gen = generate(unit, params)
+        verilog, module = gen.verilog, gen.module
     print(f"{unit.name}: {_fmt_params(params)}")
-    print(f"  verilog: {gen.verilog}")
+    print(f"  verilog: {verilog}")
     ok = True
-    vl = verilator_lint(gen.verilog, gen.module)
+    vl = verilator_lint(verilog, module)
     print(f"  verilator --lint-only -Wall (waived: {', '.join(VERILATOR_WAIVERS)}): "
           f"{'clean' if vl.ok else 'FAILED'}")
     if not vl.ok:
         ok = False
         print("\n".join("    " + ln for ln in vl.log.splitlines()[:60]))
-    ys = yosys_check(gen.verilog, gen.module)
+    ys = yosys_check(verilog, module)
     print(f"  yosys synthesis check (no latches, no undriven or multiply-driven nets): "
           f"{'clean' if ys.ok else 'FAILED'}")
     if ys.ok:
@@ -221,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lint", help="Verilator -Wall lint and Yosys synthesis check")
     _unit_args(p)
+    p.add_argument("--verilog", metavar="FILE",
+                   help="lint this file (from `heterotron generate`) instead of regenerating")
     p.add_argument("--json", action="store_true", help="also print the result as JSON")
     p.set_defaults(func=cmd_lint)
 

@@ -19,6 +19,15 @@ def test_shipped_configurations_lint_clean(capsys, config):
     assert "macc" in out or "mul" in out  # the cell report lists the multipliers
 
 
+def test_lint_a_generated_file(capsys, tmp_path):
+    assert main(["generate", "requantizer", "--param", "lanes=5", "-o", str(tmp_path)]) == 0
+    code = main(["lint", "requantizer", "--verilog", str(tmp_path / "requantizer.v")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count(": clean") == 2
+    assert "lanes=5" in out and str(tmp_path) in out
+    assert main(["lint", "requantizer", "--verilog", str(tmp_path / "missing.v")]) == 2
+
+
 def test_lint_edge_parameters_clean():
     """Single lane / single group (no address ports) and the widest setting."""
     unit = get_unit("requantizer")

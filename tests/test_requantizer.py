@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.params import ParamError
+from heterotron.hdl.params import ParamError, sample
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.hdl.units import get_unit
 from heterotron.sim.amaranth_sim import stream_get, stream_put
@@ -197,6 +197,13 @@ def amaranth_run(dut: Requantizer, scales, z, y=None, seed=0):
     return np.array(out)
 
 
+def expected(dut: Requantizer, scales, z, y):
+    """Golden outputs for a stream starting on a row boundary: beat n uses group n % groups."""
+    rows = np.arange(len(z)) % dut.groups
+    residual = dict(y=y, m_y=scales["m_y"][rows], e_y=scales["e_y"][rows]) if dut.residual else {}
+    return requantize(z, scales["m"][rows], scales["e"][rows], dut.out_width, **residual)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(lanes=1),
     dict(lanes=4),
@@ -220,18 +227,37 @@ def test_rtl_matches_golden_in_amaranth_sim(kwargs):
     z = rng.integers(-(1 << (dut.in_width - 1)), 1 << (dut.in_width - 1), size=(n, dut.lanes))
     y = rng.integers(-(1 << (dut.res_width - 1)), 1 << (dut.res_width - 1), size=(n, dut.lanes))
     got = amaranth_run(dut, scales, z, y if dut.residual else None)
-    rows = np.arange(n) % dut.groups
-    if dut.residual:
-        want = requantize(z, scales["m"][rows], scales["e"][rows], dut.out_width,
-                          y=y, m_y=scales["m_y"][rows], e_y=scales["e_y"][rows])
-    else:
-        want = requantize(z, scales["m"][rows], scales["e"][rows], dut.out_width)
+    want = expected(dut, scales, z, y)
     assert got.shape == want.shape
     assert (got == want).all(), np.argwhere(got != want)[:5]
     # the stimulus must exercise both saturation and the in-range path
     lim = 1 << (dut.out_width - 1)
     assert ((want == lim - 1) | (want == -lim)).any()
     assert ((want > -lim) & (want < lim - 1)).any()
+
+
+SWEEP_CAPS = {"lanes": 6, "channels": 24}
+
+
+@pytest.mark.parametrize("draw", range(12))
+def test_rtl_matches_golden_for_sampled_parameters(draw):
+    """Any valid parameter set, not only the hand-picked ones: sampled, edges favoured."""
+    params = sample(Requantizer.PARAMS, np.random.default_rng([7, draw]), SWEEP_CAPS)
+    dut = Requantizer(**params)
+    rng = np.random.default_rng(draw)
+    shape = (dut.groups, dut.lanes)
+    scales = {
+        "m": rng.integers(0, 1 << dut.m_width, size=shape),
+        "e": rng.integers(0, dut.max_shift, size=shape, endpoint=True),
+        "m_y": rng.integers(0, 1 << dut.m_width, size=shape),
+        "e_y": rng.integers(0, dut.max_shift, size=shape, endpoint=True),
+    }
+    n = 60
+    z = rng.integers(-(1 << (dut.in_width - 1)), 1 << (dut.in_width - 1), size=(n, dut.lanes))
+    y = rng.integers(-(1 << (dut.res_width - 1)), 1 << (dut.res_width - 1), size=(n, dut.lanes))
+    got = amaranth_run(dut, scales, z, y if dut.residual else None, seed=draw)
+    want = expected(dut, scales, z, y)
+    assert (got == want).all(), (params, np.argwhere(got != want)[:5])
 
 
 # -- cocotb testbench on real simulators -------------------------------------------------------
@@ -258,6 +284,16 @@ def test_cocotb_verilator(overrides):
 def test_cocotb_icarus(overrides):
     unit = get_unit("requantizer")
     result = run_sim(unit, unit.resolve(overrides=overrides), simulator="icarus", seed=99)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draw", range(6))
+def test_cocotb_verilator_sampled_parameters(draw):
+    """The full testbench for sampled parameter sets (what `heterotron sim --param` promises)."""
+    unit = get_unit("requantizer")
+    params = sample(unit.params, np.random.default_rng([23, draw]), SWEEP_CAPS)
+    result = run_sim(unit, params, seed=draw, vectors=3000)
     assert result.tests == 2 and result.failed == 0, result
 
 
