@@ -145,12 +145,13 @@ def cmd_lint(args) -> int:
         if not verilog.is_file():
             raise UsageError(f"--verilog: no such file {verilog}")
         side = verilog.with_suffix(".json")
-        if side.is_file():
-            params = json.loads(side.read_text()).get("parameters", params)
+        described = (_fmt_params(json.loads(side.read_text())["parameters"]) if side.is_file()
+                     else "parameters unknown (no sidecar beside the file)")
     else:
         gen = generate(unit, params)
         verilog, module = gen.verilog, gen.module
-    print(f"{unit.name}: {_fmt_params(params)}")
+        described = _fmt_params(params)
+    print(f"{unit.name}: {described}")
     print(f"  verilog: {verilog}")
     ok = True
     vl = verilator_lint(verilog, module)
@@ -169,8 +170,7 @@ def cmd_lint(args) -> int:
             print(f"    {cell:<14} {count}")
     else:
         ok = False
-        errors = [ln for ln in ys.log.splitlines() if "ERROR" in ln or "Warning" in ln]
-        print("\n".join("    " + ln for ln in (errors or ys.log.splitlines()[-30:])))
+        print("\n".join("    " + ln for ln in (ys.problems or ys.log.splitlines()[-30:])))
     if args.json:
         print(json.dumps({"unit": unit.name, "params": params, "verilator_ok": vl.ok,
                           "yosys_ok": ys.ok, "cells": ys.cells}, indent=2))

@@ -24,8 +24,9 @@ class LintResult:
 
     @property
     def problems(self) -> list[str]:
-        return [ln for ln in self.log.splitlines()
-                if ln.startswith(("%Warning", "%Error", "ERROR", "Warning"))]
+        found = [ln for ln in self.log.splitlines()
+                 if ln.startswith(("%Warning", "%Error", "ERROR", "Warning"))]
+        return list(dict.fromkeys(found))  # Yosys repeats its log on stderr
 
 
 def verilator_lint(verilog: Path, top: str) -> LintResult:
