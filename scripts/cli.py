@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stalls", action="store_true",
                    help="no random valid gaps or back-pressure")
     p.set_defaults(func=cmd_sim)
+
+    from heterotron.scripts.accuracy_cmd import add_parser as add_accuracy
+
+    add_accuracy(sub)
     return parser
 
 

@@ -1,0 +1,273 @@
+"""Integer-only BERT encoder built from a float model and calibration sentences.
+
+Every scale is folded offline into integers (weights int8 per channel, biases int32, dyadic
+``(m, e)`` pairs, i-exp/i-GELU/LayerNorm constants); :func:`run_layer` then uses integer
+arithmetic only (the golden ops of :mod:`heterotron.sim.intops`). The integer parameter set is
+what the hardware loads; :func:`save` / :func:`load` write it as a versioned ``.npz``.
+
+Number formats per layer (scales from calibration, ``amax / (2^(bits-1) - 1)``):
+
+==============  ==========================  =====================================
+tensor          format                      scale
+==============  ==========================  =====================================
+x (input)       int8                        S_x (LayerNorm output of the previous layer)
+x (residual)    int16 (``residual_bits``)   S_xr; the same LayerNorm, requantised wider
+Q, K, V         int8                        S_q, S_k, S_v
+scores          int32 (QK^T accumulator)    S_q S_k / sqrt(d), fed to i-exp as is
+P               uint8                       1/256 (Softmax output)
+context         int8                        S_c
+h1_in, h2_in    int22 (``ln_bits``)         LayerNorm inputs: residual + requantised branch
+FC1 -> GELU     int16 (``gelu_bits``)       S_g, fine enough for i-GELU's 2^14 shift
+GELU out        int8                        S_f
+==============  ==========================  =====================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bert_float import BertWeights, Tokenized, embed, encoder_layer
+from .intops import (
+    ExpConsts,
+    GeluConsts,
+    LayerNormConsts,
+    exp_consts,
+    gelu_consts,
+    i_gelu,
+    layernorm_consts,
+    layernorm_core,
+    linear_int,
+    quantize_per_channel,
+    quantize_sym,
+    requant_consts,
+    softmax_int,
+)
+from .requantizer import requantize
+
+__all__ = ["Precision", "IntEncoder", "calibrate", "build", "run_layer", "run", "save", "load",
+           "FORMAT"]
+
+FORMAT = "heterotron-int-encoder/1"
+I64 = np.int64
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision choices of the integer pipeline (see the module table)."""
+
+    act_bits: int = 8
+    residual_bits: int = 16
+    ln_bits: int = 22
+    gelu_bits: int = 16
+    ffn_bits: int = 12  # GELU output = FC2 input (bit-serial on a PiM tile: bits cost cycles)
+    softmax: str = "ibert"  # or "divfree"
+    clip_percentile: float = 100.0  # activation calibration: 100 = max |x|
+
+
+def _scale(amax: float, bits: int) -> float:
+    return max(float(amax), 1e-8) / ((1 << (bits - 1)) - 1)
+
+
+@dataclass
+class IntEncoder:
+    """The integer parameter set: a flat dict of integer arrays plus metadata."""
+
+    params: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def p(self, i: int, name: str) -> np.ndarray:
+        return self.params[f"layer{i}.{name}"]
+
+    @property
+    def layers(self) -> int:
+        return int(self.meta["layers"])
+
+
+def calibrate(w: BertWeights, toks: list[Tokenized], percentile: float = 100.0
+              ) -> tuple[list[dict], list[dict]]:
+    """Per layer and tensor, the calibration range: ``(max |x|, percentile of |x|)``."""
+    stats: list[dict[str, list[np.ndarray]]] = [dict() for _ in range(w.config.layers)]
+    for t in toks:
+        x = embed(w, t)
+        for i in range(w.config.layers):
+            taps: dict = {}
+            x = encoder_layer(w, i, x, taps)
+            for k, v in taps.items():
+                stats[i].setdefault(k, []).append(np.abs(v).ravel())
+    amax, clip = [], []
+    for s in stats:
+        flat = {k: np.concatenate(v) for k, v in s.items()}
+        amax.append({k: float(np.max(v)) for k, v in flat.items()})
+        clip.append({k: float(np.percentile(v, percentile)) if percentile < 100
+                     else float(np.max(v)) for k, v in flat.items()})
+    return amax, clip
+
+
+def _put_ln(params: dict, prefix: str, k: LayerNormConsts) -> None:
+    params[prefix + ".shift"] = np.array(k.shift, dtype=I64)
+    params[prefix + ".bias"] = k.bias
+    params[prefix + ".sign"] = k.sign
+    params[prefix + ".m"] = k.m
+    params[prefix + ".e"] = k.e
+
+
+def _get_ln(enc: IntEncoder, i: int, prefix: str, which: str, bits: int) -> LayerNormConsts:
+    return LayerNormConsts(int(enc.p(i, prefix + ".shift")), enc.p(i, prefix + ".bias"),
+                           enc.p(i, prefix + ".sign"), enc.p(i, f"{prefix}.{which}_m"),
+                           enc.p(i, f"{prefix}.{which}_e"), bits)
+
+
+def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precision()
+          ) -> IntEncoder:
+    """Fold a float encoder and its calibration ranges into integer constants."""
+    c = w.config
+    # int8 matmul inputs use the (possibly clipped) range; wide tensors never clip.
+    full, clipped = calibrate(w, calib_toks, prec.clip_percentile)
+    params: dict[str, np.ndarray] = {}
+    scales: list[dict] = []
+    a8 = prec.act_bits
+    # Layer 0's input is the embedding LayerNorm, quantised on the host.
+    emb = np.concatenate([np.abs(embed(w, t)).ravel() for t in calib_toks])
+    emb_clip = np.percentile(emb, prec.clip_percentile) if prec.clip_percentile < 100 else emb.max()
+    s_x, s_xr = _scale(emb_clip, a8), _scale(emb.max(), prec.residual_bits)
+    first = (s_x, s_xr)
+    for i in range(c.layers):
+        r, rf = clipped[i], full[i]
+        P = f"layer{i}."
+        s = {"x": s_x, "xr": s_xr}
+
+        def lin(name, key, w_name, in_scale, out_scale, bits):
+            wi, ws = quantize_per_channel(w.layer(i, w_name + ".weight"))
+            params[P + key + ".w"] = wi
+            params[P + key + ".b"] = np.round(
+                w.layer(i, w_name + ".bias") / (in_scale * ws)).astype(I64)
+            if out_scale is not None:
+                m, e = requant_consts(in_scale * ws / out_scale)
+                params[P + key + ".m"], params[P + key + ".e"] = m, e
+            return ws
+
+        for key, name in (("q", "query"), ("k", "key"), ("v", "value")):
+            s[key] = _scale(r[key], a8)
+            lin(name, key, "attention.self." + name, s_x, s[key], a8)
+        s_scores = s["q"] * s["k"] / math.sqrt(c.head_dim)
+        ek = exp_consts(s_scores)
+        params[P + "exp"] = np.array([ek.x0, ek.b, ek.c], dtype=I64)
+        s["c"] = _scale(r["ctx"], a8)
+        params[P + "ctx.m"], params[P + "ctx.e"] = requant_consts(s["v"] / 256 / s["c"])
+        # attention output + residual -> LayerNorm input
+        s["h1_in"] = _scale(rf["h1_in"], prec.ln_bits)
+        ws = lin("attention.output.dense", "o", "attention.output.dense", s["c"], s["h1_in"],
+                 prec.ln_bits)
+        params[P + "o.my"], params[P + "o.ey"] = requant_consts(s_xr / s["h1_in"])
+        # LayerNorm 1: int8 for FC1, wide for the residual
+        s["h1"], s["h1r"] = _scale(r["h1"], a8), _scale(rf["h1"], prec.residual_bits)
+        k1 = layernorm_consts(w.layer(i, "attention.output.LayerNorm.weight"),
+                              w.layer(i, "attention.output.LayerNorm.bias"), s["h1"])
+        _put_ln(params, P + "ln1", k1)
+        params[P + "ln1.out_m"], params[P + "ln1.out_e"] = k1.m, k1.e
+        k1r = layernorm_consts(w.layer(i, "attention.output.LayerNorm.weight"),
+                               w.layer(i, "attention.output.LayerNorm.bias"), s["h1r"])
+        params[P + "ln1.res_m"], params[P + "ln1.res_e"] = k1r.m, k1r.e
+        # FC1 -> GELU (wide input) -> int8
+        s["g"] = _scale(rf["f_in"], prec.gelu_bits)
+        lin("intermediate.dense", "fc1", "intermediate.dense", s["h1"], s["g"], prec.gelu_bits)
+        gk = gelu_consts(s["g"])
+        params[P + "gelu"] = np.array([gk.b, gk.c, gk.one], dtype=I64)
+        s["f"] = _scale(rf["f"], prec.ffn_bits)  # GELU's outliers matter: never clipped
+        params[P + "gelu.m"], params[P + "gelu.e"] = requant_consts(gk.out_scale / s["f"])
+        # FC2 + residual -> LayerNorm 2
+        s["h2_in"] = _scale(rf["h2_in"], prec.ln_bits)
+        lin("output.dense", "fc2", "output.dense", s["f"], s["h2_in"], prec.ln_bits)
+        params[P + "fc2.my"], params[P + "fc2.ey"] = requant_consts(s["h1r"] / s["h2_in"])
+        s_x, s_xr = _scale(r["out"], a8), _scale(rf["out"], prec.residual_bits)
+        k2 = layernorm_consts(w.layer(i, "output.LayerNorm.weight"),
+                              w.layer(i, "output.LayerNorm.bias"), s_x)
+        _put_ln(params, P + "ln2", k2)
+        params[P + "ln2.out_m"], params[P + "ln2.out_e"] = k2.m, k2.e
+        k2r = layernorm_consts(w.layer(i, "output.LayerNorm.weight"),
+                               w.layer(i, "output.LayerNorm.bias"), s_xr)
+        params[P + "ln2.res_m"], params[P + "ln2.res_e"] = k2r.m, k2r.e
+        s["out"], s["outr"] = s_x, s_xr
+        scales.append(s)
+    meta = {"format": FORMAT, "model": "all-MiniLM-L6-v2", "layers": c.layers,
+            "hidden": c.hidden, "heads": c.heads, "head_dim": c.head_dim,
+            "precision": prec.__dict__, "input_scale": first[0], "input_residual_scale": first[1],
+            "scales": scales, "calibration_sentences": len(calib_toks)}
+    return IntEncoder(params, meta)
+
+
+def quantize_input(enc: IntEncoder, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Host side: the embedding LayerNorm output as int8 (matmuls) and int16 (residual)."""
+    prec = enc.meta["precision"]
+    return (quantize_sym(x, enc.meta["input_scale"], prec["act_bits"]),
+            quantize_sym(x, enc.meta["input_residual_scale"], prec["residual_bits"]))
+
+
+def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
+              taps: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One encoder layer, integers only: ``x`` int8 [T, H], ``xr`` its wide residual copy."""
+    prec = enc.meta["precision"]
+    a8, lnb = prec["act_bits"], prec["ln_bits"]
+    T = x.shape[0]
+    nh, hd = enc.meta["heads"], enc.meta["head_dim"]
+    p = lambda name: enc.p(i, name)  # noqa: E731
+
+    def proj(key, v, bits, **res):
+        return requantize(linear_int(v, p(key + ".w"), p(key + ".b")), p(key + ".m"),
+                          p(key + ".e"), bits, **res)
+
+    q, k, v = (proj(key, x, a8) for key in ("q", "k", "v"))
+    qh, kh, vh = (a.reshape(T, nh, hd).transpose(1, 0, 2) for a in (q, k, v))
+    scores = qh @ kh.transpose(0, 2, 1)  # int32 accumulators
+    x0, b, c = (int(t) for t in p("exp"))
+    probs = softmax_int(scores, ExpConsts(x0, b, c, 0.0), variant=prec["softmax"])
+    ctx = (probs @ vh).transpose(1, 0, 2).reshape(T, nh * hd)
+    ctx = requantize(ctx, p("ctx.m"), p("ctx.e"), a8)
+    h1_in = proj("o", ctx, lnb, y=xr, m_y=p("o.my"), e_y=p("o.ey"))
+    core1 = layernorm_core(h1_in, _get_ln(enc, i, "ln1", "out", a8))
+    h1 = requantize(core1, p("ln1.out_m"), p("ln1.out_e"), a8)
+    h1r = requantize(core1, p("ln1.res_m"), p("ln1.res_e"), prec["residual_bits"])
+    g_in = proj("fc1", h1, prec["gelu_bits"])
+    gb, gc, gone = (int(t) for t in p("gelu"))
+    f = requantize(i_gelu(g_in, GeluConsts(gb, gc, gone, 0.0)), p("gelu.m"), p("gelu.e"),
+                   prec["ffn_bits"])
+    h2_in = proj("fc2", f, lnb, y=h1r, m_y=p("fc2.my"), e_y=p("fc2.ey"))
+    core2 = layernorm_core(h2_in, _get_ln(enc, i, "ln2", "out", a8))
+    out = requantize(core2, p("ln2.out_m"), p("ln2.out_e"), a8)
+    outr = requantize(core2, p("ln2.res_m"), p("ln2.res_e"), prec["residual_bits"])
+    if taps is not None:
+        taps.update(q=q, k=k, v=v, scores=scores, probs=probs, ctx=ctx, h1_in=h1_in, h1=h1,
+                    f_in=g_in, f=f, h2_in=h2_in, out=out)
+    return out, outr
+
+
+def run(enc: IntEncoder, x_float_embed: np.ndarray) -> list[np.ndarray]:
+    """Hidden states (dequantised with the wide residual copy): input and each layer's output."""
+    x, xr = quantize_input(enc, x_float_embed)
+    states = [xr * enc.meta["input_residual_scale"]]
+    for i in range(enc.layers):
+        x, xr = run_layer(enc, i, x, xr)
+        states.append(xr * enc.meta["scales"][i]["outr"])
+    return states
+
+
+def save(enc: IntEncoder, path: str | Path) -> Path:
+    """Write the integer parameter set as ``.npz`` (integer arrays + a JSON metadata entry)."""
+    path = Path(path)
+    arrays = {k: np.asarray(v, dtype=I64) for k, v in enc.params.items()}
+    np.savez_compressed(path, __meta__=np.array(json.dumps(enc.meta)), **arrays)
+    return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
+
+
+def load(path: str | Path) -> IntEncoder:
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["__meta__"]))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} file (format {meta.get('format')!r})")
+        params = {k: f[k] for k in f.files if k != "__meta__"}
+    return IntEncoder(params, meta)
