@@ -122,6 +122,17 @@ def _get_ln(enc: IntEncoder, i: int, prefix: str, which: str, bits: int) -> Laye
                            enc.p(i, f"{prefix}.{which}_e"), bits)
 
 
+def _linear(params: dict, w: BertWeights, i: int, key: str, w_name: str, in_scale: float,
+            out_scale: float) -> None:
+    """int8 per-channel weights, int32 bias at ``in_scale * S_w``, and the per-channel
+    requantisation of the accumulator to ``out_scale``."""
+    wi, ws = quantize_per_channel(w.layer(i, w_name + ".weight"))
+    prefix = f"layer{i}.{key}"
+    params[prefix + ".w"] = wi
+    params[prefix + ".b"] = np.round(w.layer(i, w_name + ".bias") / (in_scale * ws)).astype(I64)
+    params[prefix + ".m"], params[prefix + ".e"] = requant_consts(in_scale * ws / out_scale)
+
+
 def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precision()
           ) -> IntEncoder:
     """Fold a float encoder and its calibration ranges into integer constants."""
@@ -141,19 +152,9 @@ def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precisi
         P = f"layer{i}."
         s = {"x": s_x, "xr": s_xr}
 
-        def lin(name, key, w_name, in_scale, out_scale, bits):
-            wi, ws = quantize_per_channel(w.layer(i, w_name + ".weight"))
-            params[P + key + ".w"] = wi
-            params[P + key + ".b"] = np.round(
-                w.layer(i, w_name + ".bias") / (in_scale * ws)).astype(I64)
-            if out_scale is not None:
-                m, e = requant_consts(in_scale * ws / out_scale)
-                params[P + key + ".m"], params[P + key + ".e"] = m, e
-            return ws
-
         for key, name in (("q", "query"), ("k", "key"), ("v", "value")):
             s[key] = _scale(r[key], a8)
-            lin(name, key, "attention.self." + name, s_x, s[key], a8)
+            _linear(params, w, i, key, "attention.self." + name, s_x, s[key])
         s_scores = s["q"] * s["k"] / math.sqrt(c.head_dim)
         ek = exp_consts(s_scores)
         params[P + "exp"] = np.array([ek.x0, ek.b, ek.c], dtype=I64)
@@ -161,8 +162,7 @@ def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precisi
         params[P + "ctx.m"], params[P + "ctx.e"] = requant_consts(s["v"] / 256 / s["c"])
         # attention output + residual -> LayerNorm input
         s["h1_in"] = _scale(rf["h1_in"], prec.ln_bits)
-        ws = lin("attention.output.dense", "o", "attention.output.dense", s["c"], s["h1_in"],
-                 prec.ln_bits)
+        _linear(params, w, i, "o", "attention.output.dense", s["c"], s["h1_in"])
         params[P + "o.my"], params[P + "o.ey"] = requant_consts(s_xr / s["h1_in"])
         # LayerNorm 1: int8 for FC1, wide for the residual
         s["h1"], s["h1r"] = _scale(r["h1"], a8), _scale(rf["h1"], prec.residual_bits)
@@ -175,14 +175,14 @@ def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precisi
         params[P + "ln1.res_m"], params[P + "ln1.res_e"] = k1r.m, k1r.e
         # FC1 -> GELU (wide input) -> int8
         s["g"] = _scale(rf["f_in"], prec.gelu_bits)
-        lin("intermediate.dense", "fc1", "intermediate.dense", s["h1"], s["g"], prec.gelu_bits)
+        _linear(params, w, i, "fc1", "intermediate.dense", s["h1"], s["g"])
         gk = gelu_consts(s["g"])
         params[P + "gelu"] = np.array([gk.b, gk.c, gk.one], dtype=I64)
         s["f"] = _scale(rf["f"], prec.ffn_bits)  # GELU's outliers matter: never clipped
         params[P + "gelu.m"], params[P + "gelu.e"] = requant_consts(gk.out_scale / s["f"])
         # FC2 + residual -> LayerNorm 2
         s["h2_in"] = _scale(rf["h2_in"], prec.ln_bits)
-        lin("output.dense", "fc2", "output.dense", s["f"], s["h2_in"], prec.ln_bits)
+        _linear(params, w, i, "fc2", "output.dense", s["f"], s["h2_in"])
         params[P + "fc2.my"], params[P + "fc2.ey"] = requant_consts(s["h1r"] / s["h2_in"])
         s_x, s_xr = _scale(r["out"], a8), _scale(rf["out"], prec.residual_bits)
         k2 = layernorm_consts(w.layer(i, "output.LayerNorm.weight"),
