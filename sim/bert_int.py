@@ -36,6 +36,7 @@ from .intops import (
     ExpConsts,
     GeluConsts,
     LayerNormConsts,
+    attention_int,
     exp_consts,
     gelu_consts,
     i_gelu,
@@ -222,12 +223,9 @@ def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
                           p(key + ".e"), bits, **res)
 
     q, k, v = (proj(key, x, a8) for key in ("q", "k", "v"))
-    qh, kh, vh = (a.reshape(T, nh, hd).transpose(1, 0, 2) for a in (q, k, v))
-    scores = qh @ kh.transpose(0, 2, 1)  # int32 accumulators
     x0, b, c = (int(t) for t in p("exp"))
-    probs = softmax_int(scores, ExpConsts(x0, b, c, 0.0), variant=prec["softmax"])
-    ctx = (probs @ vh).transpose(1, 0, 2).reshape(T, nh * hd)
-    ctx = requantize(ctx, p("ctx.m"), p("ctx.e"), a8)
+    exp = ExpConsts(x0, b, c, 0.0)
+    ctx = attention_int(q, k, v, nh, exp, p("ctx.m"), p("ctx.e"), a8, prec["softmax"])
     h1_in = proj("o", ctx, lnb, y=xr, m_y=p("o.my"), e_y=p("o.ey"))
     core1 = layernorm_core(h1_in, _get_ln(enc, i, "ln1", "out", a8))
     h1 = requantize(core1, p("ln1.out_m"), p("ln1.out_e"), a8)
@@ -241,8 +239,11 @@ def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
     out = requantize(core2, p("ln2.out_m"), p("ln2.out_e"), a8)
     outr = requantize(core2, p("ln2.res_m"), p("ln2.res_e"), prec["residual_bits"])
     if taps is not None:
-        taps.update(q=q, k=k, v=v, scores=scores, probs=probs, ctx=ctx, h1_in=h1_in, h1=h1,
-                    f_in=g_in, f=f, h2_in=h2_in, out=out)
+        qh, kh = (a.reshape(T, nh, hd).transpose(1, 0, 2) for a in (q, k))
+        scores = qh @ kh.transpose(0, 2, 1)
+        taps.update(q=q, k=k, v=v, scores=scores,
+                    probs=softmax_int(scores, exp, variant=prec["softmax"]), ctx=ctx,
+                    h1_in=h1_in, h1=h1, f_in=g_in, f=f, h2_in=h2_in, out=out)
     return out, outr
 
 

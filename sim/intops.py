@@ -27,6 +27,7 @@ __all__ = [
     "i_exp",
     "softmax_int",
     "reciprocal_divfree",
+    "attention_int",
     "GeluConsts",
     "gelu_consts",
     "i_gelu",
@@ -167,6 +168,21 @@ def softmax_int(x: np.ndarray, k: ExpConsts, *, variant: str = "ibert",
         raise ValueError(f"variant must be 'ibert' or 'divfree', not {variant!r}")
     out = (e * recip) >> (32 - out_bits)
     return np.minimum(out, (1 << out_bits) - 1)
+
+
+def attention_int(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, exp: ExpConsts,
+                  ctx_m, ctx_e, out_bits: int = 8, variant: str = "ibert") -> np.ndarray:
+    """Multi-head attention on int8 ``q, k, v`` [T, H]: per head ``S = Q K^T`` (int32
+    accumulators; ``1/sqrt(d)`` lives in the scale ``exp`` was made for, no operation),
+    ``P = softmax_int(S)`` (uint8, 1/256), ``C = P V`` (int32 at ``S_v / 256``), heads
+    concatenated and requantised by ``(ctx_m, ctx_e)`` to ``out_bits``."""
+    T, H = q.shape
+    hd = H // heads
+    qh, kh, vh = (np.asarray(a, dtype=I64).reshape(T, heads, hd).transpose(1, 0, 2)
+                  for a in (q, k, v))
+    probs = softmax_int(qh @ kh.transpose(0, 2, 1), exp, variant=variant)
+    ctx = (probs @ vh).transpose(1, 0, 2).reshape(T, H)
+    return requantize(ctx, ctx_m, ctx_e, out_bits)
 
 
 # -- i-GELU ---------------------------------------------------------------------------------------

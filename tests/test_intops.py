@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from heterotron.sim.bert_float import gelu, layer_norm, softmax
 from heterotron.sim.intops import (
+    attention_int,
     exp_consts,
     gelu_consts,
     i_exp,
@@ -21,6 +22,7 @@ from heterotron.sim.intops import (
     linear_int,
     quantize_per_channel,
     reciprocal_divfree,
+    requant_consts,
     softmax_int,
 )
 from heterotron.sim.pim import PimConfig, max_column_sum, pim_mvm
@@ -225,3 +227,19 @@ def test_pim_rejects_bad_configuration():
         PimConfig(enob=0)
     with pytest.raises(ValueError, match="fit"):
         pim_mvm(np.array([[200]]), np.array([[1]]))
+
+
+def test_attention_int_close_to_float_attention():
+    rng = np.random.default_rng(5)
+    T, H, heads = 20, 64, 4
+    s_q = s_k = s_v = 0.05
+    q, k, v = (rng.integers(-127, 128, (T, H)) for _ in range(3))
+    s_scores = s_q * s_k / math.sqrt(H // heads)
+    s_c = s_v  # a convex combination of V rows never exceeds max |V|
+    m, e = requant_consts(s_v / 256 / s_c)
+    got = attention_int(q, k, v, heads, exp_consts(s_scores), m, e) * s_c
+    qf, kf, vf = (a.reshape(T, heads, -1).transpose(1, 0, 2) * 0.05 for a in (q, k, v))
+    att = softmax(qf @ kf.transpose(0, 2, 1) / math.sqrt(H // heads)) @ vf
+    want = att.transpose(1, 0, 2).reshape(T, H)
+    assert np.abs(got - want).max() < 0.15  # int8 context: step 0.05, probs 1/256
+    assert np.abs(got - want).mean() < 0.02
