@@ -200,6 +200,33 @@ def cmd_sim(args) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_fpga_synth(args) -> int:
+    from heterotron.sim.build import generate
+    from heterotron.sim.fpga import fpga_synth
+
+    unit, params = _resolve(args)
+    gen = generate(unit, params)
+    try:
+        fig = fpga_synth(gen.verilog, gen.module, args.device, args.freq)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    fig = {"unit": unit.name, "params": params, **fig}
+    if args.json:
+        print(json.dumps(fig, indent=2))
+        return 0
+    a = fig["available"]
+    print(f"{unit.name} [{_fmt_params(params)}] on {fig['device']} (out of context):")
+    print(f"  Fmax        {fig['fmax_mhz']} MHz "
+          f"({'meets' if fig['timing_met'] else 'misses'} {fig['constraint_mhz']:g} MHz)")
+    print(f"  LUT4/logic  {fig['luts']} / {a['luts']}")
+    print(f"  flip-flops  {fig['ffs']} / {a['ffs']}")
+    print(f"  DSP (MULT18X18D) {fig['dsps']} / {a['dsps']}")
+    print(f"  block RAM   {fig['brams']} / {a['brams']}")
+    print(f"  tools: {fig['tools']}; synth {fig['synth_seconds']} s, "
+          f"place and route {fig['pnr_seconds']} s")
+    return 0
+
+
 # -- argument parsing -------------------------------------------------------------------------
 
 def _unit_args(p: argparse.ArgumentParser) -> None:
@@ -247,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stalls", action="store_true",
                    help="no random valid gaps or back-pressure")
     p.set_defaults(func=cmd_sim)
+
+    from heterotron.sim.fpga import DEVICES
+
+    p = sub.add_parser("fpga", help="FPGA flows")
+    fsub = p.add_subparsers(dest="fpga_command", required=True, metavar="FPGA_COMMAND")
+    p = fsub.add_parser("synth", help="out-of-context synthesis and place and route of one "
+                                      "unit: LUTs, flip-flops, DSPs, block RAMs, Fmax")
+    _unit_args(p)
+    p.add_argument("--device", choices=tuple(DEVICES), default="ecp5-85f",
+                   help="(default: %(default)s)")
+    p.add_argument("--freq", type=float, default=100.0, metavar="MHZ",
+                   help="clock constraint for place and route (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_fpga_synth)
 
     from heterotron.scripts.accuracy_cmd import add_parser as add_accuracy
 

@@ -1,0 +1,36 @@
+"""``heterotron fpga synth``: out-of-context ECP5 figures from the pip-installed YoWASP tools."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from heterotron.scripts.cli import main
+
+
+@pytest.mark.slow  # Yosys + nextpnr under WebAssembly: a few minutes
+def test_fpga_synth_small_requantizer_reports_figures(capsys):
+    code = main(["fpga", "synth", "requantizer", "--config", "small", "--device", "ecp5-85f",
+                 "--json"])
+    fig = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert fig["device"] == "ecp5-85f" and fig["params"]["lanes"] == 2
+    assert 10 < fig["fmax_mhz"] < 1000
+    # 2 lanes of a 24 x 16 signed x unsigned multiply: DSP blocks, not LUT multipliers
+    assert 2 <= fig["dsps"] <= fig["available"]["dsps"]
+    assert 0 < fig["luts"] < fig["available"]["luts"]
+    # at least the 3 pipeline stages of 2 lanes x 8-bit output and the valid bits
+    assert fig["ffs"] >= 2 * 8 + 3
+
+
+def test_fpga_synth_rejects_bad_frequency(capsys):
+    assert main(["fpga", "synth", "requantizer", "--freq", "0"]) == 2
+    assert "freq must be in [1, 1000] MHz" in capsys.readouterr().err
+
+
+def test_fpga_synth_rejects_unknown_device(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fpga", "synth", "requantizer", "--device", "ecp5-12"])
+    assert info.value.code == 2
+    assert "invalid choice: 'ecp5-12'" in capsys.readouterr().err
