@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--softmax", choices=("ibert", "divfree"), default="ibert",
                    help="Softmax reciprocal (default: %(default)s)")
     p.add_argument("--ffn-bits", type=int, default=12,
-                   help="bits of the GELU output / FC2 input, 8-16 (default: %(default)s)")
+                   help="bits of the GELU output / FC2 input, 4-16 (default: %(default)s)")
     p.add_argument("-o", "--output", default="build/accuracy", metavar="DIR",
                    help="where accuracy.json, accuracy.png and the integer parameter set "
                         "minilm-int.npz go (default: %(default)s)")
@@ -93,8 +93,10 @@ def cmd_accuracy(args) -> int:
     from heterotron.sim.accuracy import read_sentences, run_accuracy, shipped_sentences
     from heterotron.sim.bert_float import ModelMissing, load_minilm
 
-    if not 8 <= args.ffn_bits <= 16:
-        raise UsageError(f"--ffn-bits must be an integer in [8, 16], not {args.ffn_bits}")
+    try:
+        prec = bi.Precision(softmax=args.softmax, ffn_bits=args.ffn_bits)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.sentences:
         if not Path(args.sentences).is_file():
             raise UsageError(f"--sentences: no such file {args.sentences}")
@@ -107,7 +109,6 @@ def cmd_accuracy(args) -> int:
         w = load_minilm()
     except ModelMissing as exc:
         raise UsageError(str(exc)) from None
-    prec = bi.Precision(softmax=args.softmax, ffn_bits=args.ffn_bits)
     print(f"[heterotron] building the integer encoder, evaluating {len(sentences)} sentences",
           file=sys.stderr, flush=True)
     report, enc = run_accuracy(w, sentences, shipped_sentences("calibration"), prec, _progress)

@@ -69,6 +69,20 @@ class Precision:
     softmax: str = "ibert"  # or "divfree"
     clip_percentile: float = 100.0  # activation calibration: 100 = max |x|
 
+    _RANGES = {"act_bits": (4, 8), "residual_bits": (8, 24), "ln_bits": (16, 26),
+               "gelu_bits": (12, 24), "ffn_bits": (4, 16)}
+
+    def __post_init__(self):
+        # int64 golden arithmetic and the hardware's widths bound these ranges.
+        for name, (lo, hi) in self._RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+        if self.softmax not in ("ibert", "divfree"):
+            raise ValueError(f"softmax must be 'ibert' or 'divfree', not {self.softmax!r}")
+        if not 50.0 <= self.clip_percentile <= 100.0:
+            raise ValueError(f"clip_percentile must be in [50, 100], not {self.clip_percentile}")
+
 
 def _scale(amax: float, bits: int) -> float:
     return max(float(amax), 1e-8) / ((1 << (bits - 1)) - 1)

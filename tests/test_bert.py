@@ -82,6 +82,18 @@ def test_export_import_round_trip(tmp_path, weights, encoder):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(act_bits=9), "act_bits must be an integer in [4, 8], not 9"),
+    (dict(ln_bits=40), "ln_bits must be an integer in [16, 26], not 40"),
+    (dict(softmax="float"), "softmax must be 'ibert' or 'divfree'"),
+    (dict(clip_percentile=10.0), "clip_percentile must be in [50, 100]"),
+])
+def test_precision_rejects_bad_choices(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        bi.Precision(**kwargs)
+    assert message in str(info.value)
+
+
 def test_import_rejects_other_files(tmp_path):
     np.savez(tmp_path / "other.npz", __meta__=np.array(json.dumps({"format": "nope"})))
     with pytest.raises(ValueError, match="not a heterotron-int-encoder"):
@@ -110,7 +122,8 @@ def test_accuracy_command_json_and_files(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["accuracy", "--sentences", "/nonexistent.txt"], "--sentences: no such file"),
-    (["accuracy", "--ffn-bits", "4"], "--ffn-bits must be an integer in [8, 16], not 4"),
+    (["accuracy", "--ffn-bits", "3"], "ffn_bits must be an integer in [4, 16], not 3"),
+    (["accuracy", "--ffn-bits", "17"], "ffn_bits must be an integer in [4, 16], not 17"),
 ])
 def test_accuracy_command_user_errors(capsys, argv, message):
     assert main(argv) == 2
