@@ -98,9 +98,13 @@ def _resolve(args) -> tuple[Any, dict[str, Any]]:
     return unit, params
 
 
+def _param_pairs(params: dict[str, Any]) -> list[str]:
+    """``name=value`` as a user types it (booleans as true/false)."""
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
+
+
 def _fmt_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                    for k, v in params.items())
+    return " ".join(_param_pairs(params))
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -194,9 +198,8 @@ def cmd_sim(args) -> int:
         print(f"  waves:   {result.waves or '(no waveform file found)'}")
     if not result.ok:
         print(f"  reproduce: heterotron sim {unit.name} --sim {result.simulator} "
-              f"--seed {result.seed} " + " ".join(f"--param {k}={v}".lower()
-                                                 if isinstance(v, bool) else f"--param {k}={v}"
-                                                 for k, v in result.params.items()))
+              f"--seed {result.seed} " + " ".join(f"--param {kv}"
+                                                 for kv in _param_pairs(result.params)))
     return 0 if result.ok else 1
 
 

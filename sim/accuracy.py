@@ -20,6 +20,7 @@ from .bert_float import (
     embed,
     encode,
     encoder_layer,
+    gelu,
     layer_norm,
     mean_pool,
     softmax,
@@ -134,8 +135,6 @@ def op_errors(w: BertWeights, enc: bi.IntEncoder, seed: int = 0) -> dict:
         out[f"softmax ({variant})"] = {"range": "rows of 128 logits, std 3", "scale": s,
                                        **_err(got, softmax(ri * s))}
     # i-GELU over [-8, 8] (the FC1 output range) at the GELU input scale
-    from .bert_float import gelu
-
     g = sc["g"]
     gk = gelu_consts(g)
     gi = np.arange(int(-8 / g), int(8 / g) + 1, max(1, int(1e-3 / g)))

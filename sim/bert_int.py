@@ -18,7 +18,7 @@ P               uint8                       1/256 (Softmax output)
 context         int8                        S_c
 h1_in, h2_in    int22 (``ln_bits``)         LayerNorm inputs: residual + requantised branch
 FC1 -> GELU     int16 (``gelu_bits``)       S_g, fine enough for i-GELU's 2^14 shift
-GELU out        int8                        S_f
+GELU out        int12 (``ffn_bits``)        S_f (FC2's input, bit-serial on a PiM tile)
 ==============  ==========================  =====================================
 """
 
@@ -123,18 +123,30 @@ def calibrate(w: BertWeights, toks: list[Tokenized], percentile: float = 100.0
     return amax, clip
 
 
-def _put_ln(params: dict, prefix: str, k: LayerNormConsts) -> None:
+def _layernorm(params: dict, w: BertWeights, i: int, prefix: str, ln_name: str,
+               s_out: float, s_res: float) -> None:
+    """LayerNorm constants, and the two requantisations of its result: to ``s_out`` for the
+    next matmul, to ``s_res`` for the residual path."""
+    gamma, beta = w.layer(i, ln_name + ".weight"), w.layer(i, ln_name + ".bias")
+    k = layernorm_consts(gamma, beta, s_out)
+    k_res = layernorm_consts(gamma, beta, s_res)
+    prefix = f"layer{i}.{prefix}"
     params[prefix + ".shift"] = np.array(k.shift, dtype=I64)
     params[prefix + ".bias"] = k.bias
     params[prefix + ".sign"] = k.sign
-    params[prefix + ".m"] = k.m
-    params[prefix + ".e"] = k.e
+    params[prefix + ".out_m"], params[prefix + ".out_e"] = k.m, k.e
+    params[prefix + ".res_m"], params[prefix + ".res_e"] = k_res.m, k_res.e
 
 
-def _get_ln(enc: IntEncoder, i: int, prefix: str, which: str, bits: int) -> LayerNormConsts:
-    return LayerNormConsts(int(enc.p(i, prefix + ".shift")), enc.p(i, prefix + ".bias"),
-                           enc.p(i, prefix + ".sign"), enc.p(i, f"{prefix}.{which}_m"),
-                           enc.p(i, f"{prefix}.{which}_e"), bits)
+def _run_layernorm(enc: IntEncoder, i: int, prefix: str, x: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Integer LayerNorm of ``x``: the matmul copy (``act_bits``) and the residual copy."""
+    prec = enc.meta["precision"]
+    p = lambda name: enc.p(i, f"{prefix}.{name}")  # noqa: E731
+    core = layernorm_core(x, LayerNormConsts(int(p("shift")), p("bias"), p("sign"),
+                                             p("out_m"), p("out_e"), prec["act_bits"]))
+    return (requantize(core, p("out_m"), p("out_e"), prec["act_bits"]),
+            requantize(core, p("res_m"), p("res_e"), prec["residual_bits"]))
 
 
 def _linear(params: dict, w: BertWeights, i: int, key: str, w_name: str, in_scale: float,
@@ -181,13 +193,7 @@ def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precisi
         params[P + "o.my"], params[P + "o.ey"] = requant_consts(s_xr / s["h1_in"])
         # LayerNorm 1: int8 for FC1, wide for the residual
         s["h1"], s["h1r"] = _scale(r["h1"], a8), _scale(rf["h1"], prec.residual_bits)
-        k1 = layernorm_consts(w.layer(i, "attention.output.LayerNorm.weight"),
-                              w.layer(i, "attention.output.LayerNorm.bias"), s["h1"])
-        _put_ln(params, P + "ln1", k1)
-        params[P + "ln1.out_m"], params[P + "ln1.out_e"] = k1.m, k1.e
-        k1r = layernorm_consts(w.layer(i, "attention.output.LayerNorm.weight"),
-                               w.layer(i, "attention.output.LayerNorm.bias"), s["h1r"])
-        params[P + "ln1.res_m"], params[P + "ln1.res_e"] = k1r.m, k1r.e
+        _layernorm(params, w, i, "ln1", "attention.output.LayerNorm", s["h1"], s["h1r"])
         # FC1 -> GELU (wide input) -> int8
         s["g"] = _scale(rf["f_in"], prec.gelu_bits)
         _linear(params, w, i, "fc1", "intermediate.dense", s["h1"], s["g"])
@@ -200,13 +206,7 @@ def build(w: BertWeights, calib_toks: list[Tokenized], prec: Precision = Precisi
         _linear(params, w, i, "fc2", "output.dense", s["f"], s["h2_in"])
         params[P + "fc2.my"], params[P + "fc2.ey"] = requant_consts(s["h1r"] / s["h2_in"])
         s_x, s_xr = _scale(r["out"], a8), _scale(rf["out"], prec.residual_bits)
-        k2 = layernorm_consts(w.layer(i, "output.LayerNorm.weight"),
-                              w.layer(i, "output.LayerNorm.bias"), s_x)
-        _put_ln(params, P + "ln2", k2)
-        params[P + "ln2.out_m"], params[P + "ln2.out_e"] = k2.m, k2.e
-        k2r = layernorm_consts(w.layer(i, "output.LayerNorm.weight"),
-                               w.layer(i, "output.LayerNorm.bias"), s_xr)
-        params[P + "ln2.res_m"], params[P + "ln2.res_e"] = k2r.m, k2r.e
+        _layernorm(params, w, i, "ln2", "output.LayerNorm", s_x, s_xr)
         s["out"], s["outr"] = s_x, s_xr
         scales.append(s)
     meta = {"format": FORMAT, "model": "all-MiniLM-L6-v2", "layers": c.layers,
@@ -241,17 +241,13 @@ def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
     exp = ExpConsts(x0, b, c, 0.0)
     ctx = attention_int(q, k, v, nh, exp, p("ctx.m"), p("ctx.e"), a8, prec["softmax"])
     h1_in = proj("o", ctx, lnb, y=xr, m_y=p("o.my"), e_y=p("o.ey"))
-    core1 = layernorm_core(h1_in, _get_ln(enc, i, "ln1", "out", a8))
-    h1 = requantize(core1, p("ln1.out_m"), p("ln1.out_e"), a8)
-    h1r = requantize(core1, p("ln1.res_m"), p("ln1.res_e"), prec["residual_bits"])
+    h1, h1r = _run_layernorm(enc, i, "ln1", h1_in)
     g_in = proj("fc1", h1, prec["gelu_bits"])
     gb, gc, gone = (int(t) for t in p("gelu"))
     f = requantize(i_gelu(g_in, GeluConsts(gb, gc, gone, 0.0)), p("gelu.m"), p("gelu.e"),
                    prec["ffn_bits"])
     h2_in = proj("fc2", f, lnb, y=h1r, m_y=p("fc2.my"), e_y=p("fc2.ey"))
-    core2 = layernorm_core(h2_in, _get_ln(enc, i, "ln2", "out", a8))
-    out = requantize(core2, p("ln2.out_m"), p("ln2.out_e"), a8)
-    outr = requantize(core2, p("ln2.res_m"), p("ln2.res_e"), prec["residual_bits"])
+    out, outr = _run_layernorm(enc, i, "ln2", h2_in)
     if taps is not None:
         qh, kh = (a.reshape(T, nh, hd).transpose(1, 0, 2) for a in (q, k))
         scores = qh @ kh.transpose(0, 2, 1)
