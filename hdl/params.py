@@ -22,8 +22,9 @@ class ParamError(ValueError):
 class Param:
     """One generator parameter.
 
-    ``kind`` is ``int`` or ``bool``. Integers have an inclusive range ``[lo, hi]``; a
-    ``multiple_of`` names another parameter this one must be a multiple of. A parameter with
+    ``kind`` is ``int``, ``bool`` or ``str``. Integers have an inclusive range ``[lo, hi]``; a
+    ``multiple_of`` names another parameter this one must be a multiple of. Strings take one of
+    ``choices``. A parameter with
     ``follows`` set takes that parameter's value unless given explicitly (its ``default`` is
     then ``None``).
     """
@@ -36,6 +37,7 @@ class Param:
     hi: int | None = None
     multiple_of: str | None = None
     follows: str | None = None
+    choices: tuple[str, ...] = ()
 
     def default_text(self) -> str:
         if self.follows:
@@ -45,6 +47,8 @@ class Param:
     def allowed(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.kind is str:
+            return "one of " + ", ".join(self.choices)
         text = f"an integer in [{self.lo}, {self.hi}]"
         if self.multiple_of:
             text += f" and a multiple of {self.multiple_of}"
@@ -54,6 +58,10 @@ class Param:
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ParamError(f"{self.name} must be true or false, not {value!r}")
+            return value
+        if self.kind is str:
+            if value not in self.choices:
+                raise ParamError(f"{self.name} must be {self.allowed()}, not {value!r}")
             return value
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamError(f"{self.name} must be {self.allowed()}, not {value!r}")
@@ -88,6 +96,11 @@ def parse_value(param: Param, text: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ParamError(f"{param.name} must be {param.allowed()}, not {text!r}")
+    if param.kind is str:
+        value = text.strip().lower()
+        if value not in param.choices:
+            raise ParamError(f"{param.name} must be {param.allowed()}, not {text!r}")
+        return value
     try:
         return int(text, 0)
     except ValueError:
@@ -117,6 +130,9 @@ def sample(params: tuple[Param, ...], rng, caps: dict[str, int] | None = None) -
     for p in params:
         if p.kind is bool:
             values[p.name] = bool(rng.integers(0, 2))
+            continue
+        if p.kind is str:
+            values[p.name] = str(rng.choice(p.choices))
             continue
         hi = min(p.hi, caps.get(p.name, p.hi))
         if p.multiple_of is not None:

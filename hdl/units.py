@@ -13,6 +13,7 @@ from amaranth.lib import wiring
 
 from .params import Param, ParamError, check, defaults, parse_value
 from .requantizer import Requantizer
+from .systolic import SystolicArray
 
 __all__ = ["Unit", "UNITS", "get_unit", "UnitError"]
 
@@ -72,6 +73,12 @@ UNITS: dict[str, Unit] = {
             component=Requantizer,
             testbench="heterotron.tb.requantizer",
             summary="int32 -> int8 by a run-time dyadic scale per channel, optional residual add",
+        ),
+        Unit(
+            name="systolic",
+            component=SystolicArray,
+            testbench="heterotron.tb.systolic",
+            summary="rows x cols integer MAC array, output- or weight-stationary, skew inside",
         ),
     ]
 }
