@@ -1,0 +1,522 @@
+"""GEMM engine: any ``M x K`` by ``K x N`` product over a :class:`SystolicArray`, from on-chip
+buffers, with operand transposes and an optional requantizer on the way out."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .params import Param, ParamError, check
+from .requantizer import Requantizer
+from .systolic import SystolicArray, array_params
+
+__all__ = ["GemmEngine", "Op", "Error"]
+
+
+class Op(enum.Enum, shape=2):
+    """Engine commands."""
+
+    LOAD_A = 0  #: next ``m * k`` elements on ``data`` are A (or A^T with ``trans``)
+    LOAD_B = 1  #: next ``k * n`` elements are B (or B^T with ``trans``)
+    LOAD_BIAS = 2  #: next ``n`` elements are the bias, one per output column
+    RUN = 3  #: C = A B (+ bias with ``bias``) out on ``o``
+
+
+class Error(enum.Enum, shape=2):
+    """Sticky error code (cleared by the next accepted command)."""
+
+    NONE = 0
+    DIMS = 1  #: a size of 0 or above its maximum, K of A and B differ, or RUN before loads
+    RANGE = 2  #: an element on ``data`` does not fit its operand (it was written truncated)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class GemmEngine(wiring.Component):
+    """Runs ``C = op(A) op(B) (+ bias)`` for any ``M <= max_m``, ``K <= max_k``, ``N <= max_n``.
+
+    The host loads operands over ``data``, one element per beat, row by row of the matrix *as
+    it is stored*: after ``LOAD_A`` with ``trans = 0`` the elements are ``A[0, 0], A[0, 1], ...``
+    (``m`` rows of ``k``); with ``trans = 1`` they are ``A^T`` (``k`` rows of ``m``), so the
+    engine computes ``A^T B`` from a matrix stored ``K x M``. ``LOAD_B`` likewise takes ``B``
+    (``k x n``) or ``B^T`` (``n x k``). The loader scatters elements into the layout the
+    dataflow reads (a buffer word is one array row or column of operands), so transposes cost
+    nothing at run time. ``RUN`` then streams the result:
+
+    * beats come column tile by column tile (``cols`` columns), rows ``0 .. M - 1`` inside;
+      each carries ``row``, ``col`` (first column) and ``last`` (final beat of the GEMM);
+      lanes past ``N`` are 0.
+    * with ``requant`` every lane goes through :class:`Requantizer` (lane ``j`` uses the scale
+      written at ``lane = j`` on ``scale``), else lanes are full ``acc_width`` sums.
+
+    Output-stationary runs each ``rows x cols`` output tile over all of K; weight-stationary
+    keeps a ``rows x cols`` tile of B in the array, streams all ``M`` rows of A past it, and
+    keeps partial sums for ``K > rows`` in an accumulator buffer (``max_m x cols`` words).
+
+    Parameters
+    ----------
+    rows, cols, dataflow, a_width, a_signed, b_width, b_signed, acc_width, bias_width, max_k
+        As :class:`SystolicArray` (``max_k`` also sizes the buffers).
+    max_m, max_n : int
+        Largest M and N, 1 to 4096.
+    requant : bool
+        Requantize the results to ``out_width`` bits.
+    out_width : int
+        Requantized output width, 2 to 32.
+
+    Members
+    -------
+    cmd : In(stream.Signature(StructLayout))
+        ``op`` (:class:`Op`), ``trans``, ``bias``, ``m``, ``k``, ``n``. Taken only when idle.
+    data : In(stream.Signature(signed(...)))
+        Operand elements for the load in progress.
+    o : Out(stream.Signature(StructLayout))
+        ``data`` (``cols`` lanes), ``row``, ``col``, ``last``.
+    scale : In(...)
+        With ``requant``: the requantizer's scale-table port (``we``, ``lane``, ``m``, ``e``).
+    busy, error : Out
+        ``busy`` while a command runs; ``error`` (:class:`Error`) is sticky until the next
+        command is accepted.
+
+    Latency: a RUN's first beat follows after the first tile's reduction and the array's
+    pipeline; see :attr:`SystolicArray.latency`.
+    """
+
+    PARAMS = array_params(rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")
+    PARAMS = PARAMS[:-1] + (
+        Param("max_k", int, 256, "largest K (sizes the buffers; checked against acc_width)",
+              1, 4096),
+        Param("max_m", int, 256, "largest M", 1, 4096),
+        Param("max_n", int, 256, "largest N", 1, 4096),
+        Param("requant", bool, False, "requantize results (else full acc_width out)"),
+        Param("out_width", int, 8, "requantized output width", 2, 32),
+    )
+
+    def __init__(self, *, rows=8, cols=8, dataflow="os", a_width=8, a_signed=True, b_width=8,
+                 b_signed=True, acc_width=32, bias_width=24, max_k=256, max_m=256, max_n=256,
+                 requant=False, out_width=8):
+        values = dict(rows=rows, cols=cols, dataflow=dataflow, a_width=a_width,
+                      a_signed=a_signed, b_width=b_width, b_signed=b_signed,
+                      acc_width=acc_width, bias_width=bias_width, max_k=max_k, max_m=max_m,
+                      max_n=max_n, requant=requant, out_width=out_width)
+        check(self.PARAMS, **values)
+        if requant and acc_width > 48:
+            raise ParamError(f"acc_width must be at most 48 with requant (the requantizer's "
+                             f"input), not {acc_width}")
+        self._p = values
+        # The array checks the accumulator against max_k (raises ParamError).
+        self._array_params = {k: values[k] for k in (
+            "rows", "cols", "dataflow", "a_width", "a_signed", "b_width", "b_signed",
+            "acc_width", "bias_width", "max_k")}
+        self._array = array = SystolicArray(**self._array_params)
+        self._a_shape, self._b_shape = array.a_shape, array.b_shape
+        elem_w = max(a_width + (0 if a_signed else 1), b_width + (0 if b_signed else 1),
+                     bias_width)
+        self._elem_w = elem_w
+        out_lane = signed(out_width if requant else acc_width)
+        members = {
+            "cmd": In(stream.Signature(data.StructLayout({
+                "op": Op, "trans": 1, "bias": 1,
+                "m": range(max_m + 1), "k": range(max_k + 1), "n": range(max_n + 1),
+            }))),
+            "data": In(stream.Signature(signed(elem_w))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(out_lane, cols),
+                "row": range(max_m), "col": range(max_n), "last": 1,
+            }))),
+            "busy": Out(1),
+            "error": Out(Error),
+        }
+        self._requant = None
+        if requant:
+            self._requant = Requantizer(lanes=cols, in_width=acc_width, out_width=out_width)
+            members["scale"] = In(self._requant.cfg.signature.flip())
+        super().__init__(members)
+
+    rows = property(lambda self: self._p["rows"])
+    cols = property(lambda self: self._p["cols"])
+    dataflow = property(lambda self: self._p["dataflow"])
+
+    @property
+    def parameters(self) -> dict:
+        return dict(self._p)
+
+    @property
+    def latency(self) -> int:
+        extra = Requantizer.LATENCY if self._p["requant"] else 0
+        return self._array.latency + 2 + extra
+
+    # buffer geometry (words)
+    @property
+    def a_depth(self) -> int:
+        p = self._p
+        if p["dataflow"] == "os":
+            return _ceil(p["max_m"], p["rows"]) * p["max_k"]
+        return _ceil(p["max_k"], p["rows"]) * p["max_m"]
+
+    @property
+    def b_depth(self) -> int:
+        return _ceil(self._p["max_n"], self._p["cols"]) * self._p["max_k"]
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        R, C = p["rows"], p["cols"]
+        os_flow = p["dataflow"] == "os"
+        max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
+        m.submodules.array = sa = self._array
+
+        # -- buffers --------------------------------------------------------------------------
+        m.submodules.abuf = abuf = Memory(shape=data.ArrayLayout(self._a_shape, R),
+                                          depth=self.a_depth, init=[])
+        m.submodules.bbuf = bbuf = Memory(shape=data.ArrayLayout(self._b_shape, C),
+                                          depth=self.b_depth, init=[])
+        m.submodules.biasbuf = biasbuf = Memory(
+            shape=data.ArrayLayout(signed(p["bias_width"]), C), depth=_ceil(max_n, C), init=[])
+        a_wr, b_wr, bias_wr = (buf.write_port(granularity=1) for buf in (abuf, bbuf, biasbuf))
+        a_rd, b_rd, bias_rd = (buf.read_port() for buf in (abuf, bbuf, biasbuf))
+
+        # -- command and shapes ---------------------------------------------------------------
+        busy = Signal()
+        err = Signal(Error)
+        m.d.comb += [self.busy.eq(busy), self.error.eq(err), self.cmd.ready.eq(~busy)]
+        loading, running = Signal(), Signal()
+        m.d.comb += busy.eq(loading | running)
+
+        a_m, a_k = Signal(range(max_m + 1)), Signal(range(max_k + 1))
+        b_k, b_n = Signal(range(max_k + 1)), Signal(range(max_n + 1))
+        bias_n = Signal(range(max_n + 1))
+        a_ok, b_ok, bias_ok = Signal(), Signal(), Signal()
+        use_bias = Signal()
+
+        # The loader walks the stored matrix row by row and writes element (x, y), where x is
+        # the dimension spread over a word's lanes, to word (x // L) * S + y, lane x % L.
+        lanes_max = max(R, C)
+        ld_target = Signal(Op)
+        ld_rows, ld_cols = Signal(range(4097)), Signal(range(4097))
+        ld_stride = Signal(range(4097))
+        ld_fast = Signal()  # lanes along the stored rows (x = column index)
+        ld_lanes = Signal(range(lanes_max + 1))
+        ld_r, ld_c = Signal(range(4097)), Signal(range(4097))
+        ld_lane = Signal(range(lanes_max))
+        addr_w = max(self.a_depth, self.b_depth, _ceil(max_n, C)).bit_length() + 1
+        ld_addr, ld_base = Signal(addr_w), Signal(addr_w)
+
+        cmd = self.cmd.payload
+        start_run = Signal()
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += err.eq(Error.NONE)
+            with m.Switch(cmd.op):
+                with m.Case(Op.LOAD_A, Op.LOAD_B, Op.LOAD_BIAS):
+                    # Only the dimensions the load uses are checked.
+                    ok = Mux(cmd.op == Op.LOAD_A,
+                             (cmd.m >= 1) & (cmd.m <= max_m) & (cmd.k >= 1) & (cmd.k <= max_k),
+                             Mux(cmd.op == Op.LOAD_B,
+                                 (cmd.k >= 1) & (cmd.k <= max_k) & (cmd.n >= 1)
+                                 & (cmd.n <= max_n),
+                                 (cmd.n >= 1) & (cmd.n <= max_n)))
+                    with m.If(~ok):
+                        m.d.sync += err.eq(Error.DIMS)
+                    with m.Else():
+                        m.d.sync += [loading.eq(1), ld_target.eq(cmd.op), ld_r.eq(0),
+                                     ld_c.eq(0), ld_lane.eq(0), ld_addr.eq(0), ld_base.eq(0)]
+                    with m.Switch(cmd.op):
+                        with m.Case(Op.LOAD_A):
+                            m.d.sync += [a_m.eq(cmd.m), a_k.eq(cmd.k), a_ok.eq(ok),
+                                         ld_lanes.eq(R),
+                                         ld_rows.eq(Mux(cmd.trans, cmd.k, cmd.m)),
+                                         ld_cols.eq(Mux(cmd.trans, cmd.m, cmd.k))]
+                            if os_flow:  # x = m, y = k, S = K
+                                m.d.sync += [ld_stride.eq(cmd.k), ld_fast.eq(cmd.trans)]
+                            else:  # x = k, y = m, S = M
+                                m.d.sync += [ld_stride.eq(cmd.m), ld_fast.eq(~cmd.trans)]
+                        with m.Case(Op.LOAD_B):  # x = n, y = k, S = K
+                            m.d.sync += [b_k.eq(cmd.k), b_n.eq(cmd.n), b_ok.eq(ok),
+                                         ld_lanes.eq(C), ld_stride.eq(cmd.k),
+                                         ld_fast.eq(~cmd.trans),
+                                         ld_rows.eq(Mux(cmd.trans, cmd.n, cmd.k)),
+                                         ld_cols.eq(Mux(cmd.trans, cmd.k, cmd.n))]
+                        with m.Case(Op.LOAD_BIAS):  # one row, x = n, y = 0
+                            m.d.sync += [bias_n.eq(cmd.n), bias_ok.eq(ok), ld_lanes.eq(C),
+                                         ld_stride.eq(1), ld_fast.eq(1), ld_rows.eq(1),
+                                         ld_cols.eq(cmd.n)]
+                with m.Case(Op.RUN):
+                    run_ok = (a_ok & b_ok & (a_k == b_k)
+                              & (~cmd.bias | (bias_ok & (bias_n == b_n))))
+                    with m.If(run_ok):
+                        m.d.comb += start_run.eq(1)
+                        m.d.sync += [running.eq(1), use_bias.eq(cmd.bias)]
+                    with m.Else():
+                        m.d.sync += err.eq(Error.DIMS)
+
+        # -- loader ---------------------------------------------------------------------------
+        m.d.comb += self.data.ready.eq(loading)
+        elem = self.data.payload
+        take = Signal()
+        m.d.comb += take.eq(self.data.valid & self.data.ready)
+        a_lo = -(1 << (p["a_width"] - 1)) if p["a_signed"] else 0
+        a_hi = (1 << (p["a_width"] - (1 if p["a_signed"] else 0))) - 1
+        b_lo = -(1 << (p["b_width"] - 1)) if p["b_signed"] else 0
+        b_hi = (1 << (p["b_width"] - (1 if p["b_signed"] else 0))) - 1
+        bias_lo, bias_hi = -(1 << (p["bias_width"] - 1)), (1 << (p["bias_width"] - 1)) - 1
+        lo = Mux(ld_target == Op.LOAD_A, a_lo, Mux(ld_target == Op.LOAD_B, b_lo, bias_lo))
+        hi = Mux(ld_target == Op.LOAD_A, a_hi, Mux(ld_target == Op.LOAD_B, b_hi, bias_hi))
+        lane_en = Signal(lanes_max)
+        m.d.comb += lane_en.eq(1 << ld_lane)
+        for wr, target, n_lanes in ((a_wr, Op.LOAD_A, R), (b_wr, Op.LOAD_B, C),
+                                    (bias_wr, Op.LOAD_BIAS, C)):
+            m.d.comb += [
+                wr.addr.eq(ld_addr),
+                wr.en.eq(Mux(take & (ld_target == target), lane_en[:n_lanes], 0)),
+            ]
+            for j in range(n_lanes):
+                m.d.comb += wr.data[j].eq(elem)
+        with m.If(take):
+            with m.If((elem < lo) | (elem > hi)):
+                m.d.sync += err.eq(Error.RANGE)
+            row_end = ld_c == ld_cols - 1
+            lane_wrap = ld_lane == ld_lanes - 1
+            with m.If(ld_fast):
+                with m.If(row_end):
+                    m.d.sync += [ld_c.eq(0), ld_lane.eq(0), ld_base.eq(ld_base + 1),
+                                 ld_addr.eq(ld_base + 1)]
+                with m.Else():
+                    m.d.sync += [ld_c.eq(ld_c + 1), ld_lane.eq(Mux(lane_wrap, 0, ld_lane + 1)),
+                                 ld_addr.eq(Mux(lane_wrap, ld_addr + ld_stride, ld_addr))]
+            with m.Else():
+                with m.If(row_end):
+                    new_base = Mux(lane_wrap, ld_base + ld_stride, ld_base)
+                    m.d.sync += [ld_c.eq(0), ld_lane.eq(Mux(lane_wrap, 0, ld_lane + 1)),
+                                 ld_base.eq(new_base), ld_addr.eq(new_base)]
+                with m.Else():
+                    m.d.sync += [ld_c.eq(ld_c + 1), ld_addr.eq(ld_addr + 1)]
+            with m.If(row_end):
+                m.d.sync += ld_r.eq(ld_r + 1)
+                with m.If(ld_r == ld_rows - 1):
+                    m.d.sync += loading.eq(0)
+
+        # -- output path (shared): tag, drop padding rows, zero padding lanes ----------------
+        out_row = Signal(range(max_m + R), name="out_row")
+        out_col = Signal(range(max_n + C), name="out_col")
+        keep, last = Signal(), Signal()
+        res_valid, res_ready = Signal(), Signal()  # beats leaving the array for the output
+        res_data = Signal(data.ArrayLayout(signed(p["acc_width"]), C))
+        m.d.comb += [keep.eq(out_row < a_m),
+                     last.eq((out_row == a_m - 1) & (out_col + C >= b_n))]
+        for j in range(C):
+            m.d.comb += res_data[j].eq(Mux(out_col + j < b_n, sa.o.payload[j], 0))
+
+        if os_flow:
+            self._run_os(m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
+                         out_row, out_col, keep, res_valid, res_ready)
+        else:
+            self._run_ws(m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
+                         out_row, out_col, res_valid, res_ready)
+
+        # -- output stage, then the optional requantizer --------------------------------------
+        meta_layout = data.StructLayout({"row": range(max_m), "col": range(max_n), "last": 1})
+        meta = Signal(meta_layout)
+        m.d.comb += [meta.row.eq(out_row), meta.col.eq(out_col), meta.last.eq(last)]
+        if p["requant"]:
+            m.submodules.requant = rq = self._requant
+            wiring.connect(m, wiring.flipped(self.scale), rq.cfg)
+            m.d.comb += [rq.i.valid.eq(res_valid), rq.i.payload.eq(res_data),
+                         res_ready.eq(rq.i.ready)]
+            # The requantizer's stages all advance on ~o.valid | o.ready (its documented
+            # contract): the tags ride beside them in registers that advance the same way.
+            advance = ~rq.o.valid | rq.o.ready
+            tag = meta
+            for s in range(Requantizer.LATENCY):
+                nxt = Signal(meta_layout, name=f"rq_tag{s}")
+                with m.If(advance):
+                    m.d.sync += nxt.eq(tag)
+                tag = nxt
+            m.d.comb += [
+                self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
+                self.o.payload.data.eq(rq.o.payload), self.o.payload.row.eq(tag.row),
+                self.o.payload.col.eq(tag.col), self.o.payload.last.eq(tag.last),
+            ]
+        else:
+            m.d.comb += res_ready.eq(~self.o.valid | self.o.ready)
+            with m.If(res_ready):
+                m.d.sync += [self.o.valid.eq(res_valid), self.o.payload.data.eq(res_data),
+                             self.o.payload.row.eq(meta.row), self.o.payload.col.eq(meta.col),
+                             self.o.payload.last.eq(meta.last)]
+        with m.If(self.o.valid & self.o.ready & self.o.payload.last):
+            m.d.sync += running.eq(0)
+        return m
+
+    # -- output-stationary run ------------------------------------------------------------------
+
+    def _run_os(self, m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
+                out_row, out_col, keep, res_valid, res_ready):
+        p = self._p
+        R, C = p["rows"], p["cols"]
+        # Issue: for each column tile, each row tile, k = 0 .. K - 1, read word (mt, k) of A,
+        # (nt, k) of B and the column tile's bias; the array sees them a cycle later.
+        active = Signal(name="gen_active")
+        k = Signal(range(p["max_k"] + 1), name="gen_k")
+        row0 = Signal(range(p["max_m"] + R), name="gen_row0")
+        col0 = Signal(range(p["max_n"] + C), name="gen_col0")
+        a_base = Signal(a_rd.addr.shape(), name="gen_a_base")
+        b_base = Signal(b_rd.addr.shape(), name="gen_b_base")
+        nt = Signal(bias_rd.addr.shape(), name="gen_nt")
+        iv, first, last = Signal(name="iss_valid"), Signal(name="iss_first"), Signal(name="iss_last")
+        adv = Signal()
+        m.d.comb += [
+            adv.eq(~iv | sa.i.ready),
+            a_rd.addr.eq(a_base + k), b_rd.addr.eq(b_base + k), bias_rd.addr.eq(nt),
+            a_rd.en.eq(adv), b_rd.en.eq(adv), bias_rd.en.eq(adv),
+        ]
+        with m.If(start_run):
+            m.d.sync += [active.eq(1), k.eq(0), row0.eq(0), col0.eq(0), a_base.eq(0),
+                         b_base.eq(0), nt.eq(0)]
+        with m.Elif(adv):
+            m.d.sync += [iv.eq(active), first.eq(k == 0), last.eq(k == a_k - 1)]
+            with m.If(active):
+                with m.If(k == a_k - 1):
+                    m.d.sync += k.eq(0)
+                    with m.If(row0 + R >= a_m):
+                        m.d.sync += [row0.eq(0), a_base.eq(0)]
+                        with m.If(col0 + C >= b_n):
+                            m.d.sync += active.eq(0)
+                        with m.Else():
+                            m.d.sync += [col0.eq(col0 + C), b_base.eq(b_base + a_k),
+                                         nt.eq(nt + 1)]
+                    with m.Else():
+                        m.d.sync += [row0.eq(row0 + R), a_base.eq(a_base + a_k)]
+                with m.Else():
+                    m.d.sync += k.eq(k + 1)
+        m.d.comb += [
+            sa.i.valid.eq(iv), sa.i.payload.a.eq(a_rd.data), sa.i.payload.b.eq(b_rd.data),
+            sa.i.payload.bias.eq(Mux(use_bias, bias_rd.data.as_value(), 0)),
+            sa.i.payload.first.eq(first), sa.i.payload.last.eq(last),
+        ]
+
+        # Output: rows 0 .. R - 1 of each tile; rows past M are dropped.
+        ri = Signal(range(R), name="out_ri")
+        m.d.comb += [sa.o.ready.eq(~keep | res_ready), res_valid.eq(sa.o.valid & keep)]
+        with m.If(start_run):
+            m.d.sync += [ri.eq(0), out_row.eq(0), out_col.eq(0)]
+        with m.Elif(sa.o.valid & sa.o.ready):
+            with m.If(ri == R - 1):
+                m.d.sync += ri.eq(0)
+                with m.If(out_row + 1 >= a_m):
+                    m.d.sync += [out_row.eq(0), out_col.eq(out_col + C)]
+                with m.Else():
+                    m.d.sync += out_row.eq(out_row + 1)
+            with m.Else():
+                m.d.sync += [ri.eq(ri + 1), out_row.eq(out_row + 1)]
+
+    # -- weight-stationary run ------------------------------------------------------------------
+
+    def _run_ws(self, m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
+                out_row, out_col, res_valid, res_ready):
+        p = self._p
+        R, C = p["rows"], p["cols"]
+        max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
+        m.submodules.accbuf = accbuf = Memory(
+            shape=data.ArrayLayout(signed(p["acc_width"]), C), depth=max_m, init=[])
+        acc_wr, acc_rd = accbuf.write_port(), accbuf.read_port()
+
+        # Weight loader: for each column tile, each k tile, rows k0 .. k0 + R - 1 of B (rows
+        # past K are zeros); the array takes them into its shadow registers when free.
+        w_active = Signal(name="w_active")
+        wi = Signal(range(R), name="w_i")
+        wk = Signal(range(max_k + R + 1), name="w_k")
+        wcol0 = Signal(range(max_n + C), name="w_col0")
+        wb_base = Signal(b_rd.addr.shape(), name="w_b_base")
+        wv, wzero = Signal(name="w_valid"), Signal(name="w_zero")
+        wadv = Signal()
+        m.d.comb += [wadv.eq(~wv | sa.w.ready), b_rd.addr.eq(wb_base + wk), b_rd.en.eq(wadv)]
+        with m.If(start_run):
+            m.d.sync += [w_active.eq(1), wi.eq(0), wk.eq(0), wcol0.eq(0), wb_base.eq(0)]
+        with m.Elif(wadv):
+            m.d.sync += [wv.eq(w_active), wzero.eq(wk >= a_k)]
+            with m.If(w_active):
+                with m.If(wi == R - 1):
+                    m.d.sync += wi.eq(0)
+                    with m.If(wk + 1 >= a_k):
+                        m.d.sync += wk.eq(0)
+                        with m.If(wcol0 + C >= b_n):
+                            m.d.sync += w_active.eq(0)
+                        with m.Else():
+                            m.d.sync += [wcol0.eq(wcol0 + C), wb_base.eq(wb_base + a_k)]
+                    with m.Else():
+                        m.d.sync += wk.eq(wk + 1)
+                with m.Else():
+                    m.d.sync += [wi.eq(wi + 1), wk.eq(wk + 1)]
+        m.d.comb += [sa.w.valid.eq(wv), sa.w.payload.eq(Mux(wzero, 0, b_rd.data.as_value()))]
+
+        # A streamer: for each column tile, each k tile, rows m = 0 .. M - 1 of A; the partial
+        # sum comes from the bias (first k tile) or the accumulator buffer. A row's partial sum
+        # is read only after the previous k tile's result for it was written back.
+        beats = max_m * _ceil(max_k, R) * _ceil(max_n, C)
+        s_cnt = Signal(range(beats + 1), name="s_count")
+        o_cnt = Signal(range(beats + 1), name="o_count")
+        s_active = Signal(name="s_active")
+        sm = Signal(range(max_m), name="s_m")
+        sk0 = Signal(range(max_k + R), name="s_k0")
+        scol0 = Signal(range(max_n + C), name="s_col0")
+        sa_base = Signal(a_rd.addr.shape(), name="s_a_base")
+        nt = Signal(bias_rd.addr.shape(), name="s_nt")
+        iv, swap, from_acc = Signal(name="iss_valid"), Signal(name="iss_swap"), Signal()
+        adv, fire = Signal(), Signal()
+        m.d.comb += [
+            adv.eq(~iv | sa.i.ready),
+            fire.eq(s_active & ((sk0 == 0) | (o_cnt + a_m > s_cnt))),
+            a_rd.addr.eq(sa_base + sm), acc_rd.addr.eq(sm), bias_rd.addr.eq(nt),
+            a_rd.en.eq(adv), acc_rd.en.eq(adv), bias_rd.en.eq(adv),
+        ]
+        with m.If(start_run):
+            m.d.sync += [s_active.eq(1), sm.eq(0), sk0.eq(0), scol0.eq(0), sa_base.eq(0),
+                         nt.eq(0), s_cnt.eq(0)]
+        with m.Elif(adv):
+            m.d.sync += [iv.eq(fire), swap.eq(sm == 0), from_acc.eq(sk0 != 0)]
+            with m.If(fire):
+                m.d.sync += s_cnt.eq(s_cnt + 1)
+                with m.If(sm == a_m - 1):
+                    m.d.sync += sm.eq(0)
+                    with m.If(sk0 + R >= a_k):
+                        m.d.sync += [sk0.eq(0), sa_base.eq(0)]
+                        with m.If(scol0 + C >= b_n):
+                            m.d.sync += s_active.eq(0)
+                        with m.Else():
+                            m.d.sync += [scol0.eq(scol0 + C), nt.eq(nt + 1)]
+                    with m.Else():
+                        m.d.sync += [sk0.eq(sk0 + R), sa_base.eq(sa_base + a_m)]
+                with m.Else():
+                    m.d.sync += sm.eq(sm + 1)
+        psum = sa.i.payload.psum
+        for j in range(C):
+            m.d.comb += psum[j].eq(Mux(from_acc, acc_rd.data[j],
+                                       Mux(use_bias, bias_rd.data[j], 0)))
+        m.d.comb += [sa.i.valid.eq(iv), sa.i.payload.a.eq(a_rd.data),
+                     sa.i.payload.swap.eq(swap)]
+
+        # Output: partial sums go back to the accumulator buffer; the last k tile's go out.
+        ok0 = Signal(range(max_k + R), name="out_k0")
+        final = Signal()
+        m.d.comb += [
+            final.eq(ok0 + R >= a_k),
+            sa.o.ready.eq(~final | res_ready),
+            res_valid.eq(sa.o.valid & final),
+            acc_wr.addr.eq(out_row), acc_wr.data.eq(sa.o.payload),
+            acc_wr.en.eq(sa.o.valid & ~final),
+        ]
+        with m.If(start_run):
+            m.d.sync += [ok0.eq(0), out_row.eq(0), out_col.eq(0), o_cnt.eq(0)]
+        with m.Elif(sa.o.valid & sa.o.ready):
+            m.d.sync += o_cnt.eq(o_cnt + 1)
+            with m.If(out_row == a_m - 1):
+                m.d.sync += out_row.eq(0)
+                with m.If(final):
+                    m.d.sync += [ok0.eq(0), out_col.eq(out_col + C)]
+                with m.Else():
+                    m.d.sync += ok0.eq(ok0 + R)
+            with m.Else():
+                m.d.sync += out_row.eq(out_row + 1)
