@@ -197,11 +197,12 @@ class GemmEngine(wiring.Component):
         # the dimension spread over a word's lanes, to word (x // L) * S + y, lane x % L.
         lanes_max = max(R, C)
         ld_target = Signal(Op)
-        ld_rows, ld_cols = Signal(range(4097)), Signal(range(4097))
-        ld_stride = Signal(range(4097))
+        dim_max = max(max_m, max_k, max_n)
+        ld_rows, ld_cols = Signal(range(dim_max + 1)), Signal(range(dim_max + 1))
+        ld_stride = Signal(range(max(max_m, max_k) + 1))
         ld_fast = Signal()  # lanes along the stored rows (x = column index)
         ld_lanes = Signal(range(lanes_max + 1))
-        ld_r, ld_c = Signal(range(4097)), Signal(range(4097))
+        ld_r, ld_c = Signal(range(dim_max + 1)), Signal(range(dim_max + 1))
         ld_lane = Signal(range(lanes_max))
         addr_w = max(self.a_depth, self.b_depth, _ceil(max_n, C)).bit_length() + 1
         ld_addr, ld_base = Signal(addr_w), Signal(addr_w)
@@ -210,48 +211,43 @@ class GemmEngine(wiring.Component):
         start_run = Signal()
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += err.eq(Error.NONE)
-            with m.Switch(cmd.op):
-                with m.Case(Op.LOAD_A, Op.LOAD_B, Op.LOAD_BIAS):
-                    # Only the dimensions the load uses are checked.
-                    ok = Mux(cmd.op == Op.LOAD_A,
-                             (cmd.m >= 1) & (cmd.m <= max_m) & (cmd.k >= 1) & (cmd.k <= max_k),
-                             Mux(cmd.op == Op.LOAD_B,
-                                 (cmd.k >= 1) & (cmd.k <= max_k) & (cmd.n >= 1)
-                                 & (cmd.n <= max_n),
-                                 (cmd.n >= 1) & (cmd.n <= max_n)))
-                    with m.If(~ok):
-                        m.d.sync += err.eq(Error.DIMS)
-                    with m.Else():
-                        m.d.sync += [loading.eq(1), ld_target.eq(cmd.op), ld_r.eq(0),
-                                     ld_c.eq(0), ld_lane.eq(0), ld_addr.eq(0), ld_base.eq(0)]
-                    with m.Switch(cmd.op):
-                        with m.Case(Op.LOAD_A):
-                            m.d.sync += [a_m.eq(cmd.m), a_k.eq(cmd.k), a_ok.eq(ok),
-                                         ld_lanes.eq(R),
-                                         ld_rows.eq(Mux(cmd.trans, cmd.k, cmd.m)),
-                                         ld_cols.eq(Mux(cmd.trans, cmd.m, cmd.k))]
-                            if os_flow:  # x = m, y = k, S = K
-                                m.d.sync += [ld_stride.eq(cmd.k), ld_fast.eq(cmd.trans)]
-                            else:  # x = k, y = m, S = M
-                                m.d.sync += [ld_stride.eq(cmd.m), ld_fast.eq(~cmd.trans)]
-                        with m.Case(Op.LOAD_B):  # x = n, y = k, S = K
-                            m.d.sync += [b_k.eq(cmd.k), b_n.eq(cmd.n), b_ok.eq(ok),
-                                         ld_lanes.eq(C), ld_stride.eq(cmd.k),
-                                         ld_fast.eq(~cmd.trans),
-                                         ld_rows.eq(Mux(cmd.trans, cmd.n, cmd.k)),
-                                         ld_cols.eq(Mux(cmd.trans, cmd.k, cmd.n))]
-                        with m.Case(Op.LOAD_BIAS):  # one row, x = n, y = 0
-                            m.d.sync += [bias_n.eq(cmd.n), bias_ok.eq(ok), ld_lanes.eq(C),
-                                         ld_stride.eq(1), ld_fast.eq(1), ld_rows.eq(1),
-                                         ld_cols.eq(cmd.n)]
-                with m.Case(Op.RUN):
-                    run_ok = (a_ok & b_ok & (a_k == b_k)
-                              & (~cmd.bias | (bias_ok & (bias_n == b_n))))
-                    with m.If(run_ok):
-                        m.d.comb += start_run.eq(1)
-                        m.d.sync += [running.eq(1), use_bias.eq(cmd.bias)]
-                    with m.Else():
-                        m.d.sync += err.eq(Error.DIMS)
+            with m.If(cmd.op == Op.RUN):
+                run_ok = (a_ok & b_ok & (a_k == b_k)
+                          & (~cmd.bias | (bias_ok & (bias_n == b_n))))
+                with m.If(run_ok):
+                    m.d.comb += start_run.eq(1)
+                    m.d.sync += [running.eq(1), use_bias.eq(cmd.bias)]
+                with m.Else():
+                    m.d.sync += err.eq(Error.DIMS)
+            with m.Else():
+                # A load checks the sizes it uses.
+                m_ok = (cmd.m >= 1) & (cmd.m <= max_m)
+                k_ok = (cmd.k >= 1) & (cmd.k <= max_k)
+                n_ok = (cmd.n >= 1) & (cmd.n <= max_n)
+                ok = Mux(cmd.op == Op.LOAD_A, m_ok & k_ok,
+                         Mux(cmd.op == Op.LOAD_B, k_ok & n_ok, n_ok))
+                with m.If(ok):
+                    m.d.sync += [loading.eq(1), ld_target.eq(cmd.op), ld_r.eq(0), ld_c.eq(0),
+                                 ld_lane.eq(0), ld_addr.eq(0), ld_base.eq(0)]
+                with m.Else():
+                    m.d.sync += err.eq(Error.DIMS)
+                with m.If(cmd.op == Op.LOAD_A):
+                    m.d.sync += [a_m.eq(cmd.m), a_k.eq(cmd.k), a_ok.eq(ok), ld_lanes.eq(R),
+                                 ld_rows.eq(Mux(cmd.trans, cmd.k, cmd.m)),
+                                 ld_cols.eq(Mux(cmd.trans, cmd.m, cmd.k))]
+                    if os_flow:  # x = m, y = k, S = K
+                        m.d.sync += [ld_stride.eq(cmd.k), ld_fast.eq(cmd.trans)]
+                    else:  # x = k, y = m, S = M
+                        m.d.sync += [ld_stride.eq(cmd.m), ld_fast.eq(~cmd.trans)]
+                with m.Elif(cmd.op == Op.LOAD_B):  # x = n, y = k, S = K
+                    m.d.sync += [b_k.eq(cmd.k), b_n.eq(cmd.n), b_ok.eq(ok), ld_lanes.eq(C),
+                                 ld_stride.eq(cmd.k), ld_fast.eq(~cmd.trans),
+                                 ld_rows.eq(Mux(cmd.trans, cmd.n, cmd.k)),
+                                 ld_cols.eq(Mux(cmd.trans, cmd.k, cmd.n))]
+                with m.Else():  # LOAD_BIAS: one row, x = n, y = 0
+                    m.d.sync += [bias_n.eq(cmd.n), bias_ok.eq(ok), ld_lanes.eq(C),
+                                 ld_stride.eq(1), ld_fast.eq(1), ld_rows.eq(1),
+                                 ld_cols.eq(cmd.n)]
 
         # -- loader ---------------------------------------------------------------------------
         m.d.comb += self.data.ready.eq(loading)

@@ -12,6 +12,7 @@ from typing import Any
 from amaranth.lib import wiring
 
 from .params import Param, ParamError, check, defaults, parse_value
+from .gemm import GemmEngine
 from .requantizer import Requantizer
 from .systolic import SystolicArray
 
@@ -79,6 +80,12 @@ UNITS: dict[str, Unit] = {
             component=SystolicArray,
             testbench="heterotron.tb.systolic",
             summary="rows x cols integer MAC array, output- or weight-stationary, skew inside",
+        ),
+        Unit(
+            name="gemm",
+            component=GemmEngine,
+            testbench="heterotron.tb.gemm",
+            summary="any-size GEMM over the systolic array from on-chip buffers, transposes",
         ),
     ]
 }

@@ -31,6 +31,7 @@ __all__ = [
     "StreamSink",
     "Scoreboard",
     "ClockedBench",
+    "port_shapes",
 ]
 
 CLOCK_NS = 10
@@ -84,7 +85,9 @@ class StreamSource:
     """Drives ``<prefix>__valid`` / ``<prefix>__payload`` from a queue of packed words, with a
     random gap before each beat (probability ``gap``, re-drawn per cycle)."""
 
-    def __init__(self, dut, prefix: str, rng: np.random.Generator, gap: float = 0.0):
+    def __init__(self, dut, prefix: str, rng: np.random.Generator, gap: float = 0.0,
+                 on_send: Callable[[int], None] | None = None):
+        self.on_send = on_send  # called with each word as it is taken
         self.valid = getattr(dut, f"{prefix}__valid")
         self.ready = getattr(dut, f"{prefix}__ready")
         self.payload = getattr(dut, f"{prefix}__payload")
@@ -105,6 +108,8 @@ class StreamSource:
 
     def sample(self) -> None:
         self._fired = self._valid and bool(self.ready.value)
+        if self._fired and self.on_send is not None:
+            self.on_send(self.queue[0])
 
     def drive(self) -> None:
         if self._fired:
@@ -225,3 +230,17 @@ class ClockedBench:
                 return
             await RisingEdge(self.dut.clk)
         raise AssertionError(f"watchdog: {what} not done after {limit} cycles")
+
+
+def port_shapes(component_cls, params: dict[str, Any]) -> dict[str, Any]:
+    """Payload shapes of a component's stream ports (``{"i": layout, ...}``), for packing
+    beats with ``layout.const(...)``. The component is built only to read its signature."""
+    component = component_cls(**params)
+    for part in [component, *vars(component).values()]:  # built for the signature only
+        if hasattr(part, "_MustUse__silence"):
+            part._MustUse__silence = True
+    shapes = {}
+    for name, member in component.signature.members.items():
+        if member.is_signature and "payload" in member.signature.members:
+            shapes[name] = member.signature.members["payload"].shape
+    return shapes

@@ -1,0 +1,225 @@
+"""cocotb testbench: GemmEngine against :func:`heterotron.sim.systolic.gemm`, and the GEMM
+benchmark (``heterotron bench gemm``), for whatever parameters the runner built it with.
+
+The host side is three streams with their own random gaps (commands, operand elements) and a
+sink with random back-pressure; commands are queued up front, and the engine's ``ready``
+signals sequence them (a command waits while the engine is busy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import cocotb
+import numpy as np
+from amaranth.hdl import Const
+from cocotb.triggers import RisingEdge
+
+from heterotron.hdl.gemm import Error, GemmEngine, Op
+from heterotron.hdl.params import defaults
+from heterotron.sim.systolic import gemm, operand_range, output_order
+
+from .common import (
+    ClockedBench,
+    Scoreboard,
+    StreamSink,
+    StreamSource,
+    make_rng,
+    params_from_env,
+    port_shapes,
+    stalls_from_env,
+    vectors_from_env,
+)
+
+DEFAULT_JOBS = 10
+ENV_BENCH = "HETEROTRON_BENCH"  # comma-separated sizes; the bench test runs only when set
+ENV_BENCH_OUT = "HETEROTRON_BENCH_OUT"  # where the bench writes its JSON lines
+
+
+class GemmBench:
+    """Command/data sources, output sink, golden model and scoreboard around a GemmEngine."""
+
+    def __init__(self, dut, rng: np.random.Generator, stalls: bool | None = None):
+        p = params_from_env(defaults(GemmEngine.PARAMS))
+        self.dut, self.p, self.rng = dut, p, rng
+        self.R, self.C = p["rows"], p["cols"]
+        shapes = port_shapes(GemmEngine, p)
+        self.cmd_layout, self.out_layout = shapes["cmd"], shapes["o"]
+        self.elem_width = shapes["data"].width
+        self.a_rng = operand_range(p["a_width"], p["a_signed"])
+        self.b_rng = operand_range(p["b_width"], p["b_signed"])
+        self.bias_rng = operand_range(p["bias_width"], True)
+        stalls = stalls_from_env() if stalls is None else stalls
+        gap = 0.3 if stalls else 0.0
+        self.cycle_of_cmd: list[int] = []
+        self.cycle_of_out: list[int] = []
+        self.cmd = StreamSource(dut, "cmd", rng, gap=gap,
+                                on_send=lambda w: self.cycle_of_cmd.append(self.bench.cycle))
+        self.data = StreamSource(dut, "data", rng, gap=gap)
+        self.scoreboard = Scoreboard("o", fmt=self._fmt_out)
+        self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
+                               on_beat=self._on_out)
+        self.bench = ClockedBench(dut, [self.cmd, self.data, self.sink])
+        self.scale_m = self.scale_e = None
+        if p["requant"]:
+            dut.scale__we.value = 0
+        self.macs = 0
+
+    def _on_out(self, word: int) -> None:
+        self.cycle_of_out.append(self.bench.cycle)
+        self.scoreboard.got(word)
+
+    def _fmt_out(self, word: int) -> str:
+        view = self.out_layout.from_bits(word)
+        return (f"row {view.row}, col {view.col}, last {view.last}, "
+                f"data {[int(v) for v in view.data]}")
+
+    def set_stalls(self, gap: float, stall: float) -> None:
+        if stalls_from_env():
+            self.cmd.gap = self.data.gap = gap
+            self.sink.stall = stall
+
+    # -- stimulus ---------------------------------------------------------------------------
+
+    def operand(self, shape, rng_lohi, extreme: str | None = None) -> np.ndarray:
+        lo, hi = rng_lohi
+        if extreme is not None:
+            return np.full(shape, lo if extreme == "lo" else hi, dtype=np.int64)
+        full = self.rng.integers(lo, hi, size=shape, endpoint=True)
+        corner = self.rng.choice(np.array([lo, hi, 0]), size=shape)
+        return np.where(self.rng.random(shape) < 0.85, full, corner)
+
+    def command(self, op: Op, trans=0, bias=0, m=0, k=0, n=0) -> int:
+        fields = {"op": op, "trans": int(trans), "bias": int(bias), "m": m, "k": k, "n": n}
+        return Const.cast(self.cmd_layout.const(fields)).value
+
+    def elements(self, values: np.ndarray) -> list[int]:
+        mask = (1 << self.elem_width) - 1
+        return [int(v) & mask for v in values.flat]
+
+    async def write_scales(self) -> None:
+        """Random per-lane requantisation scales through the ``scale`` port."""
+        p, dut, C = self.p, self.dut, self.C
+        natural = p["acc_width"] // 2  # keeps typical sums inside out_width most of the time
+        self.scale_m = self.rng.integers(0, 1 << 31, size=C)
+        self.scale_e = np.clip(natural + 31 - (p["out_width"] - 1)
+                               - self.rng.integers(0, p["acc_width"], size=C), 0, 63)
+        for j in range(C):
+            await RisingEdge(dut.clk)
+            dut.scale__we.value = 1
+            if C > 1:
+                dut.scale__lane.value = j
+            dut.scale__m.value = int(self.scale_m[j])
+            dut.scale__e.value = int(self.scale_e[j])
+        await RisingEdge(dut.clk)
+        dut.scale__we.value = 0
+
+    def job(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool,
+            bias: np.ndarray | None, label: str) -> None:
+        """Queue LOAD_A, LOAD_B (, LOAD_BIAS), RUN for ``C = a @ b (+ bias)`` and expect its
+        beats. ``a`` and ``b`` are logical; they are sent transposed when asked."""
+        M, K = a.shape
+        N = b.shape[1]
+        words = [self.command(Op.LOAD_A, trans_a, m=M, k=K),
+                 self.command(Op.LOAD_B, trans_b, k=K, n=N)]
+        elems = self.elements(a.T if trans_a else a) + self.elements(b.T if trans_b else b)
+        if bias is not None:
+            words.append(self.command(Op.LOAD_BIAS, n=N))
+            elems += self.elements(bias)
+        words.append(self.command(Op.RUN, bias=bias is not None))
+        want = gemm(a, b, cols=self.C, bias=bias, scale_m=self.scale_m, scale_e=self.scale_e,
+                    out_width=self.p["out_width"])
+        order = output_order(M, N, self.C)
+        for idx, ((row, col), lanes) in enumerate(zip(order, want, strict=True)):
+            word = Const.cast(self.out_layout.const({
+                "data": [int(v) for v in lanes], "row": row, "col": col,
+                "last": idx == len(order) - 1})).value
+            self.scoreboard.expect(word, f"{label}: beat {idx} (row {row}, col {col})")
+        self.cmd.send(words)
+        self.data.send(elems)
+        self.macs += M * K * N
+
+    async def drain(self, what: str) -> None:
+        pending = len(self.scoreboard.expected) + len(self.data.queue)
+        work = self.macs // (self.R * self.C) + pending
+        await self.bench.wait_until(
+            lambda: self.cmd.idle and self.data.idle and not self.scoreboard.expected,
+            2000 + 8 * work, what)
+        await self.bench.cycles(self.R + self.C + 20)
+        self.scoreboard.check_done()
+        assert int(self.dut.error.value) == Error.NONE.value, (
+            f"engine flagged error {Error(int(self.dut.error.value)).name} during {what}")
+        assert not int(self.dut.busy.value), f"engine still busy after {what}"
+
+
+def _dim(rng: np.random.Generator, tile: int, hi: int) -> int:
+    """1, around a multiple of the tile, or random: clipped to ``[1, hi]``."""
+    pick = int(rng.integers(0, 6))
+    value = [1, tile - 1, tile, tile + 1, 2 * tile + 3, int(rng.integers(1, 4 * tile + 2))][pick]
+    return int(min(max(value, 1), hi))
+
+
+@cocotb.test()
+async def test_random(dut):
+    """Random M, K, N (1, tile edges, non-multiples), random transposes and bias, random
+    valid gaps and back-pressure, then one job at the operand extremes with the longest K."""
+    tb = GemmBench(dut, make_rng(1))
+    await tb.bench.start()
+    p, rng = tb.p, tb.rng
+    if p["requant"]:
+        await tb.write_scales()
+    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.6), (0.6, 0.0)]
+    jobs = vectors_from_env(DEFAULT_JOBS)
+    for j in range(jobs):
+        tb.set_stalls(*phases[j % len(phases)])
+        M = _dim(rng, tb.R, p["max_m"])
+        K = _dim(rng, tb.R, p["max_k"])
+        N = _dim(rng, tb.C, p["max_n"])
+        a = tb.operand((M, K), tb.a_rng)
+        b = tb.operand((K, N), tb.b_rng)
+        bias = tb.operand((N,), tb.bias_rng) if rng.random() < 0.5 else None
+        tb.job(a, b, trans_a=bool(rng.integers(0, 2)), trans_b=bool(rng.integers(0, 2)),
+               bias=bias, label=f"job {j} M={M} K={K} N={N}")
+        await tb.drain(f"job {j} M={M} K={K} N={N}")
+    # Extremes: every operand at its most negative (largest positive products) over max_k,
+    # bias at its largest; then the mixed-sign corner with the smallest bias.
+    tb.set_stalls(0.2, 0.2)
+    M, N, K = min(tb.R + 1, p["max_m"]), min(tb.C + 1, p["max_n"]), p["max_k"]
+    for ea, eb, be in (("lo", "lo", "hi"), ("lo", "hi", "lo"), ("hi", "hi", "hi")):
+        tb.job(tb.operand((M, K), tb.a_rng, ea), tb.operand((K, N), tb.b_rng, eb),
+               trans_a=False, trans_b=True, bias=tb.operand((N,), tb.bias_rng, be),
+               label=f"extremes a={ea} b={eb} bias={be} K={K}")
+        await tb.drain(f"extreme job K={K}")
+    dut._log.info("%d jobs + 3 extreme jobs bit-exact: %d output beats in %d cycles",
+                  jobs, tb.scoreboard.matched, tb.bench.cycle)
+
+
+@cocotb.test(skip=ENV_BENCH not in os.environ)
+async def test_bench(dut):
+    """Cycles of a RUN for M = K = N = each size in $HETEROTRON_BENCH, no stalls, results
+    checked; one JSON line per size to $HETEROTRON_BENCH_OUT."""
+    tb = GemmBench(dut, make_rng(3), stalls=False)
+    await tb.bench.start()
+    sizes = [int(s) for s in os.environ[ENV_BENCH].split(",")]
+    out_path = os.environ.get(ENV_BENCH_OUT)
+    for size in sizes:
+        a = tb.operand((size, size), tb.a_rng)
+        b = tb.operand((size, size), tb.b_rng)
+        t0 = tb.bench.cycle
+        n_cmd, n_out = len(tb.cycle_of_cmd), len(tb.cycle_of_out)
+        tb.macs = 0
+        tb.job(a, b, trans_a=False, trans_b=False, bias=None, label=f"bench {size}^3")
+        await tb.drain(f"bench {size}^3")
+        run_cycle = tb.cycle_of_cmd[n_cmd + 2]  # LOAD_A, LOAD_B, RUN
+        cycles = tb.cycle_of_out[-1] - run_cycle + 1
+        load = run_cycle - t0
+        macs = size ** 3
+        row = {"m": size, "k": size, "n": size, "rows": tb.R, "cols": tb.C,
+               "dataflow": tb.p["dataflow"], "cycles": cycles, "macs": macs,
+               "utilization": macs / (tb.R * tb.C * cycles), "load_cycles": load,
+               "beats": len(tb.cycle_of_out) - n_out}
+        dut._log.info("bench %s", json.dumps(row))
+        if out_path:
+            with open(out_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
