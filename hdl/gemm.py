@@ -3,7 +3,7 @@ buffers, with operand transposes and an optional requantizer on the way out."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -361,7 +361,8 @@ class GemmEngine(wiring.Component):
         a_base = Signal(a_rd.addr.shape(), name="gen_a_base")
         b_base = Signal(b_rd.addr.shape(), name="gen_b_base")
         nt = Signal(bias_rd.addr.shape(), name="gen_nt")
-        iv, first, last = Signal(name="iss_valid"), Signal(name="iss_first"), Signal(name="iss_last")
+        iv = Signal(name="iss_valid")
+        first, last = Signal(name="iss_first"), Signal(name="iss_last")
         adv = Signal()
         m.d.comb += [
             adv.eq(~iv | sa.i.ready),

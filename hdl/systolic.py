@@ -338,10 +338,15 @@ class SystolicArray(wiring.Component):
         s0 = Signal(p.shape(), name="s0")
         v0 = Signal(name="s0_valid")
         with m.If(en):
-            m.d.sync += [s0.eq(p), s0.swap.eq(take & p.swap), v0.eq(take)]
+            m.d.sync += [s0.eq(p), v0.eq(take)]
 
+        # The swap flag runs one cycle ahead of its beat's operands, so a PE copies its shadow
+        # weight the cycle before the first beat that uses it: the multiplier then reads the
+        # weight straight from a register (no mux in front of the DSP).
+        swap_now = Signal()
+        m.d.comb += swap_now.eq(take & p.swap)
         left = [(self._delay(m, en, s0.a[i], i, f"a_skew{i}"),
-                 self._delay(m, en, s0.swap, i, f"sw_skew{i}")) for i in range(R)]
+                 self._delay(m, en, swap_now, i, f"sw_skew{i}")) for i in range(R)]
         # The partial sum meets row 0's product one cycle after A: column j by j + 1.
         above = [self._delay(m, en, s0.psum[j], j + 1, f"psum_skew{j}") for j in range(C)]
 
@@ -353,9 +358,7 @@ class SystolicArray(wiring.Component):
                 w_sh = Signal(self.b_shape, name=f"{tag}_wsh")
                 with m.If(en & wtake & (wrow == i)):
                     m.d.sync += w_sh.eq(self.w.payload[j])
-                w_eff = Signal(self.b_shape, name=f"{tag}_weff")
-                m.d.comb += w_eff.eq(Mux(sw_in, w_sh, w_act))
-                prod = self._product(m, en, a_in, w_eff, f"{tag}_p")
+                prod = self._product(m, en, a_in, w_act, f"{tag}_p")
                 a_r, sw_r = Signal(a_in.shape(), name=f"{tag}_a"), Signal(name=f"{tag}_sw")
                 psum = Signal(acc_shape, name=f"{tag}_psum")
                 with m.If(en):

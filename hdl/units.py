@@ -11,8 +11,8 @@ from typing import Any
 
 from amaranth.lib import wiring
 
-from .params import Param, ParamError, check, defaults, parse_value
 from .gemm import GemmEngine
+from .params import Param, ParamError, check, defaults, parse_value
 from .requantizer import Requantizer
 from .systolic import SystolicArray
 

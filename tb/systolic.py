@@ -145,7 +145,7 @@ async def test_random(dut):
     total = vectors_from_env(DEFAULT_VECTORS)
     phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
     tiles = 0
-    for ph, (gap, stall) in enumerate(phases):
+    for gap, stall in phases:
         tb.set_stalls(gap, stall)
         share = total // len(phases)
         if tb.os:
