@@ -8,7 +8,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, ParamError, check
+from .params import Param, ParamError, check, validating
 from .requantizer import Requantizer
 from .systolic import SystolicArray, array_params
 
@@ -103,16 +103,17 @@ class GemmEngine(wiring.Component):
                       a_signed=a_signed, b_width=b_width, b_signed=b_signed,
                       acc_width=acc_width, bias_width=bias_width, max_k=max_k, max_m=max_m,
                       max_n=max_n, requant=requant, out_width=out_width)
-        check(self.PARAMS, **values)
-        if requant and acc_width > 48:
-            raise ParamError(f"acc_width must be at most 48 with requant (the requantizer's "
-                             f"input), not {acc_width}")
-        self._p = values
-        # The array checks the accumulator against max_k (raises ParamError).
         self._array_params = {k: values[k] for k in (
             "rows", "cols", "dataflow", "a_width", "a_signed", "b_width", "b_signed",
             "acc_width", "bias_width", "max_k")}
-        self._array = array = SystolicArray(**self._array_params)
+        with validating(self):
+            check(self.PARAMS, **values)
+            if requant and acc_width > 48:
+                raise ParamError(f"acc_width must be at most 48 with requant (the "
+                                 f"requantizer's input), not {acc_width}")
+            # The array checks the accumulator against max_k.
+            self._array = array = SystolicArray(**self._array_params)
+        self._p = values
         self._a_shape, self._b_shape = array.a_shape, array.b_shape
         elem_w = max(a_width + (0 if a_signed else 1), b_width + (0 if b_signed else 1),
                      bias_width)

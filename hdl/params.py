@@ -8,10 +8,12 @@ same declarations to parse ``--param k=v`` strings and to list defaults.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Param", "ParamError", "check", "parse_value", "defaults"]
+__all__ = ["Param", "ParamError", "check", "parse_value", "defaults", "validating"]
 
 
 class ParamError(ValueError):
@@ -142,3 +144,14 @@ def sample(params: tuple[Param, ...], rng, caps: dict[str, int] | None = None) -
         else:
             values[p.name] = int(rng.choice([p.lo, hi, rng.integers(p.lo, hi + 1)]))
     return values
+
+
+@contextmanager
+def validating(component) -> Iterator[None]:
+    """Wrap a component's parameter checks: a component rejected at construction is never
+    elaborated, so Amaranth's "created but never used" warning is silenced for it."""
+    try:
+        yield
+    except ParamError:
+        component._MustUse__silence = True
+        raise

@@ -7,7 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, check
+from .params import Param, check, validating
 
 __all__ = ["Requantizer"]
 
@@ -81,9 +81,10 @@ class Requantizer(wiring.Component):
                  max_shift=63, residual=False, res_width=32):
         if channels is None:
             channels = lanes
-        check(self.PARAMS, lanes=lanes, channels=channels, in_width=in_width,
-              out_width=out_width, m_width=m_width, max_shift=max_shift, residual=residual,
-              res_width=res_width)
+        with validating(self):
+            check(self.PARAMS, lanes=lanes, channels=channels, in_width=in_width,
+                  out_width=out_width, m_width=m_width, max_shift=max_shift, residual=residual,
+                  res_width=res_width)
         self._lanes = lanes
         self._channels = channels
         self._in_width = in_width

@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, ParamError, check
+from .params import Param, ParamError, check, validating
 
 __all__ = ["SystolicArray", "array_params", "check_accumulator"]
 
@@ -131,13 +131,14 @@ class SystolicArray(wiring.Component):
         values = dict(rows=rows, cols=cols, dataflow=dataflow, a_width=a_width,
                       a_signed=a_signed, b_width=b_width, b_signed=b_signed,
                       acc_width=acc_width, bias_width=bias_width, max_k=max_k)
-        check(self.PARAMS, **values)
-        if bias_width > acc_width:
-            raise ParamError(f"bias_width must be at most acc_width={acc_width}, "
-                             f"not {bias_width}")
-        check_accumulator(a_width=a_width, a_signed=a_signed, b_width=b_width,
-                          b_signed=b_signed, bias_width=bias_width, acc_width=acc_width,
-                          max_k=max_k)
+        with validating(self):
+            check(self.PARAMS, **values)
+            if bias_width > acc_width:
+                raise ParamError(f"bias_width must be at most acc_width={acc_width}, "
+                                 f"not {bias_width}")
+            check_accumulator(a_width=a_width, a_signed=a_signed, b_width=b_width,
+                              b_signed=b_signed, bias_width=bias_width, acc_width=acc_width,
+                              max_k=max_k)
         self._p = values
         a_shape = signed(a_width) if a_signed else unsigned(a_width)
         b_shape = signed(b_width) if b_signed else unsigned(b_width)

@@ -229,8 +229,8 @@ def cmd_fpga_synth(args) -> int:
     if cp:
         print(f"  critical path {cp['total_ns']} ns ({cp['logic_ns']} logic, {cp['routing_ns']} "
               f"routing): {cp['from']} -> {cp['to']}")
-    print(f"  tools: {fig['tools']}; synth {fig['synth_seconds']} s, "
-          f"place and route {fig['pnr_seconds']} s")
+    print(f"  tools: {fig['tools']}, LUT mapping {fig['lut_mapper']}; "
+          f"synth {fig['synth_seconds']} s, place and route {fig['pnr_seconds']} s")
     return 0
 
 
@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     from heterotron.scripts.accuracy_cmd import add_parser as add_accuracy
 
     add_accuracy(sub)
+
+    from heterotron.scripts.bench_cmd import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 

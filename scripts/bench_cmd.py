@@ -1,0 +1,79 @@
+"""``heterotron bench gemm``: GEMM cycles and utilisation measured in RTL simulation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,128,256, not {text!r}") from None
+    if not values or any(not 1 <= v <= 4096 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be integers in [1, 4096], not {text!r}")
+    return values
+
+
+def _arrays(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        try:
+            r, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected arrays like 8x8,16x16, not {text!r}") from None
+        if not (1 <= r <= 32 and 1 <= c <= 32):
+            raise argparse.ArgumentTypeError(f"array rows and cols must be in [1, 32]: {item}")
+        out.append((r, c))
+    return out
+
+
+def _dataflows(text: str) -> list[str]:
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("os", "ws") for v in values):
+        raise argparse.ArgumentTypeError(f"dataflows must be os and/or ws, not {text!r}")
+    return values
+
+
+def cmd_bench_gemm(args) -> int:
+    from heterotron.sim.bench import bench_gemm
+
+    rows = bench_gemm(args.sizes, args.arrays, args.dataflow, seed=args.seed)
+    if args.json:
+        print(json.dumps({"benchmark": "gemm", "results": rows}, indent=2))
+    else:
+        print("GEMM on the systolic array, RTL simulation (Verilator), results bit-exact:")
+        print(f"  {'array':<7}{'flow':<6}{'M=K=N':>7}{'cycles':>10}{'util':>9}"
+              f"{'goal':>7}{'load cycles':>13}")
+        for r in rows:
+            goal = f"{r['goal']:.0%}" if r["goal"] else "-"
+            print(f"  {r['rows']}x{r['cols']:<5}{r['dataflow']:<6}{r['m']:>7}{r['cycles']:>10}"
+                  f"{r['utilization']:>9.2%}{goal:>7}{r['load_cycles']:>13}")
+    missed = [r for r in rows if r["goal"] and r["utilization"] < r["goal"]]
+    for r in missed:
+        print(f"  goal missed: {r['rows']}x{r['cols']} {r['dataflow']} {r['m']}^3 "
+              f"{r['utilization']:.2%} < {r['goal']:.0%}")
+    sizes = ",".join(map(str, args.sizes))
+    arrays = ",".join(f"{r}x{c}" for r, c in args.arrays)
+    print(f"  reproduce: heterotron bench gemm --sizes {sizes} --arrays {arrays} "
+          f"--dataflow {','.join(args.dataflow)} --seed {args.seed}"
+          + (" --json" if args.json else ""), file=None if not args.json else __import__(
+              "sys").stderr)
+    return 1 if missed else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks measured in RTL simulation")
+    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    p = bsub.add_parser("gemm", help="GEMM cycles and utilisation on the systolic array")
+    p.add_argument("--sizes", type=_sizes, default=[64, 128, 256],
+                   help="M = K = N values (default: 64,128,256)")
+    p.add_argument("--arrays", type=_arrays, default=[(8, 8), (16, 16)],
+                   help="array sizes rowsxcols (default: 8x8,16x16)")
+    p.add_argument("--dataflow", type=_dataflows, default=["os", "ws"],
+                   help="os, ws or both (default: os,ws)")
+    p.add_argument("--seed", type=int, default=1, help="operand seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_bench_gemm)

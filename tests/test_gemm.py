@@ -1,0 +1,195 @@
+"""GEMM engine: golden model, command errors and results in Amaranth's simulator, the cocotb
+testbench on Verilator for both dataflows, and the benchmark command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from heterotron.hdl.gemm import Error, GemmEngine, Op
+from heterotron.hdl.params import ParamError
+from heterotron.hdl.units import get_unit
+from heterotron.scripts.cli import main
+from heterotron.sim.amaranth_sim import stream_get, stream_put
+from heterotron.sim.runner import run_sim
+from heterotron.sim.systolic import gemm, output_order
+
+# -- golden model -----------------------------------------------------------------------------
+
+
+def test_gemm_golden_order_padding_and_bias():
+    a = np.array([[1, 2], [3, 4], [5, 6]])  # 3 x 2
+    b = np.array([[1, 0, -1], [2, 1, 0]])  # 2 x 3
+    bias = np.array([10, 20, 30])
+    beats = gemm(a, b, cols=2, bias=bias)
+    c = a @ b + bias
+    # column tile 0 (cols 0, 1) rows 0..2, then column tile 1 (col 2, lane 1 padding = 0)
+    assert beats.tolist() == [list(c[0, :2]), list(c[1, :2]), list(c[2, :2]),
+                              [c[0, 2], 0], [c[1, 2], 0], [c[2, 2], 0]]
+    assert output_order(3, 3, 2) == [(0, 0), (1, 0), (2, 0), (0, 2), (1, 2), (2, 2)]
+
+
+def test_gemm_golden_requantizes_per_lane():
+    a = np.array([[100]])
+    b = np.array([[100, -100]])
+    beats = gemm(a, b, cols=2, scale_m=np.array([1, 3]), scale_e=np.array([4, 0]), out_width=8)
+    assert beats.tolist() == [[127, -128]]  # 10000 / 16 = 625 -> 127; -30000 -> -128
+
+
+# -- Amaranth simulation ----------------------------------------------------------------------
+
+
+def run_engine(dut: GemmEngine, program, n_out: int, seed=0, gap=0.2, stall=0.2,
+               cycles=30000):
+    """Drive ``program`` (a list of (command dict, elements or None)); collect ``n_out``
+    output beats and the error code after each command."""
+    rng = np.random.default_rng(seed)
+    out, errors = [], []
+
+    async def host(ctx):
+        for cmd, elems in program:
+            await ctx.tick().until(~dut.busy)
+            fields = {"op": cmd["op"], "trans": cmd.get("trans", 0), "bias": cmd.get("bias", 0),
+                      "m": cmd.get("m", 0), "k": cmd.get("k", 0), "n": cmd.get("n", 0)}
+            await stream_put(ctx, dut.cmd, fields)
+            for e in (elems if elems is not None else []):
+                await stream_put(ctx, dut.data, int(e), rng, gap)
+            await ctx.tick()
+            errors.append(Error(ctx.get(dut.error)))
+
+    async def sink(ctx):
+        for _ in range(n_out):
+            p = await stream_get(ctx, dut.o, rng, stall)
+            out.append(([p.data[j] for j in range(dut.cols)], p.row, p.col, p.last))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.add_testbench(sink)
+    sim.run_until(1e-6 * cycles)
+    return out, errors
+
+
+def job_program(a, b, trans_a, trans_b, bias=None):
+    M, K = a.shape
+    N = b.shape[1]
+    prog = [({"op": Op.LOAD_A, "trans": trans_a, "m": M, "k": K}, (a.T if trans_a else a).flat),
+            ({"op": Op.LOAD_B, "trans": trans_b, "k": K, "n": N}, (b.T if trans_b else b).flat)]
+    if bias is not None:
+        prog.append(({"op": Op.LOAD_BIAS, "n": N}, bias))
+    prog.append(({"op": Op.RUN, "bias": bias is not None}, None))
+    return prog
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_transposes_in_amaranth_sim(dataflow, trans_a, trans_b):
+    """C = A B, A^T B, A B^T, A^T B^T with non-multiple sizes and a bias."""
+    rng = np.random.default_rng(trans_a * 2 + trans_b)
+    dut = GemmEngine(rows=3, cols=2, dataflow=dataflow, max_m=12, max_k=12, max_n=12)
+    M, K, N = 7, 5, 3
+    a = rng.integers(-128, 128, (M, K))
+    b = rng.integers(-128, 128, (K, N))
+    bias = rng.integers(-(1 << 23), 1 << 23, N)
+    want = gemm(a, b, cols=2, bias=bias)
+    out, errors = run_engine(dut, job_program(a, b, trans_a, trans_b, bias), len(want))
+    assert np.array([o[0] for o in out]).tolist() == want.tolist()
+    assert [(o[1], o[2]) for o in out] == output_order(M, N, 2)
+    assert [o[3] for o in out] == [0] * (len(want) - 1) + [1]
+    assert all(e == Error.NONE for e in errors)
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_bad_commands_flag_errors_and_the_engine_recovers(dataflow):
+    dut = GemmEngine(rows=2, cols=2, dataflow=dataflow, max_m=6, max_k=6, max_n=6)
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(-128, 128, (3, 4)), rng.integers(-128, 128, (4, 5))
+    prog = [
+        ({"op": Op.RUN}, None),  # nothing loaded
+        ({"op": Op.LOAD_A, "m": 0, "k": 3}, None),  # M = 0
+        ({"op": Op.LOAD_B, "k": 7, "n": 2}, None),  # K above max_k
+        ({"op": Op.LOAD_A, "m": 3, "k": 4}, a.flat),
+        ({"op": Op.LOAD_B, "k": 3, "n": 5}, np.zeros(15, dtype=int)),
+        ({"op": Op.RUN}, None),  # K of A (4) and B (3) differ
+        ({"op": Op.LOAD_B, "k": 4, "n": 5}, [200] + list(b.flat)[1:]),  # 200 is not int8
+        ({"op": Op.RUN, "bias": 1}, None),  # no bias loaded
+    ] + job_program(a, b, 0, 0)
+    want = gemm(a, b, cols=2)
+    out, errors = run_engine(dut, prog, len(want))
+    assert errors[:8] == [Error.DIMS, Error.DIMS, Error.DIMS, Error.NONE, Error.NONE,
+                          Error.DIMS, Error.RANGE, Error.DIMS]
+    assert all(e == Error.NONE for e in errors[8:])
+    assert np.array([o[0] for o in out]).tolist() == want.tolist()
+
+
+def test_engine_rejects_overflowing_configuration():
+    with pytest.raises(ParamError, match="acc_width=20 can overflow"):
+        GemmEngine(acc_width=20, bias_width=8, max_k=256)
+    with pytest.raises(ParamError, match="max_m must be"):
+        GemmEngine(max_m=0)
+
+
+# -- cocotb testbench -------------------------------------------------------------------------
+
+SMALL = {"max_m": "24", "max_k": "40", "max_n": "24"}
+COCOTB_CASES = [
+    pytest.param({"rows": "4", "cols": "4", "dataflow": "os", **SMALL}, id="os-4x4"),
+    pytest.param({"rows": "4", "cols": "4", "dataflow": "ws", **SMALL}, id="ws-4x4"),
+    pytest.param({"rows": "3", "cols": "2", "dataflow": "os", "requant": "true", **SMALL},
+                 id="os-3x2-requant"),
+    pytest.param({"rows": "2", "cols": "3", "dataflow": "ws", "requant": "true",
+                  "a_signed": "false", **SMALL}, id="ws-2x3-requant-uint8"),
+    pytest.param({"rows": "1", "cols": "1", "dataflow": "ws", **SMALL}, id="ws-1x1"),
+]
+
+
+@pytest.mark.parametrize("overrides", COCOTB_CASES)
+def test_cocotb_verilator(overrides):
+    unit = get_unit("gemm")
+    result = run_sim(unit, unit.resolve(overrides=overrides), seed=21, vectors=8)
+    assert result.tests == 2 and result.failed == 0, result  # test_bench is skipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    {"dataflow": "os"},  # 8x8, buffers for 256, extremes at K = 256
+    {"dataflow": "ws"},
+    {"rows": "5", "cols": "7", "dataflow": "os", "requant": "true", "out_width": "12",
+     "max_m": "60", "max_k": "90", "max_n": "60"},
+    {"rows": "7", "cols": "5", "dataflow": "ws", "b_signed": "false", "max_m": "60",
+     "max_k": "90", "max_n": "60"},
+])
+def test_cocotb_verilator_slow(overrides):
+    unit = get_unit("gemm")
+    result = run_sim(unit, unit.resolve(overrides=overrides), seed=4, vectors=12)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+# -- benchmark --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "gemm", "--sizes", "0"], "sizes must be integers in [1, 4096]"),
+    (["bench", "gemm", "--arrays", "8by8"], "expected arrays like 8x8,16x16"),
+    (["bench", "gemm", "--dataflow", "rs"], "dataflows must be os and/or ws"),
+])
+def test_bench_rejects_bad_arguments(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_reports_verified_cycles_and_utilisation():
+    from heterotron.sim.bench import bench_gemm
+
+    rows = bench_gemm([12, 20], [(4, 4)], ["os", "ws"])
+    assert [(r["dataflow"], r["m"]) for r in rows] == [("os", 12), ("os", 20), ("ws", 12),
+                                                       ("ws", 20)]
+    for r in rows:
+        # A tile of work cannot take fewer cycles than its MACs over the PEs.
+        assert r["cycles"] >= r["macs"] / 16
+        assert 0 < r["utilization"] <= 1
+        assert r["beats"] == r["m"] * -(-r["n"] // 4)
