@@ -63,15 +63,18 @@ def fpga_synth(verilog: Path, top: str, device: str = "ecp5-85f", freq_mhz: floa
                   f"read_verilog -sv design.v; synth_ecp5 -top {top} -json design.json"],
                  tmp, "yosys synth_ecp5", "yosys.log")
         except ToolError as exc:
-            # Some YoWASP Yosys builds assert in ABC9's reintegration on some designs (seen on
-            # the weight-stationary array); classic ABC maps the same netlist.
+            # Yosys 0.66 to 0.70 (YoWASP) assert while reading ABC9's result back on some
+            # netlists (seen on the 8-row weight-stationary array). synth_ecp5 has no switch
+            # for it, so run its own script around the LUT mapping with classic ABC instead.
             if ABC9_CRASH not in str(exc):
                 raise
-            _log("yosys ABC9 mapping crashed (ABC_OPS_REINTEGRATE); retrying with -noabc9 ...")
-            mapper = "abc (-noabc9: abc9 crashed)"
+            _log("yosys ABC9 LUT mapping crashed; mapping LUTs with classic abc -lut 4 ...")
+            mapper = "abc -lut 4 (abc9 crashed on this netlist)"
             _run([yosys, "-q", "-l", "yosys.log", "-p",
-                  f"read_verilog -sv design.v; synth_ecp5 -noabc9 -top {top} "
-                  "-json design.json"], tmp, "yosys synth_ecp5 -noabc9", "yosys.log")
+                  f"read_verilog -sv design.v; synth_ecp5 -top {top} -run begin:map_luts; "
+                  "techmap -map +/lattice/latches_map.v; abc -lut 4; clean; "
+                  f"synth_ecp5 -top {top} -run map_cells: -json design.json"],
+                 tmp, "yosys synth_ecp5 (classic abc)", "yosys.log")
         t1 = time.monotonic()
         _log(f"nextpnr-ecp5 place and route on {device} at {freq_mhz:g} MHz "
              "(a few minutes) ...")
