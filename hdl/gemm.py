@@ -62,7 +62,7 @@ class GemmEngine(wiring.Component):
     rows, cols, dataflow, a_width, a_signed, b_width, b_signed, acc_width, bias_width, max_k
         As :class:`SystolicArray` (``max_k`` also sizes the buffers).
     max_m, max_n : int
-        Largest M and N, 1 to 4096.
+        Largest M and N, 2 to 4096 (``max_k`` likewise).
     requant : bool
         Requantize the results to ``out_width`` bits.
     out_width : int
@@ -89,9 +89,9 @@ class GemmEngine(wiring.Component):
     PARAMS = array_params(rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")
     PARAMS = PARAMS[:-1] + (
         Param("max_k", int, 256, "largest K (sizes the buffers; checked against acc_width)",
-              1, 4096),
-        Param("max_m", int, 256, "largest M", 1, 4096),
-        Param("max_n", int, 256, "largest N", 1, 4096),
+              2, 4096),
+        Param("max_m", int, 256, "largest M", 2, 4096),
+        Param("max_n", int, 256, "largest N", 2, 4096),
         Param("requant", bool, False, "requantize results (else full acc_width out)"),
         Param("out_width", int, 8, "requantized output width", 2, 32),
     )
@@ -122,7 +122,8 @@ class GemmEngine(wiring.Component):
         members = {
             "cmd": In(stream.Signature(data.StructLayout({
                 "op": Op, "trans": 1, "bias": 1,
-                "m": range(max_m + 1), "k": range(max_k + 1), "n": range(max_n + 1),
+                # One value past each maximum fits, so an oversized request is seen (DIMS).
+                "m": range(max_m + 2), "k": range(max_k + 2), "n": range(max_n + 2),
             }))),
             "data": In(stream.Signature(signed(elem_w))),
             "o": Out(stream.Signature(data.StructLayout({
@@ -172,12 +173,14 @@ class GemmEngine(wiring.Component):
         m.submodules.array = sa = self._array
 
         # -- buffers --------------------------------------------------------------------------
+        # (At least two words each: a one-word memory would have a zero-width address.)
         m.submodules.abuf = abuf = Memory(shape=data.ArrayLayout(self._a_shape, R),
-                                          depth=self.a_depth, init=[])
+                                          depth=max(self.a_depth, 2), init=[])
         m.submodules.bbuf = bbuf = Memory(shape=data.ArrayLayout(self._b_shape, C),
-                                          depth=self.b_depth, init=[])
+                                          depth=max(self.b_depth, 2), init=[])
         m.submodules.biasbuf = biasbuf = Memory(
-            shape=data.ArrayLayout(signed(p["bias_width"]), C), depth=_ceil(max_n, C), init=[])
+            shape=data.ArrayLayout(signed(p["bias_width"]), C), depth=max(_ceil(max_n, C), 2),
+            init=[])
         a_wr, b_wr, bias_wr = (buf.write_port(granularity=1) for buf in (abuf, bbuf, biasbuf))
         a_rd, b_rd, bias_rd = (buf.read_port() for buf in (abuf, bbuf, biasbuf))
 
@@ -204,7 +207,7 @@ class GemmEngine(wiring.Component):
         ld_fast = Signal()  # lanes along the stored rows (x = column index)
         ld_lanes = Signal(range(lanes_max + 1))
         ld_r, ld_c = Signal(range(dim_max + 1)), Signal(range(dim_max + 1))
-        ld_lane = Signal(range(lanes_max))
+        ld_lane = Signal(range(max(lanes_max, 2)))  # never zero bits wide
         addr_w = max(self.a_depth, self.b_depth, _ceil(max_n, C)).bit_length() + 1
         ld_addr, ld_base = Signal(addr_w), Signal(addr_w)
 
@@ -396,7 +399,7 @@ class GemmEngine(wiring.Component):
         ]
 
         # Output: rows 0 .. R - 1 of each tile; rows past M are dropped.
-        ri = Signal(range(R), name="out_ri")
+        ri = Signal(range(max(R, 2)), name="out_ri")
         m.d.comb += [sa.o.ready.eq(~keep | res_ready), res_valid.eq(sa.o.valid & keep)]
         with m.If(start_run):
             m.d.sync += [ri.eq(0), out_row.eq(0), out_col.eq(0)]
@@ -418,13 +421,13 @@ class GemmEngine(wiring.Component):
         R, C = p["rows"], p["cols"]
         max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
         m.submodules.accbuf = accbuf = Memory(
-            shape=data.ArrayLayout(signed(p["acc_width"]), C), depth=max_m, init=[])
+            shape=data.ArrayLayout(signed(p["acc_width"]), C), depth=max(max_m, 2), init=[])
         acc_wr, acc_rd = accbuf.write_port(), accbuf.read_port()
 
         # Weight loader: for each column tile, each k tile, rows k0 .. k0 + R - 1 of B (rows
         # past K are zeros); the array takes them into its shadow registers when free.
         w_active = Signal(name="w_active")
-        wi = Signal(range(R), name="w_i")
+        wi = Signal(range(max(R, 2)), name="w_i")
         wk = Signal(range(max_k + R + 1), name="w_k")
         wcol0 = Signal(range(max_n + C), name="w_col0")
         wb_base = Signal(b_rd.addr.shape(), name="w_b_base")

@@ -315,7 +315,7 @@ class SystolicArray(wiring.Component):
 
         # Shadow-weight bookkeeping: rows written, and a guard after each swap while PEs to the
         # right still copy the old shadow.
-        wrow = Signal(range(R), name="w_row")
+        wrow = Signal(range(max(R, 2)), name="w_row")  # never zero bits wide
         full = Signal(name="w_full")
         guard = Signal(range(self.ws_guard + 1), name="w_guard")
         m.d.comb += [

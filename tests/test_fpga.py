@@ -38,3 +38,16 @@ def test_fpga_synth_rejects_unknown_device(capsys):
         main(["fpga", "synth", "requantizer", "--device", "ecp5-12"])
     assert info.value.code == 2
     assert "invalid choice: 'ecp5-12'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_fpga_synth_systolic_uses_one_dsp_per_multiply(capsys, dataflow):
+    """A 3x2 int8 array: six PEs, six MULT18X18D, no multiplier left in LUTs."""
+    code = main(["fpga", "synth", "systolic", "--param", "rows=3", "--param", "cols=2",
+                 "--param", f"dataflow={dataflow}", "--param", "max_k=256", "--json"])
+    fig = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert fig["dsps"] == 3 * 2
+    assert fig["utilization"].get("MULT18X18D") == 6
+    assert 10 < fig["fmax_mhz"] < 1000

@@ -40,6 +40,33 @@ def test_lint_edge_parameters_clean():
         assert ys.ok, ys.log[-2000:]
 
 
+@pytest.mark.parametrize("unit_name, overrides", [
+    ("systolic", {"rows": "1", "cols": "1", "dataflow": "os", "max_k": "16"}),
+    ("systolic", {"rows": "1", "cols": "1", "dataflow": "ws", "max_k": "16"}),
+    ("systolic", {"rows": "5", "cols": "3", "dataflow": "ws", "a_signed": "false"}),
+    ("systolic", {"dataflow": "os"}),
+    ("gemm", {"rows": "1", "cols": "1", "dataflow": "os", "max_m": "2", "max_k": "2",
+              "max_n": "2"}),
+    ("gemm", {"rows": "2", "cols": "2", "dataflow": "ws", "max_m": "3", "max_k": "255",
+              "max_n": "7"}),
+    ("gemm", {"rows": "1", "cols": "1", "dataflow": "ws", "requant": "true", "max_m": "20",
+              "max_k": "30", "max_n": "20"}),
+    ("gemm", {"rows": "3", "cols": "5", "dataflow": "ws", "max_m": "100", "max_k": "33"}),
+    ("gemm", {"dataflow": "os", "requant": "true", "max_m": "64", "max_k": "64",
+              "max_n": "64"}),
+    pytest.param("gemm", {"dataflow": "ws"}, marks=pytest.mark.slow),  # 3 min of Yosys
+])
+def test_systolic_and_gemm_lint_clean(unit_name, overrides):
+    """Edge sizes (a 1x1 array, buffers of one word) and defaults: no zero-width wires, no
+    latches, no undriven nets."""
+    unit = get_unit(unit_name)
+    gen = generate(unit, unit.resolve(overrides=overrides))
+    vl = verilator_lint(gen.verilog, gen.module)
+    assert vl.ok, vl.log
+    ys = yosys_check(gen.verilog, gen.module)
+    assert ys.ok, ys.log[-2000:]
+
+
 def test_default_config_file_is_the_unit_default():
     _, config = load_config("default")
     unit = get_unit("requantizer")
