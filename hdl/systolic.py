@@ -108,7 +108,8 @@ class SystolicArray(wiring.Component):
         Signed width of the bias (OS) or of the partial sum a caller feeds in (WS).
     max_k : int
         Largest reduction length. ``bias_width`` bits of bias plus ``max_k`` worst-case
-        products must fit ``acc_width``, or construction fails naming the widths needed.
+        products (WS: at least ``rows`` of them) must fit ``acc_width``, or construction
+        fails naming the widths needed.
 
     Members
     -------
@@ -136,9 +137,10 @@ class SystolicArray(wiring.Component):
             if bias_width > acc_width:
                 raise ParamError(f"bias_width must be at most acc_width={acc_width}, "
                                  f"not {bias_width}")
+            # A weight-stationary beat always adds a product from every row.
             check_accumulator(a_width=a_width, a_signed=a_signed, b_width=b_width,
                               b_signed=b_signed, bias_width=bias_width, acc_width=acc_width,
-                              max_k=max_k)
+                              max_k=max(max_k, rows) if dataflow == "ws" else max_k)
         self._p = values
         a_shape = signed(a_width) if a_signed else unsigned(a_width)
         b_shape = signed(b_width) if b_signed else unsigned(b_width)
@@ -221,7 +223,10 @@ class SystolicArray(wiring.Component):
         """Registered ``a * b`` (the PE's DSP multiply)."""
         shape = Value.cast(a).shape()
         bshape = Value.cast(b).shape()
-        width = shape.width + bshape.width + (1 if shape.signed != bshape.signed else 0)
+        # Signed x signed fits a + b bits, so does signed x unsigned; unsigned x unsigned needs
+        # one more as a signed value.
+        both_unsigned = not shape.signed and not bshape.signed
+        width = shape.width + bshape.width + (1 if both_unsigned else 0)
         p = Signal(signed(width), name=name)
         with m.If(en):
             m.d.sync += p.eq(a * b)

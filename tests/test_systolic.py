@@ -196,6 +196,31 @@ def test_ws_matches_golden_in_amaranth_sim(R, C, ms, stalls):
 
 
 @pytest.mark.parametrize("dataflow", ["os", "ws"])
+@pytest.mark.parametrize("a_signed, b_signed", [(False, False), (False, True), (True, False)])
+def test_signedness_extremes_in_amaranth_sim(dataflow, a_signed, b_signed):
+    """Unsigned and mixed operands at the corners of their ranges (the product's width)."""
+    kw = dict(rows=2, cols=2, dataflow=dataflow, a_width=15, a_signed=a_signed, b_width=3,
+              b_signed=b_signed, acc_width=40, bias_width=8, max_k=16)
+    dut = SystolicArray(**kw)
+    a_lo, a_hi = operand_range(15, a_signed)
+    b_lo, b_hi = operand_range(3, b_signed)
+    corners = [(a, b) for a in (a_lo, a_hi) for b in (b_lo, b_hi)]
+    if dataflow == "os":
+        tiles = [(np.full((k, 2), a), np.full((k, 2), b), np.array([-128, 127]))
+                 for (a, b), k in zip(corners, (1, 3, 16, 2), strict=True)]
+        got = amaranth_os(dut, tiles, seed=3)
+        assert len(got) == len(tiles)
+        for t, (a, b, bias) in enumerate(tiles):
+            assert (got[t] == os_tile(a, b, bias)).all(), (t, got[t])
+    else:
+        tiles = [(np.full((2, 2), b), np.full((5, 2), a), np.full((5, 2), -128))
+                 for a, b in corners]
+        got = amaranth_ws(dut, tiles, seed=3)
+        want = np.concatenate([ws_rows(a, w, ps) for w, a, ps in tiles])
+        assert (got == want).all(), (got, want)
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
 def test_documented_latency_is_measured(dataflow):
     """OS: from the last beat of a tile to its first output row; WS: beat to beat."""
     dut = SystolicArray(rows=3, cols=4, dataflow=dataflow)
