@@ -32,6 +32,10 @@ class Error(enum.Enum, shape=2):
     RANGE = 2  #: an element on ``data`` does not fit its operand (it was written truncated)
 
 
+#: Largest operand buffer a GEMM engine may ask for (the ECP5-85F has 3.7 Mbit of block RAM).
+BUFFER_LIMIT_BITS = 8 << 20
+
+
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -111,9 +115,16 @@ class GemmEngine(wiring.Component):
             if requant and acc_width > 48:
                 raise ParamError(f"acc_width must be at most 48 with requant (the "
                                  f"requantizer's input), not {acc_width}")
+            self._p = values
+            for name, words, width in (("A", self.a_depth, rows * a_width),
+                                       ("B", self.b_depth, cols * b_width)):
+                if words * width > BUFFER_LIMIT_BITS:
+                    raise ParamError(
+                        f"the {name} buffer would be {words} words x {width} bits "
+                        f"({words * width / 2**20:.1f} Mbit), above the "
+                        f"{BUFFER_LIMIT_BITS // 2**20} Mbit limit: lower max_m, max_k or max_n")
             # The array checks the accumulator against max_k.
             self._array = array = SystolicArray(**self._array_params)
-        self._p = values
         self._a_shape, self._b_shape = array.a_shape, array.b_shape
         elem_w = max(a_width + (0 if a_signed else 1), b_width + (0 if b_signed else 1),
                      bias_width)

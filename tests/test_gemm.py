@@ -128,6 +128,8 @@ def test_engine_rejects_overflowing_configuration():
         GemmEngine(acc_width=20, bias_width=8, max_k=256)
     with pytest.raises(ParamError, match="max_m must be"):
         GemmEngine(max_m=0)
+    with pytest.raises(ParamError, match=r"the A buffer would be 2097152 words x 8 bits"):
+        GemmEngine(rows=1, cols=1, max_m=1024, max_k=2048, max_n=2)
 
 
 # -- cocotb testbench -------------------------------------------------------------------------
