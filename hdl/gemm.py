@@ -86,8 +86,10 @@ class GemmEngine(wiring.Component):
         ``busy`` while a command runs; ``error`` (:class:`Error`) is sticky until the next
         command is accepted.
 
-    Latency: a RUN's first beat follows after the first tile's reduction and the array's
-    pipeline; see :attr:`SystolicArray.latency`.
+    Latency (:attr:`latency`, in the sidecar): the array's latency plus 2 (the buffer read and
+    the output register), plus the requantizer's 4 with ``requant``; counted from the cycle the
+    engine issues the read of a tile's last beat (OS) or of a row (WS) to its first result on
+    ``o`` when nothing stalls. A RUN costs about ``M K N / (rows cols)`` cycles plus that fill.
     """
 
     PARAMS = array_params(rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")

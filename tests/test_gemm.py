@@ -195,3 +195,38 @@ def test_bench_reports_verified_cycles_and_utilisation():
         assert r["cycles"] >= r["macs"] / 16
         assert 0 < r["utilization"] <= 1
         assert r["beats"] == r["m"] * -(-r["n"] // 4)
+
+
+GEMM_CAPS = {"rows": 5, "cols": 5, "max_k": 40, "max_m": 30, "max_n": 30}
+
+
+def sampled_gemm_params(draw: int) -> dict:
+    """A valid sampled engine configuration: redraw until construction accepts it."""
+    from heterotron.hdl.params import sample
+
+    rng = np.random.default_rng([47, draw])
+    for _ in range(1000):
+        params = sample(GemmEngine.PARAMS, rng, GEMM_CAPS)
+        try:
+            engine = GemmEngine(**params)
+        except ParamError:
+            continue
+        for part in (engine, engine._array, engine._requant):
+            if part is not None:
+                part._MustUse__silence = True  # built only to validate
+        return params
+    raise AssertionError("no valid parameter set drawn")
+
+
+@pytest.mark.parametrize("draw", [0])
+def test_cocotb_sampled_parameters(draw):
+    """Any valid engine configuration passes, not only the hand-picked ones."""
+    result = run_sim(get_unit("gemm"), sampled_gemm_params(draw), seed=draw, vectors=6)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draw", range(1, 5))
+def test_cocotb_sampled_parameters_slow(draw):
+    result = run_sim(get_unit("gemm"), sampled_gemm_params(draw), seed=draw, vectors=8)
+    assert result.tests == 2 and result.failed == 0, result
