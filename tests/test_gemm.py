@@ -197,7 +197,7 @@ def test_bench_reports_verified_cycles_and_utilisation():
         assert r["beats"] == r["m"] * -(-r["n"] // 4)
 
 
-GEMM_CAPS = {"rows": 5, "cols": 5, "max_k": 40, "max_m": 30, "max_n": 30}
+GEMM_CAPS = {"rows": 5, "cols": 5, "max_k": 40, "max_m": 30, "max_n": 30, "acc_width": 48}
 
 
 def sampled_gemm_params(draw: int) -> dict:
