@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Param, ParamError, check, validating
 from .requantizer import Requantizer
-from .systolic import SystolicArray, array_params
+from .systolic import SystolicArray, array_params, operand_range
 
 __all__ = ["GemmEngine", "Op", "Error"]
 
@@ -38,6 +38,24 @@ BUFFER_LIMIT_BITS = 8 << 20
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _step_loops(m, levels, done=()):
+    """One step of a nest of counting loops, innermost level first.
+
+    Each level is ``(last, wrap, step)``: when ``last`` holds, the level applies ``wrap`` and
+    the next level out steps; otherwise it applies ``step``. After the outermost level's last
+    step, ``done`` is applied instead.
+    """
+    last, wrap, step = levels[0]
+    with m.If(last):
+        m.d.sync += wrap
+        if len(levels) > 1:
+            _step_loops(m, levels[1:], done)
+        else:
+            m.d.sync += done
+    with m.Else():
+        m.d.sync += step
 
 
 class GemmEngine(wiring.Component):
@@ -271,11 +289,9 @@ class GemmEngine(wiring.Component):
         elem = self.data.payload
         take = Signal()
         m.d.comb += take.eq(self.data.valid & self.data.ready)
-        a_lo = -(1 << (p["a_width"] - 1)) if p["a_signed"] else 0
-        a_hi = (1 << (p["a_width"] - (1 if p["a_signed"] else 0))) - 1
-        b_lo = -(1 << (p["b_width"] - 1)) if p["b_signed"] else 0
-        b_hi = (1 << (p["b_width"] - (1 if p["b_signed"] else 0))) - 1
-        bias_lo, bias_hi = -(1 << (p["bias_width"] - 1)), (1 << (p["bias_width"] - 1)) - 1
+        a_lo, a_hi = operand_range(p["a_width"], p["a_signed"])
+        b_lo, b_hi = operand_range(p["b_width"], p["b_signed"])
+        bias_lo, bias_hi = operand_range(p["bias_width"], True)
         lo = Mux(ld_target == Op.LOAD_A, a_lo, Mux(ld_target == Op.LOAD_B, b_lo, bias_lo))
         hi = Mux(ld_target == Op.LOAD_A, a_hi, Mux(ld_target == Op.LOAD_B, b_hi, bias_hi))
         lane_en = Signal(lanes_max)
@@ -392,19 +408,13 @@ class GemmEngine(wiring.Component):
         with m.Elif(adv):
             m.d.sync += [iv.eq(active), first.eq(k == 0), last.eq(k == a_k - 1)]
             with m.If(active):
-                with m.If(k == a_k - 1):
-                    m.d.sync += k.eq(0)
-                    with m.If(row0 + R >= a_m):
-                        m.d.sync += [row0.eq(0), a_base.eq(0)]
-                        with m.If(col0 + C >= b_n):
-                            m.d.sync += active.eq(0)
-                        with m.Else():
-                            m.d.sync += [col0.eq(col0 + C), b_base.eq(b_base + a_k),
-                                         nt.eq(nt + 1)]
-                    with m.Else():
-                        m.d.sync += [row0.eq(row0 + R), a_base.eq(a_base + a_k)]
-                with m.Else():
-                    m.d.sync += k.eq(k + 1)
+                _step_loops(m, [
+                    (k == a_k - 1, [k.eq(0)], [k.eq(k + 1)]),
+                    (row0 + R >= a_m, [row0.eq(0), a_base.eq(0)],
+                     [row0.eq(row0 + R), a_base.eq(a_base + a_k)]),
+                    (col0 + C >= b_n, [],
+                     [col0.eq(col0 + C), b_base.eq(b_base + a_k), nt.eq(nt + 1)]),
+                ], done=[active.eq(0)])
         m.d.comb += [
             sa.i.valid.eq(iv), sa.i.payload.a.eq(a_rd.data), sa.i.payload.b.eq(b_rd.data),
             sa.i.payload.bias.eq(Mux(use_bias, bias_rd.data.as_value(), 0)),
@@ -417,14 +427,11 @@ class GemmEngine(wiring.Component):
         with m.If(start_run):
             m.d.sync += [ri.eq(0), out_row.eq(0), out_col.eq(0)]
         with m.Elif(sa.o.valid & sa.o.ready):
-            with m.If(ri == R - 1):
-                m.d.sync += ri.eq(0)
-                with m.If(out_row + 1 >= a_m):
-                    m.d.sync += [out_row.eq(0), out_col.eq(out_col + C)]
-                with m.Else():
-                    m.d.sync += out_row.eq(out_row + 1)
-            with m.Else():
-                m.d.sync += [ri.eq(ri + 1), out_row.eq(out_row + 1)]
+            _step_loops(m, [
+                (ri == R - 1, [ri.eq(0)], [ri.eq(ri + 1), out_row.eq(out_row + 1)]),
+                (out_row + 1 >= a_m, [out_row.eq(0), out_col.eq(out_col + C)],
+                 [out_row.eq(out_row + 1)]),
+            ])
 
     # -- weight-stationary run ------------------------------------------------------------------
 
@@ -452,18 +459,12 @@ class GemmEngine(wiring.Component):
         with m.Elif(wadv):
             m.d.sync += [wv.eq(w_active), wzero.eq(wk >= a_k)]
             with m.If(w_active):
-                with m.If(wi == R - 1):
-                    m.d.sync += wi.eq(0)
-                    with m.If(wk + 1 >= a_k):
-                        m.d.sync += wk.eq(0)
-                        with m.If(wcol0 + C >= b_n):
-                            m.d.sync += w_active.eq(0)
-                        with m.Else():
-                            m.d.sync += [wcol0.eq(wcol0 + C), wb_base.eq(wb_base + a_k)]
-                    with m.Else():
-                        m.d.sync += wk.eq(wk + 1)
-                with m.Else():
-                    m.d.sync += [wi.eq(wi + 1), wk.eq(wk + 1)]
+                # wk is the row of B being read: k tile * rows + wi.
+                _step_loops(m, [
+                    (wi == R - 1, [wi.eq(0)], [wi.eq(wi + 1), wk.eq(wk + 1)]),
+                    (wk + 1 >= a_k, [wk.eq(0)], [wk.eq(wk + 1)]),
+                    (wcol0 + C >= b_n, [], [wcol0.eq(wcol0 + C), wb_base.eq(wb_base + a_k)]),
+                ], done=[w_active.eq(0)])
         m.d.comb += [sa.w.valid.eq(wv), sa.w.payload.eq(Mux(wzero, 0, b_rd.data.as_value()))]
 
         # A streamer: for each column tile, each k tile, rows m = 0 .. M - 1 of A; the partial
@@ -493,18 +494,12 @@ class GemmEngine(wiring.Component):
             m.d.sync += [iv.eq(fire), swap.eq(sm == 0), from_acc.eq(sk0 != 0)]
             with m.If(fire):
                 m.d.sync += s_cnt.eq(s_cnt + 1)
-                with m.If(sm == a_m - 1):
-                    m.d.sync += sm.eq(0)
-                    with m.If(sk0 + R >= a_k):
-                        m.d.sync += [sk0.eq(0), sa_base.eq(0)]
-                        with m.If(scol0 + C >= b_n):
-                            m.d.sync += s_active.eq(0)
-                        with m.Else():
-                            m.d.sync += [scol0.eq(scol0 + C), nt.eq(nt + 1)]
-                    with m.Else():
-                        m.d.sync += [sk0.eq(sk0 + R), sa_base.eq(sa_base + a_m)]
-                with m.Else():
-                    m.d.sync += sm.eq(sm + 1)
+                _step_loops(m, [
+                    (sm == a_m - 1, [sm.eq(0)], [sm.eq(sm + 1)]),
+                    (sk0 + R >= a_k, [sk0.eq(0), sa_base.eq(0)],
+                     [sk0.eq(sk0 + R), sa_base.eq(sa_base + a_m)]),
+                    (scol0 + C >= b_n, [], [scol0.eq(scol0 + C), nt.eq(nt + 1)]),
+                ], done=[s_active.eq(0)])
         psum = sa.i.payload.psum
         for j in range(C):
             m.d.comb += psum[j].eq(Mux(from_acc, acc_rd.data[j],
@@ -526,11 +521,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += [ok0.eq(0), out_row.eq(0), out_col.eq(0), o_cnt.eq(0)]
         with m.Elif(sa.o.valid & sa.o.ready):
             m.d.sync += o_cnt.eq(o_cnt + 1)
-            with m.If(out_row == a_m - 1):
-                m.d.sync += out_row.eq(0)
-                with m.If(final):
-                    m.d.sync += [ok0.eq(0), out_col.eq(out_col + C)]
-                with m.Else():
-                    m.d.sync += ok0.eq(ok0 + R)
-            with m.Else():
-                m.d.sync += out_row.eq(out_row + 1)
+            _step_loops(m, [
+                (out_row == a_m - 1, [out_row.eq(0)], [out_row.eq(out_row + 1)]),
+                (final, [ok0.eq(0), out_col.eq(out_col + C)], [ok0.eq(ok0 + R)]),
+            ])

@@ -8,10 +8,11 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Param, ParamError, check, validating
 
-__all__ = ["SystolicArray", "array_params", "check_accumulator"]
+__all__ = ["SystolicArray", "array_params", "check_accumulator", "operand_range"]
 
 
-def _range(width: int, is_signed: bool) -> tuple[int, int]:
+def operand_range(width: int, is_signed: bool) -> tuple[int, int]:
+    """Inclusive value range of a ``width``-bit operand."""
     if is_signed:
         return -(1 << (width - 1)), (1 << (width - 1)) - 1
     return 0, (1 << width) - 1
@@ -25,12 +26,12 @@ def check_accumulator(*, a_width, a_signed, b_width, b_signed, bias_width, acc_w
     8-bit operands, ``max_k * (-128) * (-128)``); it must fit ``acc_width`` signed bits. The
     message names the widths and the largest ``max_k`` that would fit.
     """
-    a, b = _range(a_width, a_signed), _range(b_width, b_signed)
+    a, b = operand_range(a_width, a_signed), operand_range(b_width, b_signed)
     prods = [x * y for x in a for y in b]
     plo, phi = min(min(prods), 0), max(max(prods), 0)
-    blo, bhi = _range(bias_width, True)
+    blo, bhi = operand_range(bias_width, True)
     lo, hi = blo + max_k * plo, bhi + max_k * phi
-    alo, ahi = _range(acc_width, True)
+    alo, ahi = operand_range(acc_width, True)
     if alo <= lo and hi <= ahi:
         return
     need = acc_width
