@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Param", "ParamError", "check", "parse_value", "defaults", "validating"]
+__all__ = ["Param", "ParamError", "check", "parse_value", "defaults", "validating", "sample",
+           "sample_valid", "inspect_only"]
 
 
 class ParamError(ValueError):
@@ -155,3 +156,26 @@ def validating(component) -> Iterator[None]:
     except ParamError:
         component._MustUse__silence = True
         raise
+
+
+def inspect_only(component):
+    """Mark ``component``, and the components it built for itself, as made only to be looked
+    at (ports, shapes, validation): Amaranth then does not warn that they were never used."""
+    for part in [component, *vars(component).values()]:
+        if hasattr(part, "_MustUse__silence"):
+            part._MustUse__silence = True
+    return component
+
+
+def sample_valid(component_cls, rng, caps: dict[str, int] | None = None,
+                 tries: int = 1000) -> dict[str, Any]:
+    """A :func:`sample` of ``component_cls.PARAMS`` that the component also accepts, rules
+    between parameters included (drawn again until construction succeeds)."""
+    for _ in range(tries):
+        params = sample(component_cls.PARAMS, rng, caps)
+        try:
+            inspect_only(component_cls(**params))
+        except ParamError:
+            continue
+        return params
+    raise ParamError(f"no valid {component_cls.__name__} parameters in {tries} draws")

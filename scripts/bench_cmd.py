@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _sizes(text: str) -> list[int]:
@@ -57,10 +58,10 @@ def cmd_bench_gemm(args) -> int:
               f"{r['utilization']:.2%} < {r['goal']:.0%}")
     sizes = ",".join(map(str, args.sizes))
     arrays = ",".join(f"{r}x{c}" for r, c in args.arrays)
+    # With --json standard output holds only the JSON document.
     print(f"  reproduce: heterotron bench gemm --sizes {sizes} --arrays {arrays} "
           f"--dataflow {','.join(args.dataflow)} --seed {args.seed}"
-          + (" --json" if args.json else ""), file=None if not args.json else __import__(
-              "sys").stderr)
+          + (" --json" if args.json else ""), file=sys.stderr if args.json else sys.stdout)
     return 1 if missed else 0
 
 

@@ -20,6 +20,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
+from heterotron.hdl.params import inspect_only
+
 __all__ = [
     "params_from_env",
     "vectors_from_env",
@@ -235,10 +237,7 @@ class ClockedBench:
 def port_shapes(component_cls, params: dict[str, Any]) -> dict[str, Any]:
     """Payload shapes of a component's stream ports (``{"i": layout, ...}``), for packing
     beats with ``layout.const(...)``. The component is built only to read its signature."""
-    component = component_cls(**params)
-    for part in [component, *vars(component).values()]:  # built for the signature only
-        if hasattr(part, "_MustUse__silence"):
-            part._MustUse__silence = True
+    component = inspect_only(component_cls(**params))
     shapes = {}
     for name, member in component.signature.members.items():
         if member.is_signature and "payload" in member.signature.members:

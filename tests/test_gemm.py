@@ -8,7 +8,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from heterotron.hdl.gemm import Error, GemmEngine, Op
-from heterotron.hdl.params import ParamError
+from heterotron.hdl.params import ParamError, sample_valid
 from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import main
 from heterotron.sim.amaranth_sim import stream_get, stream_put
@@ -201,21 +201,7 @@ GEMM_CAPS = {"rows": 5, "cols": 5, "max_k": 40, "max_m": 30, "max_n": 30, "acc_w
 
 
 def sampled_gemm_params(draw: int) -> dict:
-    """A valid sampled engine configuration: redraw until construction accepts it."""
-    from heterotron.hdl.params import sample
-
-    rng = np.random.default_rng([47, draw])
-    for _ in range(1000):
-        params = sample(GemmEngine.PARAMS, rng, GEMM_CAPS)
-        try:
-            engine = GemmEngine(**params)
-        except ParamError:
-            continue
-        for part in (engine, engine._array, engine._requant):
-            if part is not None:
-                part._MustUse__silence = True  # built only to validate
-        return params
-    raise AssertionError("no valid parameter set drawn")
+    return sample_valid(GemmEngine, np.random.default_rng([47, draw]), GEMM_CAPS)
 
 
 @pytest.mark.parametrize("draw", [0])

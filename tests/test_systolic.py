@@ -9,7 +9,7 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.params import ParamError, sample
+from heterotron.hdl.params import ParamError, sample_valid
 from heterotron.hdl.systolic import SystolicArray, check_accumulator
 from heterotron.hdl.units import get_unit
 from heterotron.sim.amaranth_sim import stream_get, stream_put
@@ -302,16 +302,7 @@ SWEEP_CAPS = {"rows": 6, "cols": 6, "max_k": 400}
 
 
 def sampled_params(draw: int) -> dict:
-    """A valid sampled parameter set: redraw until construction accepts it."""
-    rng = np.random.default_rng([31, draw])
-    for _ in range(1000):
-        params = sample(SystolicArray.PARAMS, rng, SWEEP_CAPS)
-        try:
-            SystolicArray(**params)._MustUse__silence = True
-            return params
-        except ParamError:
-            continue
-    raise AssertionError("no valid parameter set drawn")
+    return sample_valid(SystolicArray, np.random.default_rng([31, draw]), SWEEP_CAPS)
 
 
 @pytest.mark.parametrize("draw", [0])
