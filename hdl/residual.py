@@ -1,0 +1,123 @@
+"""ResidualAdd: a branch and a residual stream, each by its own run-time scale, summed and
+saturated (the LayerNorm input of a transformer layer)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .params import Param, check, validating
+from .rowstream import REQUANT_STAGES, SfuError, reg, requant_stages, row_layout
+
+__all__ = ["ResidualAdd"]
+
+
+class ResidualAdd(wiring.Component):
+    """``out = sat(round_shift(a * m, e) + round_shift(r * m_r, e_r))``, ``lanes`` per cycle.
+
+    The arithmetic is :func:`heterotron.sim.requantizer.requantize` with a residual operand,
+    bit for bit: each term is rounded half up on its own, the two are added, the sum saturates
+    to ``out_width`` signed bits.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat, 1 to 64.
+    a_width : int
+        Signed width of the branch ``a``, 2 to 48 (an int32 accumulator: 32).
+    r_width : int
+        Signed width of the residual ``r``, 2 to 32.
+    out_width : int
+        Signed output width, 2 to 32 (22 for MiniLM's LayerNorm inputs).
+
+    Members
+    -------
+    a, r : In(stream.Signature(row beat))
+        The two operands, beat for beat; a beat is taken when both are valid. ``n`` and
+        ``last`` come from ``a``; if ``r`` disagrees, ``SfuError.MISMATCH`` is set.
+    o : Out(stream.Signature(row beat of signed(out_width)))
+    cfg : In(stream.Signature(...))
+        ``m``, ``e`` (branch) and ``m_r``, ``e_r`` (residual): multipliers of 31 bits, shifts
+        0..63. Taken between rows once the pipeline is empty; while one waits no new row is
+        accepted.
+    error : Out(3)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+
+    Latency: 4 cycles; one beat per cycle; all stages stall together while ``o`` is not ready.
+    """
+
+    PARAMS = (
+        Param("lanes", int, 4, "elements per beat", 1, 64),
+        Param("a_width", int, 32, "signed width of the branch operand", 2, 48),
+        Param("r_width", int, 16, "signed width of the residual operand", 2, 32),
+        Param("out_width", int, 22, "signed output width", 2, 32),
+    )
+
+    LATENCY = 1 + REQUANT_STAGES
+
+    CFG_LAYOUT = data.StructLayout({"m": unsigned(31), "e": unsigned(6), "m_r": unsigned(31),
+                                    "e_r": unsigned(6)})
+
+    def __init__(self, *, lanes=4, a_width=32, r_width=16, out_width=22):
+        with validating(self):
+            check(self.PARAMS, lanes=lanes, a_width=a_width, r_width=r_width,
+                  out_width=out_width)
+        self._lanes, self._a_width, self._r_width = lanes, a_width, r_width
+        self._out_width = out_width
+        super().__init__({
+            "a": In(stream.Signature(row_layout(signed(a_width), lanes))),
+            "r": In(stream.Signature(row_layout(signed(r_width), lanes))),
+            "o": Out(stream.Signature(row_layout(signed(out_width), lanes))),
+            "cfg": In(stream.Signature(self.CFG_LAYOUT)),
+            "error": Out(len(SfuError)),
+        })
+
+    lanes = property(lambda self: self._lanes)
+    a_width = property(lambda self: self._a_width)
+    r_width = property(lambda self: self._r_width)
+    out_width = property(lambda self: self._out_width)
+    latency = property(lambda self: self.LATENCY)
+
+    @property
+    def parameters(self) -> dict:
+        return {p.name: getattr(self, p.name) for p in self.PARAMS}
+
+    def elaborate(self, platform):
+        m = Module()
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+
+        k = Signal(self.CFG_LAYOUT, name="consts")
+        in_row = Signal()
+        busy = Signal()
+        m.d.comb += self.cfg.ready.eq(~busy)
+        with m.If(self.cfg.valid & self.cfg.ready):
+            m.d.sync += k.eq(self.cfg.payload)
+
+        open_ = advance & (in_row | ~self.cfg.valid)
+        m.d.comb += [self.a.ready.eq(open_ & self.r.valid), self.r.ready.eq(open_ & self.a.valid)]
+        take = self.a.valid & self.a.ready
+        a, r = self.a.payload, self.r.payload
+        with m.If(take):
+            m.d.sync += in_row.eq(~a.last)
+            with m.If((a.last != r.last) | (a.last & (a.n != r.n))):
+                m.d.sync += self.error.eq(self.error | SfuError.MISMATCH)
+
+        valids = [reg(m, advance, take, "s1_valid")]
+        tag = reg(m, advance, Cat(a.n, a.last), "s1_tag")
+        ops_a = reg(m, advance, a.data, "s1_a")
+        ops_r = reg(m, advance, r.data, "s1_r")
+        for s in range(REQUANT_STAGES - 1):
+            valids.append(reg(m, advance, valids[-1], f"s{2 + s}_valid"))
+            tag = reg(m, advance, tag, f"s{2 + s}_tag")
+        for j in range(self._lanes):
+            out = requant_stages(m, advance, [(ops_a[j], k.m, k.e), (ops_r[j], k.m_r, k.e_r)],
+                                 self._out_width, f"rq{j}")
+            m.d.comb += self.o.payload.data[j].eq(out)
+        n_bits = len(a.n)
+        with m.If(advance):
+            m.d.sync += [self.o.valid.eq(valids[-1]), self.o.payload.n.eq(tag[:n_bits]),
+                         self.o.payload.last.eq(tag[n_bits])]
+        m.d.comb += busy.eq(in_row | self.o.valid | Cat(*valids).any())
+        return m
