@@ -16,7 +16,8 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, Value, signed, 
 from amaranth.lib import data
 
 __all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "requant_stages",
-           "REQUANT_STAGES", "SeqDivider", "SeqIsqrt", "bank_depth"]
+           "REQUANT_STAGES", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest",
+           "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
@@ -181,3 +182,66 @@ class SeqIsqrt(Elaboratable):
             m.d.sync += [rem.eq(self.value), root.eq(0), bit.eq(1 << (w - 2)), self.busy.eq(1)]
         m.d.comb += self.root.eq(root)
         return m
+
+
+class RowIngest:
+    """Stage 1 of a buffered row unit: takes the beats of ``i`` and writes them to bank
+    ``bank`` of a row buffer through ``wr`` (address ``Cat(beat, bank)``), ``beats`` beats at
+    most; beats past that are dropped and set ``SfuError.LENGTH`` in ``error``.
+
+    A new row starts only when ``can_start`` (a free bank, no configuration waiting); the
+    caller computes its reduction from ``take``, ``keep`` (the beat is stored), ``first`` and
+    the beat, and pushes its descriptor when ``push``: the row's ``last_idx`` (beat index of
+    its last stored beat) and ``n`` are then valid.
+    """
+
+    def __init__(self, m: Module, i, wr, banks: int, beats: int, idx_w: int, can_start, error):
+        self.in_row = Signal(name="s1_in_row")
+        self.idx = Signal(range(beats + 1), name="s1_idx")
+        self.bank = Signal(range(banks), name="s1_bank")
+        beat = i.payload
+        m.d.comb += i.ready.eq(self.in_row | can_start)
+        self.take = i.valid & i.ready
+        self.keep = self.idx < beats
+        self.first = ~self.in_row
+        self.alloc = self.take & self.first
+        self.push = self.take & beat.last
+        self.last_idx = Mux(self.keep, self.idx, beats - 1)
+        self.n = Mux(self.keep, beat.n, len(beat.data) - 1)
+        m.d.comb += [wr.addr.eq(Cat(self.idx[:idx_w], self.bank)), wr.data.eq(beat.data),
+                     wr.en.eq(self.take & self.keep)]
+        with m.If(self.take):
+            with m.If(self.keep):
+                m.d.sync += self.idx.eq(self.idx + 1)
+            with m.Else():
+                m.d.sync += error.eq(error | SfuError.LENGTH)
+            with m.If(beat.last):
+                m.d.sync += [self.in_row.eq(0), self.idx.eq(0),
+                             self.bank.eq(Mux(self.bank == banks - 1, 0, self.bank + 1))]
+            with m.Else():
+                m.d.sync += self.in_row.eq(1)
+
+
+class RowIssuer:
+    """Walks the beats of one row after another: takes a descriptor (with ``last``, the beat
+    index of the row's last beat) when ``avail`` and ``ok``, then issues beat ``idx`` in every
+    cycle ``en`` is high (``en=None``: every cycle), ``last`` marking the row's final beat. The
+    next row is taken in the cycle the current one issues its last beat, so rows follow each
+    other without a gap. ``start`` is the caller's descriptor read strobe."""
+
+    def __init__(self, m: Module, name: str, desc_layout, desc_in, avail, idx_w: int,
+                 en=None, ok=1):
+        self.cur = Signal(desc_layout, name=f"{name}_desc")
+        self.active = Signal(name=f"{name}_active")
+        self.idx = Signal(idx_w, name=f"{name}_idx")
+        en = Value.cast(1) if en is None else en
+        self.last = self.active & (self.idx == self.cur.last)
+        self.issue = self.active & en
+        self.done = self.issue & self.last
+        self.start = (~self.active | self.done) & avail & ok
+        with m.If(self.issue):
+            m.d.sync += self.idx.eq(self.idx + 1)
+            with m.If(self.last):
+                m.d.sync += self.active.eq(0)
+        with m.If(self.start):
+            m.d.sync += [self.cur.eq(desc_in), self.active.eq(1), self.idx.eq(0)]

@@ -9,7 +9,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import Param, ParamError, check, validating
-from .rowstream import SeqDivider, SfuError, bank_depth, lane_valid, reg, row_layout
+from .rowstream import (
+    RowIngest,
+    RowIssuer,
+    SeqDivider,
+    SfuError,
+    bank_depth,
+    lane_valid,
+    reg,
+    row_layout,
+)
 
 __all__ = ["Softmax"]
 
@@ -174,65 +183,43 @@ class Softmax(wiring.Component):
         desc1 = data.StructLayout({"bank": range(X_BANKS), "last": idx_shape,
                                    "n": len(self.i.payload.n), "max": signed(W)})
         m.submodules.f12 = f12 = SyncFIFO(width=desc1.size, depth=X_BANKS)
-        in_row = Signal()
-        idx1 = Signal(range(beats + 1))
-        bank1 = Signal(range(X_BANKS))
         run_max = Signal(signed(W))
         beat = self.i.payload
+        s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
+                       (x_held < X_BANKS) & ~self.cfg.valid, self.error)
         lo = -(1 << (W - 1))
         bmax = _tree([Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo)
                       for j in range(L)], lambda a, b: Mux(a > b, a, b))
-        new_max = Mux(in_row & (run_max > bmax), run_max, bmax)
-        m.d.comb += self.i.ready.eq(in_row | ((x_held < X_BANKS) & ~self.cfg.valid))
-        take = self.i.valid & self.i.ready
-        keep = idx1 < beats
-        x_alloc = take & ~in_row
-        m.d.comb += [x_wr.addr.eq(Cat(idx1[:idx_w], bank1)),
-                     x_wr.data.eq(beat.data), x_wr.en.eq(take & keep)]
+        new_max = Mux(s1.in_row & (run_max > bmax), run_max, bmax)
+        with m.If(s1.take & s1.keep):
+            m.d.sync += run_max.eq(new_max)
         d1 = Signal(desc1)
-        m.d.comb += [d1.bank.eq(bank1), d1.last.eq(Mux(keep, idx1, beats - 1)),
-                     d1.n.eq(Mux(keep, beat.n, L - 1)), d1.max.eq(Mux(keep, new_max, run_max)),
-                     f12.w_data.eq(d1), f12.w_en.eq(take & beat.last)]
-        with m.If(take):
-            with m.If(keep):
-                m.d.sync += [run_max.eq(new_max), idx1.eq(idx1 + 1)]
-            with m.Else():
-                m.d.sync += self.error.eq(self.error | SfuError.LENGTH)
-            with m.If(beat.last):
-                m.d.sync += [in_row.eq(0), idx1.eq(0),
-                             bank1.eq(Mux(bank1 == X_BANKS - 1, 0, bank1 + 1))]
-            with m.Else():
-                m.d.sync += in_row.eq(1)
+        m.d.comb += [d1.bank.eq(s1.bank), d1.last.eq(s1.last_idx), d1.n.eq(s1.n),
+                     d1.max.eq(Mux(s1.keep, new_max, run_max)),
+                     f12.w_data.eq(d1), f12.w_en.eq(s1.push)]
 
         # -- stage 2: exp pass --------------------------------------------------------------
         m.submodules.ebuf = ebuf = Memory(shape=data.ArrayLayout(unsigned(E), L),
                                           depth=E_BANKS * depth, init=[])
         e_wr = ebuf.write_port()
         e_rd = ebuf.read_port()
-        cur2 = Signal(desc1, name="s2_desc")
+        s2 = RowIssuer(m, "s2", desc1, f12.r_data, f12.r_rdy, idx_w, ok=e_held < E_BANKS)
+        cur2 = s2.cur
         ebank2 = Signal(range(E_BANKS), name="s2_ebank")
         next_ebank = Signal(range(E_BANKS))
-        active2 = Signal()
-        idx2 = Signal(idx_shape)
-        last2 = active2 & (idx2 == cur2.last)
-        start2 = (~active2 | last2) & f12.r_rdy & (e_held < E_BANKS)
-        x_release = active2 & last2
-        m.d.comb += [f12.r_en.eq(start2), x_rd.addr.eq(Cat(idx2, cur2.bank))]
-        with m.If(active2):
-            m.d.sync += idx2.eq(idx2 + 1)
-            with m.If(last2):
-                m.d.sync += active2.eq(0)
-        with m.If(start2):
-            m.d.sync += [cur2.eq(f12.r_data), ebank2.eq(next_ebank), active2.eq(1), idx2.eq(0),
+        m.d.comb += [f12.r_en.eq(s2.start), x_rd.addr.eq(Cat(s2.idx, cur2.bank))]
+        with m.If(s2.start):
+            m.d.sync += [ebank2.eq(next_ebank),
                          next_ebank.eq(Mux(next_ebank == E_BANKS - 1, 0, next_ebank + 1))]
-        m.d.sync += x_held.eq(x_held + x_alloc - x_release)
+        m.d.sync += x_held.eq(x_held + s1.alloc - s2.done)
 
         # The tag travels beside the data: valid, beat index, last, n, bank, max.
         tag_layout = data.StructLayout({"valid": 1, "idx": idx_shape, "last": 1,
                                         "n": len(beat.n), "bank": range(E_BANKS),
                                         "max": signed(W), "desc": desc1})
         t = Signal(tag_layout, name="s2_t0")
-        m.d.comb += [t.valid.eq(active2), t.idx.eq(idx2), t.last.eq(last2), t.n.eq(cur2.n),
+        m.d.comb += [t.valid.eq(s2.active), t.idx.eq(s2.idx), t.last.eq(s2.last),
+                     t.n.eq(cur2.n),
                      t.bank.eq(ebank2), t.max.eq(cur2.max), t.desc.eq(cur2)]
         t = reg(m, None, t, "s2_t1")  # the buffer read lands with it
         xs = x_rd.data
@@ -307,24 +294,14 @@ class Softmax(wiring.Component):
         # -- stage 4: output ----------------------------------------------------------------
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
-        cur4 = Signal(desc3, name="s4_desc")
-        active4 = Signal()
-        idx4 = Signal(idx_shape)
-        last4 = active4 & (idx4 == cur4.last)
-        m.d.comb += take3.eq(done3 & (~active4 | (advance & last4)))
-        e_release = advance & last4
-        m.d.comb += [e_rd.addr.eq(Cat(idx4, cur4.bank)), e_rd.en.eq(advance)]
-        with m.If(advance & active4):
-            m.d.sync += idx4.eq(idx4 + 1)
-            with m.If(last4):
-                m.d.sync += active4.eq(0)
-        with m.If(take3):
-            m.d.sync += [cur4.eq(cur3), active4.eq(1), idx4.eq(0)]
-        m.d.sync += e_held.eq(e_held + start2 - e_release)
+        s4 = RowIssuer(m, "s4", desc3, cur3, done3, idx_w, en=advance)
+        m.d.comb += [take3.eq(s4.start), e_rd.addr.eq(Cat(s4.idx, s4.cur.bank)),
+                     e_rd.en.eq(advance)]
+        m.d.sync += e_held.eq(e_held + s2.start - s4.done)
         o_tag = Signal(data.StructLayout({"valid": 1, "n": len(beat.n), "last": 1,
                                           "recip": unsigned(34)}))
-        m.d.comb += [o_tag.valid.eq(active4), o_tag.n.eq(cur4.n), o_tag.last.eq(last4),
-                     o_tag.recip.eq(cur4.recip)]
+        m.d.comb += [o_tag.valid.eq(s4.active), o_tag.n.eq(s4.cur.n), o_tag.last.eq(s4.last),
+                     o_tag.recip.eq(s4.cur.recip)]
         o_tag = reg(m, advance, o_tag, "s4_t1")
         prods = [reg(m, advance, e_rd.data[j] * o_tag.recip, f"s4_prod{j}") for j in range(L)]
         o_tag = reg(m, advance, o_tag, "s4_t2")

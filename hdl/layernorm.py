@@ -1,0 +1,317 @@
+"""LayerNorm: integer mean, variance, exact square root, gamma/beta and requantisation per row."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .params import Param, ParamError, check, validating
+from .rowstream import (
+    REQUANT_STAGES,
+    RowIngest,
+    RowIssuer,
+    SeqDivider,
+    SeqIsqrt,
+    SfuError,
+    bank_depth,
+    lane_valid,
+    reg,
+    requant_stages,
+    row_layout,
+)
+
+__all__ = ["LayerNorm"]
+
+#: Row banks of the input buffer: one per stage that holds a row (ingest, variance pass,
+#: reciprocal, output pass); the mean's division overlaps the neighbours.
+X_BANKS = 4
+#: Bits of the reciprocal ``floor(2^RECIP_BITS / std)`` (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
+RECIP_BITS = 47
+MAX_SHIFT = 15
+
+
+def _sum(values):
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+class LayerNorm(wiring.Component):
+    """Integer LayerNorm over each row, :func:`heterotron.sim.intops.layernorm_int` bit for bit.
+
+    Five stages work on different rows at once; a row's elements sit in a bank of on-chip
+    buffer from ingest to output:
+
+    1. **ingest**: stores the beats, sums the row;
+    2. **mean**: ``round_half_up(sum / D)`` by a sequential divider (``D`` = row length);
+    3. **variance pass**: ``var = sum(((x - mean) >> shift)^2)``, ``lanes`` per cycle;
+    4. **reciprocal**: ``std = isqrt(var) << shift`` digit by digit (no divider), then
+       ``floor(2^47 / std)`` by a sequential divider (0 for a constant row);
+    5. **output pass**: ``y = ((x - mean) * recip) >> 17``, ``(y + bias) * sign``, then the
+       per-channel requantisation ``(m, e)`` to ``out_width``.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat, 1 to 16.
+    max_len : int
+        Longest row (the hidden size), a multiple of ``lanes``, up to 1024; also the depth of
+        the per-channel constant table. A longer row sets ``SfuError.LENGTH`` and is computed
+        on its first ``max_len`` elements.
+    in_width : int
+        Signed input width, 2 to 24 (22 for MiniLM's residual sums).
+    bias_width : int
+        Signed width of the folded per-channel bias, 8 to 48.
+    out_width : int
+        Signed output width, 2 to 24.
+
+    Members
+    -------
+    i : In(stream.Signature(row beat of signed(in_width)))
+    o : Out(stream.Signature(row beat of signed(out_width)))
+        Each row comes out with the beat structure it went in with.
+    cfg : In(stream.Signature(...))
+        ``kind = 0``: the deviation pre-shift ``shift`` (0..15). ``kind = 1``: the entry of
+        channel ``group * lanes + lane``: ``bias``, ``neg`` (gamma < 0), ``m``, ``e`` (from
+        :func:`heterotron.sim.intops.layernorm_consts`). A write is taken once no row is in
+        flight; while one waits no new row starts.
+    error : Out(3)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+    """
+
+    PARAMS = (
+        Param("lanes", int, 4, "elements per beat", 1, 16),
+        Param("max_len", int, 1024, "longest row (hidden size)", 1, 1024, multiple_of="lanes"),
+        Param("in_width", int, 22, "signed input width", 2, 24),
+        Param("bias_width", int, 40, "signed width of the folded per-channel bias", 8, 48),
+        Param("out_width", int, 8, "signed output width", 2, 24),
+    )
+
+    VAR_STAGES = 4  # read, deviation, square, sum
+    OUT_STAGES = 4 + REQUANT_STAGES  # read, deviation, product, bias/sign, requantisation
+
+    def __init__(self, *, lanes=4, max_len=1024, in_width=22, bias_width=40, out_width=8):
+        with validating(self):
+            check(self.PARAMS, lanes=lanes, max_len=max_len, in_width=in_width,
+                  bias_width=bias_width, out_width=out_width)
+            if max_len < lanes:
+                raise ParamError(f"max_len must be at least lanes ({lanes}), not {max_len}")
+        self._lanes, self._max_len, self._in_width = lanes, max_len, in_width
+        self._bias_width, self._out_width = bias_width, out_width
+        super().__init__({
+            "i": In(stream.Signature(row_layout(signed(in_width), lanes))),
+            "o": Out(stream.Signature(row_layout(signed(out_width), lanes))),
+            "cfg": In(stream.Signature(self.cfg_layout(lanes, max_len, bias_width))),
+            "error": Out(len(SfuError)),
+        })
+
+    @staticmethod
+    def entry_layout(bias_width: int) -> data.StructLayout:
+        return data.StructLayout({"bias": signed(bias_width), "neg": 1, "m": unsigned(31),
+                                  "e": unsigned(6)})
+
+    @classmethod
+    def cfg_layout(cls, lanes: int, max_len: int, bias_width: int) -> data.StructLayout:
+        return data.StructLayout({
+            "kind": 1,
+            "group": range(max_len // lanes),
+            "lane": range(lanes),
+            "shift": range(MAX_SHIFT + 1),
+            "entry": cls.entry_layout(bias_width),
+        })
+
+    lanes = property(lambda self: self._lanes)
+    max_len = property(lambda self: self._max_len)
+    in_width = property(lambda self: self._in_width)
+    bias_width = property(lambda self: self._bias_width)
+    out_width = property(lambda self: self._out_width)
+
+    @property
+    def parameters(self) -> dict:
+        return {p.name: getattr(self, p.name) for p in self.PARAMS}
+
+    @property
+    def sum_width(self) -> int:
+        return self._in_width + self._max_len.bit_length()
+
+    @property
+    def var_width(self) -> int:
+        return 2 * (self._in_width + 1) + self._max_len.bit_length()
+
+    @property
+    def mean_cycles(self) -> int:
+        return self.sum_width + 2 + 2
+
+    @property
+    def recip_cycles(self) -> int:
+        return (self.var_width + 1) // 2 + 1 + (RECIP_BITS + 1) + 2
+
+    def elaborate(self, platform):
+        m = Module()
+        L, W = self._lanes, self._in_width
+        beats = self._max_len // L
+        depth = bank_depth(self._max_len, L)
+        idx_w = (depth - 1).bit_length()
+        n_w = len(self.i.payload.n)
+
+        # -- configuration ------------------------------------------------------------------
+        x_held = Signal(range(X_BANKS + 1))
+        shift = Signal(range(MAX_SHIFT + 1), name="shift")
+        entry = self.entry_layout(self._bias_width)
+        m.submodules.table = table = Memory(shape=data.ArrayLayout(entry, L), depth=max(beats, 2),
+                                            init=[])
+        t_wr = table.write_port(granularity=1)
+        t_rd = table.read_port()
+        p = self.cfg.payload
+        m.d.comb += self.cfg.ready.eq(x_held == 0)
+        cfg_take = self.cfg.valid & self.cfg.ready
+        with m.If(cfg_take & (p.kind == 0)):
+            m.d.sync += shift.eq(p.shift)
+        m.d.comb += t_wr.addr.eq(p.group)
+        for j in range(L):
+            m.d.comb += [t_wr.data[j].eq(p.entry),
+                         t_wr.en[j].eq(cfg_take & p.kind & (p.lane == j))]
+
+        # -- stage 1: ingest and row sum ----------------------------------------------------
+        m.submodules.xbuf = xbuf = Memory(shape=data.ArrayLayout(signed(W), L),
+                                          depth=X_BANKS * depth, init=[])
+        x_wr = xbuf.write_port()
+        x_rd_var = xbuf.read_port()
+        x_rd_out = xbuf.read_port()
+        beat = self.i.payload
+        s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
+                       (x_held < X_BANKS) & ~self.cfg.valid, self.error)
+        sw = self.sum_width
+        run_sum = Signal(signed(sw))
+        new_sum = Signal(signed(sw))
+        beat_sum = _sum([Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0)
+                         for j in range(L)])
+        m.d.comb += new_sum.eq(Mux(s1.first, 0, run_sum) + beat_sum)
+        with m.If(s1.take & s1.keep):
+            m.d.sync += run_sum.eq(new_sum)
+        row = {"bank": range(X_BANKS), "last": range(depth), "n": n_w}
+        desc1 = data.StructLayout({**row, "sum": signed(sw)})
+        m.submodules.f1 = f1 = SyncFIFO(width=desc1.size, depth=X_BANKS)
+        d1 = Signal(desc1)
+        m.d.comb += [d1.bank.eq(s1.bank), d1.last.eq(s1.last_idx), d1.n.eq(s1.n),
+                     d1.sum.eq(Mux(s1.keep, new_sum, run_sum)),
+                     f1.w_data.eq(d1), f1.w_en.eq(s1.push)]
+
+        # -- stage 2: mean = floor((2 sum + D) / 2D), by an unsigned divider ----------------
+        desc2 = data.StructLayout({**row, "mean": signed(W + 1)})
+        m.submodules.f2 = f2 = SyncFIFO(width=desc2.size, depth=X_BANKS)
+        m.submodules.mdiv = mdiv = SeqDivider(sw + 2, (2 * self._max_len).bit_length())
+        cur2 = Signal(desc1, name="s2_desc")
+        busy2 = Signal()
+        start2 = ~busy2 & f1.r_rdy
+        d1r = Signal(desc1)
+        count = Signal(range(self._max_len + 1))
+        m.d.comb += [d1r.eq(f1.r_data), f1.r_en.eq(start2),
+                     count.eq(d1r.last * L + d1r.n + 1)]
+        num = Signal(signed(sw + 2))
+        m.d.comb += num.eq(2 * d1r.sum + count)
+        # floor(num / den) = -(floor((-num - 1) / den) + 1) for num < 0
+        neg = Signal()
+        m.d.comb += [mdiv.start.eq(start2), mdiv.num.eq(Mux(num < 0, -num - 1, num)),
+                     mdiv.den.eq(2 * count)]
+        with m.If(start2):
+            m.d.sync += [cur2.eq(d1r), neg.eq(num < 0), busy2.eq(1)]
+        d2 = Signal(desc2)
+        m.d.comb += [d2.bank.eq(cur2.bank), d2.last.eq(cur2.last), d2.n.eq(cur2.n),
+                     d2.mean.eq(Mux(neg, -mdiv.quot - 1, mdiv.quot)),
+                     f2.w_data.eq(d2), f2.w_en.eq(mdiv.done)]
+        with m.If(mdiv.done):
+            m.d.sync += busy2.eq(0)
+
+        # -- stage 3: variance pass ---------------------------------------------------------
+        s3 = RowIssuer(m, "s3", desc2, f2.r_data, f2.r_rdy, idx_w)
+        m.d.comb += [f2.r_en.eq(s3.start), x_rd_var.addr.eq(Cat(s3.idx, s3.cur.bank))]
+        tag_l = data.StructLayout({"valid": 1, "last": 1, "desc": desc2})
+        t = Signal(tag_l, name="s3_t0")
+        m.d.comb += [t.valid.eq(s3.active), t.last.eq(s3.last), t.desc.eq(s3.cur)]
+        t = reg(m, None, t, "s3_t1")
+        ds = [reg(m, None, (x_rd_var.data[j] - t.desc.mean) >> shift, f"s3_ds{j}")
+              for j in range(L)]
+        t = reg(m, None, t, "s3_t2")
+        sq = [reg(m, None, Mux(lane_valid(t.desc.n, t.last, j, L), ds[j] * ds[j], 0),
+                  f"s3_sq{j}") for j in range(L)]
+        t = reg(m, None, t, "s3_t3")
+        vw = self.var_width
+        acc = Signal(vw, name="s3_acc")
+        var = Signal(vw)
+        m.d.comb += var.eq(acc + _sum(sq))
+        with m.If(t.valid):
+            m.d.sync += acc.eq(Mux(t.last, 0, var))
+        desc3 = data.StructLayout({**row, "mean": signed(W + 1), "var": vw})
+        m.submodules.f3 = f3 = SyncFIFO(width=desc3.size, depth=X_BANKS)
+        d3 = Signal(desc3)
+        m.d.comb += [d3.bank.eq(t.desc.bank), d3.last.eq(t.desc.last), d3.n.eq(t.desc.n),
+                     d3.mean.eq(t.desc.mean), d3.var.eq(var),
+                     f3.w_data.eq(d3), f3.w_en.eq(t.valid & t.last)]
+
+        # -- stage 4: std = isqrt(var) << shift, recip = floor(2^47 / std) ------------------
+        m.submodules.sqrt = sqrt = SeqIsqrt(vw)
+        std_w = (vw + 1) // 2 + MAX_SHIFT
+        m.submodules.rdiv = rdiv = SeqDivider(RECIP_BITS + 1, std_w)
+        desc4 = data.StructLayout({**row, "mean": signed(W + 1),
+                                   "recip": unsigned(RECIP_BITS + 1)})
+        cur4 = Signal(desc4, name="s4_desc")
+        d3r = Signal(desc3)
+        busy4 = Signal()
+        done4 = Signal()
+        take4 = Signal()
+        std = Signal(std_w, name="s4_std")
+        start4 = ~busy4 & ~done4 & f3.r_rdy
+        m.d.comb += [d3r.eq(f3.r_data), f3.r_en.eq(start4), sqrt.start.eq(start4),
+                     sqrt.value.eq(d3r.var), std.eq(sqrt.root << shift)]
+        with m.If(start4):
+            m.d.sync += [cur4.bank.eq(d3r.bank), cur4.last.eq(d3r.last), cur4.n.eq(d3r.n),
+                         cur4.mean.eq(d3r.mean), busy4.eq(1)]
+        m.d.comb += [rdiv.start.eq(sqrt.done & (std != 0)), rdiv.num.eq(1 << RECIP_BITS),
+                     rdiv.den.eq(std)]
+        with m.If(sqrt.done & (std == 0)):
+            m.d.sync += [cur4.recip.eq(0), busy4.eq(0), done4.eq(1)]
+        with m.If(rdiv.done):
+            m.d.sync += [cur4.recip.eq(rdiv.quot), busy4.eq(0), done4.eq(1)]
+        with m.If(take4):
+            m.d.sync += done4.eq(0)
+
+        # -- stage 5: output pass -----------------------------------------------------------
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        s5 = RowIssuer(m, "s5", desc4, cur4, done4, idx_w, en=advance)
+        m.d.comb += [take4.eq(s5.start),
+                     x_rd_out.addr.eq(Cat(s5.idx, s5.cur.bank)), x_rd_out.en.eq(advance),
+                     t_rd.addr.eq(s5.idx), t_rd.en.eq(advance)]
+        m.d.sync += x_held.eq(x_held + s1.alloc - s5.done)
+        otag_l = data.StructLayout({"valid": 1, "last": 1, "n": n_w, "mean": signed(W + 1),
+                                    "recip": unsigned(RECIP_BITS + 1)})
+        o = Signal(otag_l, name="s5_t0")
+        m.d.comb += [o.valid.eq(s5.active), o.last.eq(s5.last), o.n.eq(s5.cur.n),
+                     o.mean.eq(s5.cur.mean), o.recip.eq(s5.cur.recip)]
+        o = reg(m, advance, o, "s5_t1")
+        dev = [reg(m, advance, x_rd_out.data[j] - o.mean, f"s5_dev{j}") for j in range(L)]
+        ent = reg(m, advance, t_rd.data, "s5_entry1")
+        o = reg(m, advance, o, "s5_t2")
+        prod = [reg(m, advance, dev[j] * o.recip, f"s5_prod{j}") for j in range(L)]
+        ent = reg(m, advance, ent, "s5_entry2")
+        o = reg(m, advance, o, "s5_t3")
+        zs = []
+        for j in range(L):
+            y = (prod[j] >> (RECIP_BITS - 30)) + ent[j].bias
+            zs.append(reg(m, advance, Mux(ent[j].neg, -y, y), f"s5_z{j}"))
+        ent = reg(m, advance, ent, "s5_entry3")
+        for s in range(REQUANT_STAGES):
+            o = reg(m, advance, o, f"s5_t{4 + s}")
+        for j in range(L):
+            out = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self._out_width,
+                                 f"rq{j}")
+            m.d.comb += self.o.payload.data[j].eq(out)
+        with m.If(advance):
+            m.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),
+                         self.o.payload.last.eq(o.last)]
+        return m
