@@ -143,12 +143,17 @@ class LayerNorm(wiring.Component):
         return 2 * (self._in_width + 1) + self._max_len.bit_length()
 
     @property
-    def mean_cycles(self) -> int:
-        return self.sum_width + 2 + 2
+    def row_cycles(self) -> dict:
+        """Cycles of the two sequential row stages: the mean's divider and, for the
+        reciprocal, the square root plus the divider (skipped for a constant row)."""
+        return {"mean": self.sum_width + 2, "isqrt": (self.var_width + 1) // 2,
+                "recip": RECIP_BITS + 1}
 
     @property
-    def recip_cycles(self) -> int:
-        return (self.var_width + 1) // 2 + 1 + (RECIP_BITS + 1) + 2
+    def latency(self) -> int:
+        """Cycles from accepting a row's last beat to its first output beat, with the other
+        stages idle and a non-constant row (measured in ``tests/test_sfu.py``)."""
+        return 20 + sum(self.row_cycles.values())
 
     def elaborate(self, platform):
         m = Module()

@@ -55,7 +55,7 @@ def bank_depth(max_len: int, lanes: int) -> int:
 
 def lane_valid(n, last, k: int, lanes: int) -> Value:
     """Lane ``k`` of a beat holds an element: always on a full beat, ``k <= n`` on a last one."""
-    if lanes == 1:
+    if k == 0:
         return Value.cast(1)
     return ~last | (n >= k)
 

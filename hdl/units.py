@@ -11,9 +11,13 @@ from typing import Any
 
 from amaranth.lib import wiring
 
+from .gelu import Gelu
 from .gemm import GemmEngine
+from .layernorm import LayerNorm
 from .params import Param, ParamError, check, defaults, parse_value
 from .requantizer import Requantizer
+from .residual import ResidualAdd
+from .softmax import Softmax
 from .systolic import SystolicArray
 
 __all__ = ["Unit", "UNITS", "get_unit", "UnitError"]
@@ -86,6 +90,30 @@ UNITS: dict[str, Unit] = {
             component=GemmEngine,
             testbench="heterotron.tb.gemm",
             summary="any-size GEMM over the systolic array from on-chip buffers, transposes",
+        ),
+        Unit(
+            name="softmax",
+            component=Softmax,
+            testbench="heterotron.tb.softmax",
+            summary="row-wise integer Softmax (i-exp; ibert divider or division-free reciprocal)",
+        ),
+        Unit(
+            name="gelu",
+            component=Gelu,
+            testbench="heterotron.tb.gelu",
+            summary="integer GELU (i-GELU) with run-time requantisation, fully pipelined",
+        ),
+        Unit(
+            name="layernorm",
+            component=LayerNorm,
+            testbench="heterotron.tb.layernorm",
+            summary="integer LayerNorm: mean, variance, exact isqrt, gamma/beta, requantisation",
+        ),
+        Unit(
+            name="residual",
+            component=ResidualAdd,
+            testbench="heterotron.tb.residual",
+            summary="branch + residual, each by its own run-time scale, saturated",
         ),
     ]
 }

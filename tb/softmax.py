@@ -1,0 +1,129 @@
+"""cocotb testbench: Softmax against :func:`heterotron.sim.sfu.softmax_row`.
+
+Run through the runner: ``heterotron sim softmax --param lanes=2 --param variant=divfree``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cocotb
+import numpy as np
+
+from heterotron.hdl.params import defaults
+from heterotron.hdl.rowstream import SfuError
+from heterotron.hdl.softmax import Softmax
+from heterotron.sim.intops import EXP_C, exp_consts
+from heterotron.sim.sfu import softmax_row
+
+from .common import make_rng, params_from_env, vectors_from_env
+from .rows import RowBench, corner_rows
+
+DEFAULT_VECTORS = 40  # rows per random test
+
+
+class SoftmaxBench(RowBench):
+    def __init__(self, dut, rng):
+        p = params_from_env(defaults(Softmax.PARAMS))
+        super().__init__(dut, Softmax, p, rng)
+        self.W, self.E, self.N = p["in_width"], p["exp_width"], p["max_len"]
+        self.lo, self.hi = -(1 << (self.W - 1)), (1 << (self.W - 1)) - 1
+        self.field = Softmax.cfg_layout(self.E)
+        self.consts = None
+
+    def fits(self, x0: int, b: int, c: int) -> bool:
+        h = self.field["x0"].shape.width - 1
+        return -(1 << h) <= x0 < 0 and -x0 <= b < (1 << (h + 1)) and 1 <= c < (1 << self.E)
+
+    def rand_consts(self) -> tuple[int, int, int]:
+        """From a real scale (c between 2^(E/2) and 2^E) most of the time; otherwise any
+        constants the port accepts."""
+        rng = self.rng
+        while True:
+            if rng.random() < 0.7:
+                c_target = 2.0 ** rng.uniform(max(2.0, self.E / 2), self.E - 0.01)
+                k = exp_consts(math.sqrt(EXP_C / c_target))
+                x0, b, c = k.x0, k.b, k.c
+            else:
+                h = self.field["x0"].shape.width - 1
+                x0 = -int(rng.integers(1, 1 << h, endpoint=True))
+                b = int(rng.integers(-x0, (1 << (h + 1)) - 1, endpoint=True))
+                c = int(rng.integers(1, (1 << self.E) - 1, endpoint=True))
+            if self.fits(x0, b, c):
+                return x0, b, c
+
+    async def set_consts(self, consts) -> None:
+        x0, b, c = consts
+        await self.configure({"x0": x0, "b": b, "c": c})
+        if self.fits(x0, b, c):
+            self.consts = consts
+
+    def rand_row(self, length: int) -> np.ndarray:
+        """Scores around a random maximum, spread over a few to many multiples of ``x0`` (the
+        range where i-exp is not clamped), or uniform over the full range."""
+        rng = self.rng
+        if rng.random() < 0.25:
+            return rng.integers(self.lo, self.hi, size=length, endpoint=True)
+        spread = -self.consts[0] * float(rng.choice([0.5, 4, 40]))
+        top = int(rng.integers(self.lo, self.hi, endpoint=True))
+        row = top - rng.integers(0, max(1, int(spread)), size=length, endpoint=True)
+        return np.clip(row, self.lo, self.hi)
+
+    def row(self, values, context: str) -> None:
+        x0, b, c = self.consts
+        want = softmax_row(values, x0, b, c, variant=self.p["variant"],
+                           out_bits=self.p["out_width"], max_len=self.N)
+        self.send_row({"i": values}, want, context)
+
+
+@cocotb.test()
+async def test_random(dut):
+    """Random rows of random lengths 1..max_len, new constants every few rows, stalls."""
+    tb = SoftmaxBench(dut, make_rng(1))
+    await tb.bench.start()
+    rows = vectors_from_env(DEFAULT_VECTORS)
+    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
+    for r in range(rows):
+        if r % 8 == 0:
+            tb.set_stalls(*phases[(r // 8) % len(phases)])
+            await tb.set_consts(tb.rand_consts())
+        length = int(tb.rng.choice([1, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N,
+                                                                         endpoint=True))]))
+        tb.row(tb.rand_row(length), f"row {r} (length {length}, consts {tb.consts})")
+    await tb.drain()
+    assert tb.error_flags() == 0, f"unexpected error flags {tb.error_flags()!r}"
+    dut._log.info("%d rows bit-exact in %d cycles", rows, tb.bench.cycle)
+
+
+@cocotb.test()
+async def test_corners(dut):
+    """All-equal rows, one huge value (the saturating top corner), all minimum, all maximum,
+    alternating extremes; a refused configuration; a row longer than max_len."""
+    tb = SoftmaxBench(dut, make_rng(2))
+    await tb.bench.start()
+    tb.set_stalls(0.3, 0.3)
+    await tb.set_consts(tb.rand_consts())
+    lengths = sorted({1, 2, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N, endpoint=True))})
+    for length in lengths:
+        for j, values in enumerate(corner_rows(tb.rng, tb.lo, tb.hi, length)):
+            tb.row(values, f"corner {j}, length {length}")
+    # A single element takes all the mass: 2^out_width saturates to 2^out_width - 1.
+    tb.row(np.array([tb.hi]), "single element")
+    await tb.drain()
+    top = (1 << tb.p["out_width"]) - 1
+    assert tb.expected[-1][0] == [top], "the top corner was not exercised"
+    assert tb.error_flags() == 0
+
+    # A refused write (x0 >= 0) flags CONFIG and keeps the constants.
+    kept = tb.consts
+    await tb.set_consts((1, 5, 7))
+    tb.row(tb.rand_row(tb.N), "after a refused configuration")
+    await tb.drain()
+    assert tb.consts == kept
+    assert tb.error_flags() == SfuError.CONFIG
+
+    # A row past max_len: computed on its first max_len elements, LENGTH flagged.
+    tb.row(tb.rand_row(tb.N + tb.lanes + 1), "too long")
+    await tb.drain()
+    assert tb.error_flags() == SfuError.CONFIG | SfuError.LENGTH
+    dut._log.info("corner rows bit-exact: %d beats", tb.matched)
