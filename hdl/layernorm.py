@@ -25,9 +25,10 @@ from .rowstream import (
 
 __all__ = ["LayerNorm"]
 
-#: Row banks of the input buffer: one per stage that holds a row (ingest, variance pass,
-#: reciprocal, output pass); the mean's division overlaps the neighbours.
-X_BANKS = 4
+#: Row banks of the input buffer. A row holds its bank from ingest to the end of the output
+#: pass: three passes over its beats plus the two sequential row stages. Five banks keep rows
+#: flowing at one per ``beats`` cycles whenever ``beats`` covers the reciprocal stage.
+X_BANKS = 5
 #: Bits of the reciprocal ``floor(2^RECIP_BITS / std)`` (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15

@@ -16,7 +16,7 @@ from heterotron.sim.requantizer import dyadic
 from heterotron.sim.sfu import gelu_values
 
 from .common import make_rng, params_from_env, vectors_from_env
-from .rows import RowBench, corner_rows
+from .rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 60  # rows per random test
 
@@ -109,3 +109,12 @@ async def test_corners(dut):
     await tb.drain()
     assert tb.consts == kept and tb.error_flags() == SfuError.CONFIG
     dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+
+
+@cocotb.test(skip=not BENCH)
+async def test_bench(dut):
+    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
+    tb = GeluBench(dut, make_rng(3))
+    await tb.bench.start()
+    await tb.set_consts(tb.rand_consts())
+    await bench_rows(tb, "gelu", lambda n, ctx: tb.row(tb.rand_row(n), ctx))

@@ -14,7 +14,7 @@ from heterotron.hdl.rowstream import SfuError
 from heterotron.sim.sfu import residual_values
 
 from .common import make_rng, params_from_env, vectors_from_env
-from .rows import RowBench, corner_rows
+from .rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 60  # rows per random test
 
@@ -104,3 +104,15 @@ async def test_corners(dut):
     await tb.drain()
     assert tb.error_flags() == SfuError.MISMATCH
     dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+
+
+@cocotb.test(skip=not BENCH)
+async def test_bench(dut):
+    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
+    tb = ResidualBench(dut, make_rng(3))
+    await tb.bench.start()
+    tb.consts = tb.rand_consts()
+    await tb.configure(tb.consts)
+    p = tb.p
+    await bench_rows(tb, "residual", lambda n, ctx: tb.row(
+        tb.rand_values(p["a_width"], n), tb.rand_values(p["r_width"], n), ctx))

@@ -6,6 +6,9 @@ configuration writes and rows in program order.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,7 +18,12 @@ from heterotron.hdl.rowstream import SfuError
 
 from .common import ClockedBench, StreamSink, StreamSource, port_shapes, stalls_from_env
 
-__all__ = ["RowBench", "beats_of", "corner_rows"]
+__all__ = ["RowBench", "beats_of", "corner_rows", "bench_rows", "BENCH", "ENV_BENCH"]
+
+ENV_BENCH = "HETEROTRON_BENCH"  # comma-separated row lengths; the bench test runs only when set
+ENV_BENCH_OUT = "HETEROTRON_BENCH_OUT"  # where the bench writes its JSON lines
+BENCH = ENV_BENCH in os.environ
+BENCH_ROWS = 10  # rows per length: the first two fill the pipeline
 
 
 def beats_of(values, lanes: int) -> list[tuple[list[int], int, bool]]:
@@ -59,7 +67,7 @@ class RowBench:
         self.bench = ClockedBench(dut, [*self.sources.values(), self.cfg, self.sink])
         self.expected: list[tuple[list[int], int, bool, str]] = []
         self.matched = 0
-        self.rows_done = 0
+        self.row_ends: list[int] = []  # cycle of each output row's last beat
 
     # -- stimulus ---------------------------------------------------------------------------
 
@@ -114,6 +122,8 @@ class RowBench:
             f"output mismatch at {context}: got {data} n={n} last={last}, "
             f"expected {want} n={want_n} last={want_last}")
         self.matched += 1
+        if last:
+            self.row_ends.append(self.bench.cycle)
 
     async def drain(self) -> None:
         """Wait until every expected beat arrived, then check nothing more does."""
@@ -124,3 +134,27 @@ class RowBench:
 
     def error_flags(self) -> SfuError:
         return SfuError(int(self.dut.error.value))
+
+
+async def bench_rows(tb: RowBench, unit: str, make_row: Callable[[int, str], None]) -> None:
+    """For each row length in ``$HETEROTRON_BENCH``: :data:`BENCH_ROWS` rows back to back, no
+    stalls, every result checked; the steady-state cycles per row (between the last beats of
+    consecutive rows, after the first two) go to ``$HETEROTRON_BENCH_OUT`` as JSON lines."""
+    tb.set_stalls(0.0, 0.0)
+    for length in (int(v) for v in os.environ[ENV_BENCH].split(",")):
+        first = len(tb.row_ends)
+        start = tb.bench.cycle
+        for r in range(BENCH_ROWS):
+            make_row(length, f"bench length {length}, row {r}")
+        await tb.drain()
+        ends = tb.row_ends[first:]
+        assert len(ends) == BENCH_ROWS
+        per_row = (ends[-1] - ends[1]) / (BENCH_ROWS - 2)
+        beats = -(-length // tb.lanes)
+        record = {"unit": unit, "params": tb.p, "length": length, "cycles_per_row": per_row,
+                  "elements_per_cycle": length / per_row, "beats_per_row": beats,
+                  "first_row_cycles": ends[0] - start}
+        tb.dut._log.info("bench %s", json.dumps(record))
+        if ENV_BENCH_OUT in os.environ:
+            with open(os.environ[ENV_BENCH_OUT], "a") as f:
+                f.write(json.dumps(record) + "\n")

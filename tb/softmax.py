@@ -17,7 +17,7 @@ from heterotron.sim.intops import EXP_C, exp_consts
 from heterotron.sim.sfu import softmax_row
 
 from .common import make_rng, params_from_env, vectors_from_env
-from .rows import RowBench, corner_rows
+from .rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 40  # rows per random test
 
@@ -127,3 +127,12 @@ async def test_corners(dut):
     await tb.drain()
     assert tb.error_flags() == SfuError.CONFIG | SfuError.LENGTH
     dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+
+
+@cocotb.test(skip=not BENCH)
+async def test_bench(dut):
+    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
+    tb = SoftmaxBench(dut, make_rng(3))
+    await tb.bench.start()
+    await tb.set_consts(tb.rand_consts())
+    await bench_rows(tb, "softmax", lambda n, ctx: tb.row(tb.rand_row(n), ctx))
