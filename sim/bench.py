@@ -21,7 +21,7 @@ from heterotron.hdl.units import get_unit
 from .runner import run_sim
 from .toolchain import ToolError
 
-__all__ = ["bench_gemm", "GOALS"]
+__all__ = ["bench_gemm", "GOALS", "bench_sfu", "SFU_CONFIGS"]
 
 #: Utilisation goals (issue 4): on 8x8, at least 95% at 256^3 and 90% at 128^3.
 GOALS = {(8, 8, 256): 0.95, (8, 8, 128): 0.90}
@@ -59,3 +59,53 @@ def bench_gemm(sizes: list[int], arrays: list[tuple[int, int]], dataflows: list[
                 row["seed"] = seed
                 rows_out.append(row)
     return rows_out
+
+
+#: The special-function-unit benchmark's configurations: (label, unit, parameter overrides,
+#: row lengths). Lengths follow MiniLM: 128 tokens per attention row, hidden size 384, FFN
+#: width 1536; 512 and 1024 are the units' design maxima.
+SFU_CONFIGS = [
+    ("softmax ibert", "softmax", {"variant": "ibert"}, [128, 512]),
+    ("softmax divfree", "softmax", {"variant": "divfree"}, [128, 512]),
+    ("gelu", "gelu", {}, [1536]),
+    ("layernorm", "layernorm", {}, [384, 1024]),
+    ("residual", "residual", {}, [384]),
+]
+
+
+def bench_sfu(units: list[str] | None = None, fpga: bool = True, seed: int = 1,
+              device: str = "ecp5-85f") -> dict[str, Any]:
+    """Cycles per row and elements per cycle (Verilator, results checked), FPGA resources and
+    Fmax (out of context), and the golden models' error against float, per unit."""
+    from .build import generate
+    from .fpga import fpga_synth
+    from .sfu import float_errors
+
+    configs = [c for c in SFU_CONFIGS if units is None or c[1] in units]
+    throughput, resources = [], []
+    for label, name, overrides, lengths in configs:
+        unit = get_unit(name)
+        params = unit.resolve(overrides={k: str(v) for k, v in overrides.items()})
+        print(f"[heterotron] bench sfu: {label}, rows of {lengths} ...", file=sys.stderr,
+              flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "bench.jsonl"
+            result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
+                             quiet=True,
+                             extra_env={"HETEROTRON_BENCH": ",".join(map(str, lengths)),
+                                        "HETEROTRON_BENCH_OUT": str(out)})
+            if not result.ok:
+                raise ToolError(f"bench simulation failed for {label}; "
+                                f"see {result.results_xml.parent / 'sim.log'}")
+            for line in out.read_text().splitlines():
+                row = json.loads(line)
+                row["label"] = label
+                row["ideal_cycles_per_row"] = row["beats_per_row"]
+                throughput.append(row)
+        if fpga:
+            gen = generate(unit, params)
+            fig = fpga_synth(gen.verilog, gen.module, device=device)
+            resources.append({"label": label, "unit": name, "params": params, **fig})
+    return {"throughput": throughput, "fpga": resources,
+            "float_error": [e for e in float_errors(seed)
+                            if units is None or e["unit"] in units]}
