@@ -152,9 +152,14 @@ class LayerNorm(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from accepting a row's last beat to its first output beat, with the other
-        stages idle and a non-constant row (measured in ``tests/test_sfu.py``)."""
-        return 20 + sum(self.row_cycles.values())
+        """Cycles from accepting the last beat of a one-beat, non-constant row to its first
+        output beat, with the other stages idle (measured in ``tests/test_sfu.py``). A
+        constant row skips the reciprocal's divider. See :meth:`row_latency`."""
+        return 19 + sum(self.row_cycles.values())
+
+    def row_latency(self, beats: int) -> int:
+        """The same for a row of ``beats`` beats: the variance pass reads the row again."""
+        return self.latency + beats - 1
 
     def elaborate(self, platform):
         m = Module()

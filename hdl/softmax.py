@@ -149,10 +149,14 @@ class Softmax(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from accepting a row's last beat to its first output beat, with the other
-        stages idle: ingest hand-off, exp pass, reciprocal, output pass (measured in
-        ``tests/test_sfu.py``)."""
-        return 19 + self.recip_cycles
+        """Cycles from accepting the last beat of a one-beat row to its first output beat,
+        with the other stages idle: ingest hand-off, exp pass, reciprocal, output pass
+        (measured in ``tests/test_sfu.py``). See :meth:`row_latency` for longer rows."""
+        return 18 + self.recip_cycles
+
+    def row_latency(self, beats: int) -> int:
+        """The same for a row of ``beats`` beats: the exp pass reads the row again first."""
+        return self.latency + beats - 1
 
     def elaborate(self, platform):
         m = Module()

@@ -1,0 +1,257 @@
+"""Special-function units (Softmax, Gelu, LayerNorm, ResidualAdd): parameter checks, the
+sequential divider and square root, latencies measured in Amaranth's simulator, the cocotb
+testbenches on Verilator for default and sampled parameters, and the benchmark command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.sim import Simulator
+
+from heterotron.hdl.gelu import Gelu
+from heterotron.hdl.layernorm import LayerNorm
+from heterotron.hdl.params import ParamError, sample_valid
+from heterotron.hdl.residual import ResidualAdd
+from heterotron.hdl.rowstream import SeqDivider, SeqIsqrt
+from heterotron.hdl.softmax import Softmax
+from heterotron.hdl.units import get_unit
+from heterotron.scripts.cli import main
+from heterotron.sim.intops import exp_consts, reciprocal_divfree
+from heterotron.sim.runner import run_sim
+from heterotron.sim.sfu import float_errors
+
+# -- parameters -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, kwargs, message", [
+    (Softmax, {"lanes": 4, "max_len": 6}, "max_len must be .* multiple of lanes"),
+    (Softmax, {"lanes": 17}, r"lanes must be an integer in \[1, 16\]"),
+    (Softmax, {"exp_width": 31}, r"exp_width must be an integer in \[4, 30\]"),
+    (Softmax, {"variant": "newton"}, "variant must be one of ibert, divfree"),
+    (Softmax, {"max_len": 8192}, r"max_len must be an integer in \[1, 4096\]"),
+    (LayerNorm, {"in_width": 25}, r"in_width must be an integer in \[2, 24\]"),
+    (LayerNorm, {"max_len": 2048}, r"max_len must be an integer in \[1, 1024\]"),
+    (LayerNorm, {"lanes": 3, "max_len": 1024}, "multiple of lanes"),
+    (Gelu, {"in_width": 1}, r"in_width must be an integer in \[2, 24\]"),
+    (Gelu, {"lanes": 0}, r"lanes must be"),
+    (ResidualAdd, {"a_width": 49}, r"a_width must be an integer in \[2, 48\]"),
+])
+def test_bad_parameters_are_named(cls, kwargs, message):
+    with pytest.raises(ParamError, match=message):
+        cls(**kwargs)
+
+
+# -- sequential divider and square root ----------------------------------------------------------
+
+
+class _Both(Elaboratable):
+    def __init__(self):
+        self.div = SeqDivider(20, 9)
+        self.sqrt = SeqIsqrt(21)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.div, m.submodules.sqrt = self.div, self.sqrt
+        return m
+
+
+def test_divider_and_isqrt_exact_and_on_time():
+    rng = np.random.default_rng(5)
+    dut = _Both()
+    cases = [(0, 1), ((1 << 20) - 1, 1), ((1 << 20) - 1, 511), (5, 7), (511, 511)]
+    cases += [(int(rng.integers(0, 1 << 20)), int(rng.integers(1, 512))) for _ in range(30)]
+    roots = [0, 1, 2, 3, 4, (1 << 21) - 1, 1 << 20] + [int(v) for v in rng.integers(0, 1 << 21,
+                                                                                     30)]
+
+    async def tb(ctx):
+        for num, den in cases:
+            ctx.set(dut.div.start, 1)
+            ctx.set(dut.div.num, num)
+            ctx.set(dut.div.den, den)
+            await ctx.tick()
+            ctx.set(dut.div.start, 0)
+            cycles = 0
+            while not ctx.get(dut.div.done):
+                await ctx.tick()
+                cycles += 1
+            assert cycles == dut.div.cycles
+            assert ctx.get(dut.div.quot) == num // den, (num, den)
+        for v in roots:
+            ctx.set(dut.sqrt.start, 1)
+            ctx.set(dut.sqrt.value, v)
+            await ctx.tick()
+            ctx.set(dut.sqrt.start, 0)
+            cycles = 0
+            while not ctx.get(dut.sqrt.done):
+                await ctx.tick()
+                cycles += 1
+            assert cycles == dut.sqrt.cycles
+            root = ctx.get(dut.sqrt.root)
+            assert root * root <= v < (root + 1) ** 2, (v, root)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+# -- latency, measured -------------------------------------------------------------------------
+
+
+def _measure_latency(dut, cfgs, beats) -> int:
+    """Edges from accepting the last input beat to the first output beat being valid."""
+    seen = {}
+
+    async def tb(ctx):
+        for c in cfgs:
+            ctx.set(dut.cfg.valid, 1)
+            ctx.set(dut.cfg.payload, c)
+            await ctx.tick().until(dut.cfg.ready)
+            ctx.set(dut.cfg.valid, 0)
+        ctx.set(dut.o.ready, 1)
+        for port, payloads in beats.items():
+            for payload in payloads:
+                ctx.set(getattr(dut, port).valid, 1)
+                ctx.set(getattr(dut, port).payload, payload)
+                if len(beats) == 1:
+                    await ctx.tick().until(getattr(dut, port).ready)
+        if len(beats) > 1:  # two joined inputs with one beat each
+            await ctx.tick().until(dut.a.ready)
+        for port in beats:
+            ctx.set(getattr(dut, port).valid, 0)
+        edges = 1
+        while not ctx.get(dut.o.valid):
+            await ctx.tick()
+            edges += 1
+        seen["latency"] = edges
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return seen["latency"]
+
+
+def _row(values, lanes):
+    return [{"data": values[i:i + lanes] + [0] * (lanes - len(values[i:i + lanes])),
+             "n": len(values[i:i + lanes]) - 1, "last": i + lanes >= len(values)}
+            for i in range(0, len(values), lanes)]
+
+
+@pytest.mark.parametrize("variant", ["ibert", "divfree"])
+@pytest.mark.parametrize("lanes, max_len, exp_width", [(1, 8, 12), (4, 24, 24)])
+def test_softmax_latency_is_documented(variant, lanes, max_len, exp_width):
+    dut = Softmax(lanes=lanes, max_len=max_len, exp_width=exp_width, variant=variant)
+    k = exp_consts(0.05)
+    row = [3, -40, 7, 100]
+    got = _measure_latency(dut, [{"x0": k.x0, "b": k.b, "c": k.c}], {"i": _row(row, lanes)})
+    assert got == dut.row_latency(-(-len(row) // lanes))
+    if lanes == len(row):
+        assert got == dut.latency
+
+
+@pytest.mark.parametrize("lanes, max_len, in_width", [(1, 8, 22), (4, 64, 10)])
+def test_layernorm_latency_is_documented(lanes, max_len, in_width):
+    dut = LayerNorm(lanes=lanes, max_len=max_len, in_width=in_width)
+    row = [0, 200, -77]
+    got = _measure_latency(dut, [{"kind": 0, "shift": 2}], {"i": _row(row, lanes)})
+    assert got == dut.row_latency(-(-len(row) // lanes))
+    if lanes >= len(row):
+        assert got == dut.latency
+
+
+def test_elementwise_latencies_are_documented():
+    g = Gelu(lanes=2)
+    assert _measure_latency(g, [{"b": -5, "c": -3, "one": -1, "m": 1, "e": 0}],
+                            {"i": _row([3], 2)}) == g.latency
+    r = ResidualAdd(lanes=2)
+    assert _measure_latency(r, [{"m": 1, "e": 0, "m_r": 1, "e_r": 0}],
+                            {"a": _row([3], 2), "r": _row([4], 2)}) == r.latency
+
+
+# -- golden models ------------------------------------------------------------------------------
+
+
+def test_divfree_reciprocal_error_over_the_sum_range():
+    """The division-free reciprocal, against floor(2^32 / s), over every sum a Softmax with
+    exp_width up to 30 and rows up to 4096 can form: a few LSB at most, never below."""
+    rng = np.random.default_rng(3)
+    s = np.unique(np.concatenate([np.arange(1, 5000), rng.integers(1, 1 << 43, 200000),
+                                  (1 << np.arange(43)), (1 << np.arange(1, 44)) - 1]))
+    exact = (np.int64(1) << 32) // s
+    err = reciprocal_divfree(s) - exact
+    assert err.min() >= -2 and err.max() <= 2, (err.min(), err.max())
+
+
+def test_float_errors_are_small():
+    """The golden units against float: each within a few output LSBs (the figures of
+    ``heterotron bench sfu``)."""
+    for r in float_errors(0):
+        assert r["max_error_lsb"] < 4.0, r
+        assert r["mean_error_lsb"] < 1.0, r
+
+
+# -- cocotb on Verilator ----------------------------------------------------------------------
+
+FAST = [
+    ("softmax", {}),
+    ("softmax", {"variant": "divfree", "lanes": 3, "max_len": 48, "in_width": 16}),
+    ("gelu", {}),
+    ("layernorm", {"max_len": 64}),
+    ("residual", {}),
+]
+
+
+@pytest.mark.parametrize("unit_name, overrides", FAST)
+def test_cocotb_bit_exact(unit_name, overrides):
+    unit = get_unit(unit_name)
+    params = unit.resolve(overrides={k: str(v) for k, v in overrides.items()})
+    result = run_sim(unit, params, seed=11)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+def test_cocotb_layernorm_default_size():
+    unit = get_unit("layernorm")
+    result = run_sim(unit, unit.resolve(), seed=12)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+CAPS = {"lanes": 5, "max_len": 48, "in_width": 24}
+CLASSES = {"softmax": Softmax, "gelu": Gelu, "layernorm": LayerNorm, "residual": ResidualAdd}
+
+
+def _sampled(unit_name: str, draw: int) -> dict:
+    return sample_valid(CLASSES[unit_name], np.random.default_rng([53, draw]), CAPS)
+
+
+@pytest.mark.parametrize("unit_name", list(CLASSES))
+def test_cocotb_sampled_parameters(unit_name):
+    """Any valid configuration passes, not only the hand-picked ones."""
+    result = run_sim(get_unit(unit_name), _sampled(unit_name, 0), seed=3, vectors=12)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("draw", [1, 2, 3])
+@pytest.mark.parametrize("unit_name", list(CLASSES))
+def test_cocotb_sampled_parameters_slow(unit_name, draw):
+    result = run_sim(get_unit(unit_name), _sampled(unit_name, draw), seed=draw, vectors=16)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+# -- the benchmark command ----------------------------------------------------------------------
+
+
+def test_bench_sfu_json(capsys):
+    assert main(["bench", "sfu", "--units", "residual", "--no-fpga", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    (row,) = res["throughput"]
+    assert row["unit"] == "residual" and row["length"] == 384
+    # one beat per cycle once the pipeline is full: 96 beats of 4 lanes per row
+    assert row["cycles_per_row"] == row["beats_per_row"] == 96
+    assert [e["unit"] for e in res["float_error"]] == ["residual"]
+    assert main(["bench", "sfu", "--units", "nonsense"]) == 2
