@@ -119,8 +119,8 @@ class LayerNorm(wiring.Component):
     def cfg_layout(cls, lanes: int, max_len: int, bias_width: int) -> data.StructLayout:
         return data.StructLayout({
             "kind": 1,
-            "group": range(max_len // lanes),
-            "lane": range(lanes),
+            "group": range(max(2, max_len // lanes)),
+            "lane": range(max(2, lanes)),
             "shift": range(MAX_SHIFT + 1),
             "entry": cls.entry_layout(bias_width),
         })

@@ -3,8 +3,8 @@ ResidualAdd): the row beat layout, the error flags, registered pipeline helpers,
 requantisation stages, and the two sequential row-level circuits (divider, square root).
 
 A **row beat** carries ``lanes`` elements, ``n`` (the number of valid lanes minus one; only
-looked at on the last beat of a row, every other beat is full) and ``last`` (the row ends with
-this beat). Lanes at or above ``n + 1`` of a last beat are ignored on the way in and carry
+looked at on the last beat of a row, every other beat is full; one bit wide and ignored when
+``lanes`` is 1) and ``last`` (the row ends with this beat). Lanes at or above ``n + 1`` of a last beat are ignored on the way in and carry
 unspecified values on the way out.
 """
 
@@ -34,8 +34,9 @@ class SfuError(enum.IntFlag):
 
 
 def count_width(lanes: int) -> int:
-    """Width of the ``n`` field (valid lanes minus one)."""
-    return (lanes - 1).bit_length()
+    """Width of the ``n`` field (valid lanes minus one); never zero, so that no zero-width
+    wire reaches the Verilog."""
+    return max(1, (lanes - 1).bit_length())
 
 
 def row_layout(elem, lanes: int) -> data.StructLayout:
@@ -47,10 +48,11 @@ def row_layout(elem, lanes: int) -> data.StructLayout:
 
 
 def bank_depth(max_len: int, lanes: int) -> int:
-    """Words per row bank: ``max_len / lanes`` beats rounded up to a power of two, so that a
-    bank address is ``Cat(beat, bank)``."""
+    """Words per row bank: ``max_len / lanes`` beats rounded up to a power of two (two at
+    least, so that beat counters are never zero bits wide), so that a bank address is
+    ``Cat(beat, bank)``."""
     beats = max_len // lanes
-    return 1 << max(0, (beats - 1).bit_length())
+    return 1 << max(1, (beats - 1).bit_length())
 
 
 def lane_valid(n, last, k: int, lanes: int) -> Value:

@@ -210,14 +210,14 @@ def test_cocotb_bit_exact(unit_name, overrides):
     unit = get_unit(unit_name)
     params = unit.resolve(overrides={k: str(v) for k, v in overrides.items()})
     result = run_sim(unit, params, seed=11)
-    assert result.tests == 2 and result.failed == 0, result
+    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
 
 
 @pytest.mark.slow
 def test_cocotb_layernorm_default_size():
     unit = get_unit("layernorm")
     result = run_sim(unit, unit.resolve(), seed=12)
-    assert result.tests == 2 and result.failed == 0, result
+    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
 
 
 CAPS = {"lanes": 5, "max_len": 48, "in_width": 24}
@@ -232,7 +232,7 @@ def _sampled(unit_name: str, draw: int) -> dict:
 def test_cocotb_sampled_parameters(unit_name):
     """Any valid configuration passes, not only the hand-picked ones."""
     result = run_sim(get_unit(unit_name), _sampled(unit_name, 0), seed=3, vectors=12)
-    assert result.tests == 2 and result.failed == 0, result
+    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
 
 
 @pytest.mark.slow
@@ -240,7 +240,7 @@ def test_cocotb_sampled_parameters(unit_name):
 @pytest.mark.parametrize("unit_name", list(CLASSES))
 def test_cocotb_sampled_parameters_slow(unit_name, draw):
     result = run_sim(get_unit(unit_name), _sampled(unit_name, draw), seed=draw, vectors=16)
-    assert result.tests == 2 and result.failed == 0, result
+    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
 
 
 # -- the benchmark command ----------------------------------------------------------------------
@@ -254,4 +254,7 @@ def test_bench_sfu_json(capsys):
     # one beat per cycle once the pipeline is full: 96 beats of 4 lanes per row
     assert row["cycles_per_row"] == row["beats_per_row"] == 96
     assert [e["unit"] for e in res["float_error"]] == ["residual"]
-    assert main(["bench", "sfu", "--units", "nonsense"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "sfu", "--units", "nonsense"])
+    assert exc.value.code == 2
+    assert "units must be among gelu, layernorm, residual, softmax" in capsys.readouterr().err
