@@ -29,7 +29,8 @@ __all__ = ["LayerNorm"]
 #: pass: three passes over its beats plus the two sequential row stages. Five banks keep rows
 #: flowing at one per ``beats`` cycles whenever ``beats`` covers the reciprocal stage.
 X_BANKS = 5
-#: Bits of the reciprocal ``floor(2^RECIP_BITS / std)`` (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
+#: Bits of the reciprocal ``floor(2^RECIP_BITS / std)``
+#: (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15
 

@@ -4,8 +4,8 @@ requantisation stages, and the two sequential row-level circuits (divider, squar
 
 A **row beat** carries ``lanes`` elements, ``n`` (the number of valid lanes minus one; only
 looked at on the last beat of a row, every other beat is full; one bit wide and ignored when
-``lanes`` is 1) and ``last`` (the row ends with this beat). Lanes at or above ``n + 1`` of a last beat are ignored on the way in and carry
-unspecified values on the way out.
+``lanes`` is 1) and ``last`` (the row ends with this beat). Lanes at or above ``n + 1`` of a
+last beat are ignored on the way in and carry unspecified values on the way out.
 """
 
 from __future__ import annotations

@@ -55,10 +55,24 @@ def test_lint_edge_parameters_clean():
     ("gemm", {"dataflow": "os", "requant": "true", "max_m": "64", "max_k": "64",
               "max_n": "64"}),
     pytest.param("gemm", {"dataflow": "ws"}, marks=pytest.mark.slow),  # 3 min of Yosys
+    ("softmax", {}),
+    ("softmax", {"variant": "divfree"}),
+    ("softmax", {"lanes": "1", "max_len": "1", "in_width": "2", "exp_width": "4",
+                 "out_width": "2"}),
+    ("softmax", {"lanes": "16", "max_len": "4096", "exp_width": "30", "out_width": "16",
+                 "variant": "divfree"}),
+    ("gelu", {}),
+    ("gelu", {"lanes": "1", "in_width": "2", "out_width": "2"}),
+    ("layernorm", {}),
+    ("layernorm", {"lanes": "1", "max_len": "1", "in_width": "2", "bias_width": "8",
+                   "out_width": "2"}),
+    ("layernorm", {"lanes": "16", "max_len": "1024", "in_width": "24", "bias_width": "48"}),
+    ("residual", {}),
+    ("residual", {"lanes": "1", "a_width": "2", "r_width": "2", "out_width": "2"}),
 ])
-def test_systolic_and_gemm_lint_clean(unit_name, overrides):
-    """Edge sizes (a 1x1 array, buffers of one word) and defaults: no zero-width wires, no
-    latches, no undriven nets."""
+def test_units_lint_clean(unit_name, overrides):
+    """Edge sizes (a 1x1 array, buffers of one word, one lane, the narrowest and widest
+    settings) and defaults: no zero-width wires, no latches, no undriven nets."""
     unit = get_unit(unit_name)
     gen = generate(unit, unit.resolve(overrides=overrides))
     vl = verilator_lint(gen.verilog, gen.module)

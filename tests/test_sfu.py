@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
 from heterotron.hdl.gelu import Gelu
