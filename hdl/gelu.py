@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import Param, check, validating
-from .rowstream import REQUANT_STAGES, SfuError, reg, requant_stages, row_layout
+from .rowstream import (
+    SfuError,
+    delay,
+    mul_pipe,
+    mul_stages,
+    reg,
+    requant_stages,
+    row_layout,
+)
 
 __all__ = ["Gelu"]
 
@@ -44,8 +52,9 @@ class Gelu(wiring.Component):
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
 
-    Latency: 8 cycles from an accepted beat to its output beat; one beat per cycle; all
-    stages stall together while ``o`` is not ready.
+    Latency: :attr:`latency` cycles from an accepted beat to its output beat (the wide
+    products are cut into 18x18 partial products, one adder level per stage, so it grows with
+    ``in_width``); one beat per cycle; all stages stall together while ``o`` is not ready.
     """
 
     PARAMS = (
@@ -54,7 +63,6 @@ class Gelu(wiring.Component):
         Param("out_width", int, 12, "signed output width", 2, 24),
     )
 
-    LATENCY = 5 + REQUANT_STAGES
 
     def __init__(self, *, lanes=4, in_width=16, out_width=12):
         with validating(self):
@@ -81,7 +89,24 @@ class Gelu(wiring.Component):
     lanes = property(lambda self: self._lanes)
     in_width = property(lambda self: self._in_width)
     out_width = property(lambda self: self._out_width)
-    latency = property(lambda self: self.LATENCY)
+    def _plan(self) -> dict:
+        """Register stages of the pipelined multiplications, from the operand shapes."""
+        x = Signal(signed(self._in_width))
+        k = Signal(self.cfg_layout(self._in_width))
+        t = Signal((Mux(abs(x) < -k.b, abs(x), -k.b) + k.b).shape())
+        sq = Signal((t * t + k.c).shape())
+        erf = Signal(((Mux(x < 0, -sq, sq) >> 14) + k.one).shape())
+        g = Signal((-(x * erf)).shape())
+        return {"square": mul_stages(t.shape(), t.shape()),
+                "product": mul_stages(x.shape(), erf.shape()),
+                "requant": mul_stages(g.shape(), unsigned(31)) + 2}
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an accepted beat to its output beat: operands, clamp, square (pipelined
+        multiplier), + c, erf, product (pipelined), negation, requantisation."""
+        plan = self._plan()
+        return 5 + plan["square"] + plan["product"] + plan["requant"]
 
     @property
     def parameters(self) -> dict:
@@ -108,43 +133,45 @@ class Gelu(wiring.Component):
         take = self.i.valid & self.i.ready
         with m.If(take):
             m.d.sync += in_row.eq(~self.i.payload.last)
+        inflight = Signal(range(self.latency + 2))  # accepted, not yet delivered
+        m.d.sync += inflight.eq(inflight + take - (self.o.valid & self.o.ready))
+        m.d.comb += busy.eq(in_row | (inflight != 0))
 
-        # Stage 1: operands.
-        v1 = reg(m, advance, take, "s1_valid")
-        s1 = reg(m, advance, self.i.payload, "s1")
-        # Stage 2: clamp |x| at -b; (a + b) <= 0.
-        v2 = reg(m, advance, v1, "s2_valid")
-        tag2 = reg(m, advance, s1, "s2")
-        t2 = [reg(m, advance, Mux(abs(x) < -k.b, abs(x), -k.b) + k.b, f"s2_t{j}")
-              for j, x in enumerate(s1.data)]
-        # Stage 3: (a + b)^2 + c.
-        v3 = reg(m, advance, v2, "s3_valid")
-        tag3 = reg(m, advance, tag2, "s3")
-        sq3 = [reg(m, advance, t * t + k.c, f"s3_sq{j}") for j, t in enumerate(t2)]
-        # Stage 4: erf = floor(sign(x) * sq / 2^14) + one.
-        v4 = reg(m, advance, v3, "s4_valid")
-        tag4 = reg(m, advance, tag3, "s4")
-        g4 = []
-        for j, (x, sq) in enumerate(zip(tag3.data, sq3, strict=True)):
-            signed_sq = Mux(x < 0, -sq, Mux(x == 0, 0, sq))
-            g4.append(reg(m, advance, (signed_sq >> 14) + k.one, f"s4_erf{j}"))
-        # Stage 5: x * (erf + one), negated in the requantiser's product.
-        v5 = reg(m, advance, v4, "s5_valid")
-        tag5 = reg(m, advance, tag4, "s5")
-        p5 = [reg(m, advance, -(x * g), f"s5_gelu{j}") for j, (x, g) in
-              enumerate(zip(tag4.data, g4, strict=True))]
-        # Stages 6-8: requantisation; its last register is the output register.
-        v, tag = v5, tag5
-        valids = [v1, v2, v3, v4, v5]
-        for s in range(REQUANT_STAGES - 1):
-            v, tag = reg(m, advance, v, f"s{6 + s}_valid"), reg(m, advance, tag, f"s{6 + s}")
-            valids.append(v)
+        tag = Signal(data.StructLayout({"valid": 1, "n": len(self.i.payload.n), "last": 1}))
+        m.d.comb += [tag.valid.eq(take), tag.n.eq(self.i.payload.n),
+                     tag.last.eq(self.i.payload.last)]
+        plan = self._plan()
+
+        def step(value, n, name):
+            return delay(m, advance, value, n, name)
+
+        # operands
+        tag, x = reg(m, advance, tag, "s1_tag"), reg(m, advance, self.i.payload.data, "s1_x")
+        # (min(|x|, -b) + b) <= 0
+        t = [reg(m, advance, Mux(abs(x[j]) < -k.b, abs(x[j]), -k.b) + k.b, f"s2_t{j}")
+             for j in range(lanes)]
+        tag, x = reg(m, advance, tag, "s2_tag"), reg(m, advance, x, "s2_x")
+        # (...)^2 + c
+        sq = [mul_pipe(m, advance, t[j], t[j], f"sq{j}") for j in range(lanes)]
+        tag, x = step(tag, plan["square"], "sq_tag"), step(x, plan["square"], "sq_x")
+        sq = [reg(m, advance, sq[j] + k.c, f"s3_sqc{j}") for j in range(lanes)]
+        tag, x = reg(m, advance, tag, "s3_tag"), reg(m, advance, x, "s3_x")
+        # erf = floor(sign(x) * sq / 2^14) + one
+        erf = [reg(m, advance, (Mux(x[j] < 0, -sq[j], Mux(x[j] == 0, 0, sq[j])) >> 14) + k.one,
+                   f"s4_erf{j}") for j in range(lanes)]
+        tag, x = reg(m, advance, tag, "s4_tag"), reg(m, advance, x, "s4_x")
+        # g = -(x * erf)
+        prod = [mul_pipe(m, advance, x[j], erf[j], f"xg{j}") for j in range(lanes)]
+        tag = step(tag, plan["product"], "xg_tag")
+        g = [reg(m, advance, -prod[j], f"s5_g{j}") for j in range(lanes)]
+        tag = reg(m, advance, tag, "s5_tag")
+        # requantisation; its last register is the output register
+        tag = step(tag, plan["requant"] - 1, "rq_tag")
         for j in range(lanes):
-            out = requant_stages(m, advance, [(p5[j], k.m, k.e)], self._out_width, f"rq{j}")
+            out, _ = requant_stages(m, advance, [(g[j], k.m, k.e)], self._out_width, f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(v), self.o.payload.n.eq(tag.n),
+            m.d.sync += [self.o.valid.eq(tag.valid), self.o.payload.n.eq(tag.n),
                          self.o.payload.last.eq(tag.last)]
-        m.d.comb += busy.eq(in_row | self.o.valid | Cat(*valids).any())
         return m
 

@@ -10,17 +10,21 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Param, ParamError, check, validating
 from .rowstream import (
-    REQUANT_STAGES,
     RowIngest,
     RowIssuer,
     SeqDivider,
     SeqIsqrt,
     SfuError,
     bank_depth,
+    delay,
     lane_valid,
+    mul_pipe,
+    mul_stages,
     reg,
     requant_stages,
     row_layout,
+    tree_pipe,
+    tree_stages,
 )
 
 __all__ = ["LayerNorm"]
@@ -33,13 +37,6 @@ X_BANKS = 5
 #: (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15
-
-
-def _sum(values):
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
 
 
 class LayerNorm(wiring.Component):
@@ -93,8 +90,6 @@ class LayerNorm(wiring.Component):
         Param("out_width", int, 8, "signed output width", 2, 24),
     )
 
-    VAR_STAGES = 4  # read, deviation, square, sum
-    OUT_STAGES = 4 + REQUANT_STAGES  # read, deviation, product, bias/sign, requantisation
 
     def __init__(self, *, lanes=4, max_len=1024, in_width=22, bias_width=40, out_width=8):
         with validating(self):
@@ -144,6 +139,18 @@ class LayerNorm(wiring.Component):
     def var_width(self) -> int:
         return 2 * (self._in_width + 1) + self._max_len.bit_length()
 
+    def _plan(self) -> dict:
+        """Register stages of the output pass's pipelined products, from operand shapes (the
+        same expressions as in :meth:`elaborate`)."""
+        x, mean = Signal(signed(self._in_width)), Signal(signed(self._in_width + 1))
+        recip = Signal(unsigned(RECIP_BITS + 1))
+        dev = Signal((x - mean).shape())
+        prod = Signal((dev * recip).shape())
+        y = Signal(((prod >> (RECIP_BITS - 30)) + Signal(signed(self._bias_width))).shape())
+        z = Signal(Mux(Signal(), -y, y).shape())
+        return {"product": mul_stages(dev.shape(), recip.shape()),
+                "requant": mul_stages(z.shape(), unsigned(31)) + 2}
+
     @property
     def row_cycles(self) -> dict:
         """Cycles of the two sequential row stages: the mean's divider and, for the
@@ -154,9 +161,13 @@ class LayerNorm(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from accepting the last beat of a one-beat, non-constant row to its first
-        output beat, with the other stages idle (measured in ``tests/test_sfu.py``). A
-        constant row skips the reciprocal's divider. See :meth:`row_latency`."""
-        return 19 + sum(self.row_cycles.values())
+        output beat, with the other stages idle (measured in ``tests/test_sfu.py``): the
+        passes' lane trees and pipelined products, and the sequential row stages. A constant
+        row skips the reciprocal's divider. See :meth:`row_latency`."""
+        plan = self._plan()
+        square = mul_stages(signed(self._in_width + 2), signed(self._in_width + 2))
+        return (18 + 2 * tree_stages(self._lanes) + square + plan["product"] + plan["requant"]
+                + sum(self.row_cycles.values()))
 
     def row_latency(self, beats: int) -> int:
         """The same for a row of ``beats`` beats: the variance pass reads the row again."""
@@ -198,20 +209,28 @@ class LayerNorm(wiring.Component):
         s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
                        (x_held < X_BANKS) & ~self.cfg.valid, self.error)
         sw = self.sum_width
-        run_sum = Signal(signed(sw))
-        new_sum = Signal(signed(sw))
-        beat_sum = _sum([Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0)
-                         for j in range(L)])
-        m.d.comb += new_sum.eq(Mux(s1.first, 0, run_sum) + beat_sum)
-        with m.If(s1.take & s1.keep):
-            m.d.sync += run_sum.eq(new_sum)
         row = {"bank": range(X_BANKS), "last": range(depth), "n": n_w}
         desc1 = data.StructLayout({**row, "sum": signed(sw)})
+        # The row sum: a registered tree over the lanes, then the running sum; the beat's
+        # bookkeeping travels alongside and the descriptor is pushed at the end.
+        ev = Signal(data.StructLayout({"keep": 1, "first": 1, "push": 1, "desc": desc1}))
+        m.d.comb += [ev.keep.eq(s1.take & s1.keep), ev.first.eq(s1.first),
+                     ev.push.eq(s1.push), ev.desc.bank.eq(s1.bank),
+                     ev.desc.last.eq(s1.last_idx), ev.desc.n.eq(s1.n)]
+        lanes_in = [reg(m, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0),
+                        f"s1_lane{j}") for j in range(L)]
+        ev = reg(m, None, ev, "s1_ev")
+        beat_sum = tree_pipe(m, None, lanes_in, lambda a, b: a + b, "s1_sum")
+        ev = delay(m, None, ev, tree_stages(L), "s1_ev")
+        run_sum = Signal(signed(sw))
+        new_sum = Signal(signed(sw))
+        m.d.comb += new_sum.eq(Mux(ev.first, 0, run_sum) + beat_sum)
+        with m.If(ev.keep):
+            m.d.sync += run_sum.eq(new_sum)
         m.submodules.f1 = f1 = SyncFIFO(width=desc1.size, depth=X_BANKS)
         d1 = Signal(desc1)
-        m.d.comb += [d1.bank.eq(s1.bank), d1.last.eq(s1.last_idx), d1.n.eq(s1.n),
-                     d1.sum.eq(Mux(s1.keep, new_sum, run_sum)),
-                     f1.w_data.eq(d1), f1.w_en.eq(s1.push)]
+        m.d.comb += [d1.eq(ev.desc), d1.sum.eq(Mux(ev.keep, new_sum, run_sum)),
+                     f1.w_data.eq(d1), f1.w_en.eq(ev.push)]
 
         # -- stage 2: mean = floor((2 sum + D) / 2D), by an unsigned divider ----------------
         desc2 = data.StructLayout({**row, "mean": signed(W + 1)})
@@ -245,17 +264,20 @@ class LayerNorm(wiring.Component):
         tag_l = data.StructLayout({"valid": 1, "last": 1, "desc": desc2})
         t = Signal(tag_l, name="s3_t0")
         m.d.comb += [t.valid.eq(s3.active), t.last.eq(s3.last), t.desc.eq(s3.cur)]
-        t = reg(m, None, t, "s3_t1")
-        ds = [reg(m, None, (x_rd_var.data[j] - t.desc.mean) >> shift, f"s3_ds{j}")
-              for j in range(L)]
+        t = reg(m, None, t, "s3_t1")  # the buffer read lands with it
+        dev = [reg(m, None, x_rd_var.data[j] - t.desc.mean, f"s3_dev{j}") for j in range(L)]
         t = reg(m, None, t, "s3_t2")
-        sq = [reg(m, None, Mux(lane_valid(t.desc.n, t.last, j, L), ds[j] * ds[j], 0),
-                  f"s3_sq{j}") for j in range(L)]
+        ds = [reg(m, None, Mux(lane_valid(t.desc.n, t.last, j, L), dev[j] >> shift, 0),
+                  f"s3_ds{j}") for j in range(L)]
         t = reg(m, None, t, "s3_t3")
+        sq = [mul_pipe(m, None, ds[j], ds[j], f"s3_sq{j}") for j in range(L)]
+        t = delay(m, None, t, mul_stages(ds[0].shape(), ds[0].shape()), "s3_tm")
+        lane_sum = tree_pipe(m, None, sq, lambda a, b: a + b, "s3_sum")
+        t = delay(m, None, t, tree_stages(L), "s3_ts")
         vw = self.var_width
         acc = Signal(vw, name="s3_acc")
         var = Signal(vw)
-        m.d.comb += var.eq(acc + _sum(sq))
+        m.d.comb += var.eq(acc + lane_sum)
         with m.If(t.valid):
             m.d.sync += acc.eq(Mux(t.last, 0, var))
         desc3 = data.StructLayout({**row, "mean": signed(W + 1), "var": vw})
@@ -305,23 +327,28 @@ class LayerNorm(wiring.Component):
         o = Signal(otag_l, name="s5_t0")
         m.d.comb += [o.valid.eq(s5.active), o.last.eq(s5.last), o.n.eq(s5.cur.n),
                      o.mean.eq(s5.cur.mean), o.recip.eq(s5.cur.recip)]
-        o = reg(m, advance, o, "s5_t1")
-        dev = [reg(m, advance, x_rd_out.data[j] - o.mean, f"s5_dev{j}") for j in range(L)]
+        o = reg(m, advance, o, "s5_t1")  # the buffer and table reads land with it
         ent = reg(m, advance, t_rd.data, "s5_entry1")
+        xv = [reg(m, advance, x_rd_out.data[j], f"s5_x{j}") for j in range(L)]
         o = reg(m, advance, o, "s5_t2")
-        prod = [reg(m, advance, dev[j] * o.recip, f"s5_prod{j}") for j in range(L)]
+        dev = [reg(m, advance, xv[j] - o.mean, f"s5_dev{j}") for j in range(L)]
         ent = reg(m, advance, ent, "s5_entry2")
         o = reg(m, advance, o, "s5_t3")
-        zs = []
+        prod = [mul_pipe(m, advance, dev[j], o.recip, f"s5_mul{j}") for j in range(L)]
+        stages = self._plan()["product"]
+        ent = delay(m, advance, ent, stages, "s5_entry_m")
+        o = delay(m, advance, o, stages, "s5_tm")
+        y = [reg(m, advance, (prod[j] >> (RECIP_BITS - 30)) + ent[j].bias, f"s5_y{j}")
+             for j in range(L)]
+        ent = reg(m, advance, ent, "s5_entry4")
+        o = reg(m, advance, o, "s5_t4")
+        zs = [reg(m, advance, Mux(ent[j].neg, -y[j], y[j]), f"s5_z{j}") for j in range(L)]
+        ent = reg(m, advance, ent, "s5_entry5")
+        o = reg(m, advance, o, "s5_t5")
+        o = delay(m, advance, o, self._plan()["requant"] - 1, "s5_trq")
         for j in range(L):
-            y = (prod[j] >> (RECIP_BITS - 30)) + ent[j].bias
-            zs.append(reg(m, advance, Mux(ent[j].neg, -y, y), f"s5_z{j}"))
-        ent = reg(m, advance, ent, "s5_entry3")
-        for s in range(REQUANT_STAGES):
-            o = reg(m, advance, o, f"s5_t{4 + s}")
-        for j in range(L):
-            out = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self._out_width,
-                                 f"rq{j}")
+            out, _ = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self._out_width,
+                                    f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),

@@ -8,7 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import Param, check, validating
-from .rowstream import REQUANT_STAGES, SfuError, reg, requant_stages, row_layout
+from .rowstream import SfuError, delay, mul_stages, reg, requant_stages, row_layout
 
 __all__ = ["ResidualAdd"]
 
@@ -44,7 +44,8 @@ class ResidualAdd(wiring.Component):
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
 
-    Latency: 4 cycles; one beat per cycle; all stages stall together while ``o`` is not ready.
+    Latency: :attr:`latency` cycles (6 at the defaults); one beat per cycle; all stages stall
+    together while ``o`` is not ready.
     """
 
     PARAMS = (
@@ -54,7 +55,6 @@ class ResidualAdd(wiring.Component):
         Param("out_width", int, 22, "signed output width", 2, 32),
     )
 
-    LATENCY = 1 + REQUANT_STAGES
 
     CFG_LAYOUT = data.StructLayout({"m": unsigned(31), "e": unsigned(6), "m_r": unsigned(31),
                                     "e_r": unsigned(6)})
@@ -77,7 +77,15 @@ class ResidualAdd(wiring.Component):
     a_width = property(lambda self: self._a_width)
     r_width = property(lambda self: self._r_width)
     out_width = property(lambda self: self._out_width)
-    latency = property(lambda self: self.LATENCY)
+    def _requant_stages(self) -> int:
+        return max(mul_stages(signed(self._a_width), unsigned(31)),
+                   mul_stages(signed(self._r_width), unsigned(31))) + 2
+
+    @property
+    def latency(self) -> int:
+        """Cycles from an accepted beat pair to its output beat: operands, then the
+        requantisation (pipelined products, shift, round/add/saturate)."""
+        return 1 + self._requant_stages()
 
     @property
     def parameters(self) -> dict:
@@ -104,20 +112,19 @@ class ResidualAdd(wiring.Component):
             with m.If((a.last != r.last) | (a.last & (a.n != r.n))):
                 m.d.sync += self.error.eq(self.error | SfuError.MISMATCH)
 
-        valids = [reg(m, advance, take, "s1_valid")]
-        tag = reg(m, advance, Cat(a.n, a.last), "s1_tag")
+        inflight = Signal(range(self.latency + 2))  # accepted, not yet delivered
+        m.d.sync += inflight.eq(inflight + take - (self.o.valid & self.o.ready))
+        m.d.comb += busy.eq(in_row | (inflight != 0))
+        tag = reg(m, advance, Cat(take, a.n, a.last), "s1_tag")
         ops_a = reg(m, advance, a.data, "s1_a")
         ops_r = reg(m, advance, r.data, "s1_r")
-        for s in range(REQUANT_STAGES - 1):
-            valids.append(reg(m, advance, valids[-1], f"s{2 + s}_valid"))
-            tag = reg(m, advance, tag, f"s{2 + s}_tag")
+        tag = delay(m, advance, tag, self._requant_stages() - 1, "rq_tag")
         for j in range(self._lanes):
-            out = requant_stages(m, advance, [(ops_a[j], k.m, k.e), (ops_r[j], k.m_r, k.e_r)],
-                                 self._out_width, f"rq{j}")
+            out, _ = requant_stages(m, advance, [(ops_a[j], k.m, k.e), (ops_r[j], k.m_r, k.e_r)],
+                                    self._out_width, f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         n_bits = len(a.n)
         with m.If(advance):
-            m.d.sync += [self.o.valid.eq(valids[-1]), self.o.payload.n.eq(tag[:n_bits]),
-                         self.o.payload.last.eq(tag[n_bits])]
-        m.d.comb += busy.eq(in_row | self.o.valid | Cat(*valids).any())
+            m.d.sync += [self.o.valid.eq(tag[0]), self.o.payload.n.eq(tag[1:1 + n_bits]),
+                         self.o.payload.last.eq(tag[1 + n_bits])]
         return m

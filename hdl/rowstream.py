@@ -15,9 +15,9 @@ import enum
 from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data
 
-__all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "requant_stages",
-           "REQUANT_STAGES", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest",
-           "RowIssuer"]
+__all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "delay", "mul_pipe",
+           "mul_stages", "requant_stages", "tree_stages", "tree_pipe", "SeqDivider", "SeqIsqrt",
+           "bank_depth", "RowIngest", "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
@@ -77,19 +77,74 @@ def reg(m: Module, en, value, name: str, domain: str = "sync") -> Signal:
     return r
 
 
-#: Register stages of :func:`requant_stages`.
-REQUANT_STAGES = 3
+def delay(m: Module, en, value, stages: int, name: str):
+    """``value`` through ``stages`` registers (loaded when ``en``); ``stages=0`` is ``value``."""
+    for s in range(stages):
+        value = reg(m, en, value, f"{name}_d{s}")
+    return value
 
 
-def requant_stages(m: Module, en, terms, out_width: int, name: str) -> Signal:
-    """``sat(sum(round_shift(z * mul, e)))`` in three registered stages (product; shift kept one
-    bit wide; round half up, add, saturate) -- the contract of
-    :func:`heterotron.sim.requantizer.requantize`. ``terms`` is a list of ``(z, mul, e)``; every
-    register loads when ``en`` is high. Returns the output register (``signed(out_width)``)."""
+#: Operand chunk of :func:`mul_pipe`: 17 unsigned bits, or a signed top chunk of up to 18, so
+#: that every partial product fits one 18x18 multiplier (ECP5 MULT18X18D, Xilinx DSP48).
+CHUNK = 17
+
+
+def _chunks(v: Value) -> list[tuple[Value, int]]:
+    v = Value.cast(v)
+    width, is_signed = len(v), v.shape().signed
+    top = CHUNK + 1 if is_signed else CHUNK
+    if width <= top:
+        return [(v, 0)]
+    parts, lo = [], 0
+    while width - lo > top:
+        parts.append((v[lo:lo + CHUNK], lo))  # unsigned slice
+        lo += CHUNK
+    parts.append((v[lo:].as_signed() if is_signed else v[lo:], lo))
+    return parts
+
+
+def mul_stages(a_shape, b_shape) -> int:
+    """Register stages of :func:`mul_pipe` for operands of these shapes."""
+    n = len(_chunks(Signal(a_shape))) * len(_chunks(Signal(b_shape)))
+    return 1 + max(0, (n - 1).bit_length())
+
+
+def mul_pipe(m: Module, en, a, b, name: str) -> Value:
+    """``a * b`` exactly, pipelined for the FPGA: the operands are cut into chunks of at most
+    18x18 bits, each partial product is registered, then the partials are summed one adder
+    level per register stage. Takes :func:`mul_stages` stages (loaded when ``en``)."""
+    a, b = Value.cast(a), Value.cast(b)
+    full = a * b
+    terms = [reg(m, en, ac * bc, f"{name}_pp{i}_{j}")
+             for i, (ac, _) in enumerate(_chunks(a)) for j, (bc, _) in enumerate(_chunks(b))]
+    shifts = [sa + sb for _, sa in _chunks(a) for _, sb in _chunks(b)]
+    level = 0
+    vals = [t << sh for t, sh in zip(terms, shifts, strict=True)]
+    while len(vals) > 1:
+        pairs = [vals[i] + vals[i + 1] if i + 1 < len(vals) else vals[i]
+                 for i in range(0, len(vals), 2)]
+        vals = [reg(m, en, v, f"{name}_sum{level}_{k}") for k, v in enumerate(pairs)]
+        level += 1
+    out = Signal(full.shape(), name=f"{name}_prod")
+    m.d.comb += out.eq(vals[0])
+    return out
+
+
+def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Signal, int]:
+    """``sat(sum(round_shift(z * mul, e)))`` -- the contract of
+    :func:`heterotron.sim.requantizer.requantize` -- pipelined: the product (:func:`mul_pipe`),
+    the shift kept one bit wide, then round half up, add and saturate. ``terms`` is a list of
+    ``(z, mul, e)``; every register loads when ``en`` is high. Returns the output register
+    (``signed(out_width)``) and the number of stages."""
+    mstages = max(mul_stages(Value.cast(z).shape(), Value.cast(mul).shape())
+                  for z, mul, _ in terms)
     rounded = []
     for t, (z, mul, e) in enumerate(terms):
-        prod = reg(m, en, z * mul, f"{name}_prod{t}")
-        shift = reg(m, en, e, f"{name}_e{t}")
+        z, mul = Value.cast(z), Value.cast(mul)
+        pad = mstages - mul_stages(z.shape(), mul.shape())
+        prod = mul_pipe(m, en, delay(m, en, z, pad, f"{name}_zpad{t}"),
+                        delay(m, en, mul, pad, f"{name}_mpad{t}"), f"{name}_mul{t}")
+        shift = delay(m, en, e, mstages, f"{name}_e{t}")
         half = reg(m, en, (prod << 1) >> shift, f"{name}_half{t}")
         rounded.append((half + 1) >> 1)
     total = rounded[0]
@@ -99,7 +154,7 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> Signal:
     out = Signal(signed(out_width), name=f"{name}_out")
     with m.If(en):
         m.d.sync += out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
-    return out
+    return out, mstages + 2
 
 
 class SeqDivider(Elaboratable):
@@ -247,3 +302,21 @@ class RowIssuer:
                 m.d.sync += self.active.eq(0)
         with m.If(self.start):
             m.d.sync += [self.cur.eq(desc_in), self.active.eq(1), self.idx.eq(0)]
+
+
+def tree_stages(n: int) -> int:
+    """Register stages of :func:`tree_pipe` over ``n`` values."""
+    return max(0, (n - 1).bit_length())
+
+
+def tree_pipe(m: Module, en, values, op, name: str):
+    """Reduce ``values`` with the two-input ``op`` (sum, maximum), one level of the tree per
+    register stage (:func:`tree_stages`); a single value passes through unregistered."""
+    values = list(values)
+    level = 0
+    while len(values) > 1:
+        values = [reg(m, en, op(values[i], values[i + 1]), f"{name}_l{level}_{i // 2}")
+                  if i + 1 < len(values) else reg(m, en, values[i], f"{name}_l{level}_{i // 2}")
+                  for i in range(0, len(values), 2)]
+        level += 1
+    return values[0]

@@ -15,9 +15,14 @@ from .rowstream import (
     SeqDivider,
     SfuError,
     bank_depth,
+    delay,
     lane_valid,
+    mul_pipe,
+    mul_stages,
     reg,
     row_layout,
+    tree_pipe,
+    tree_stages,
 )
 
 __all__ = ["Softmax"]
@@ -30,14 +35,6 @@ X_BANKS, E_BANKS = 2, 3
 DF_F, DF_ITERS = 30, 3
 DF_Y0 = round(48 / 17 * 2**DF_F)
 DF_C15 = round(32 / 17 * 2**15)
-
-
-def _tree(values, op):
-    values = list(values)
-    while len(values) > 1:
-        values = [op(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
 
 
 class Softmax(wiring.Component):
@@ -142,17 +139,37 @@ class Softmax(wiring.Component):
         return self._exp_width + self._max_len.bit_length()
 
     @property
+    def df_wait(self) -> int:
+        """Cycles the division-free sequence waits for each product (its multiplier's
+        pipeline)."""
+        return mul_stages(signed(36), signed(36))
+
+    @property
     def recip_cycles(self) -> int:
         """Cycles of the reciprocal circuit per row: the divider's 33 quotient bits, or the
-        Newton sequence (bit length, normalisation, seed, three steps of four cycles)."""
-        return 33 if self._variant == "ibert" else 4 + 4 * DF_ITERS
+        Newton sequence (bit length, normalisation, seed, three steps of two products)."""
+        if self._variant == "ibert":
+            return 33
+        return 4 + 4 * DF_ITERS + (1 + 2 * DF_ITERS) * self.df_wait
+
+    def _plan(self) -> dict:
+        """Register stages of the pipelined multiplications, from the operand shapes: i-exp's
+        ``(b - rem) * -rem`` and the output's ``e * recip``."""
+        h1 = len(Signal(self.cfg_layout(self._exp_width)).x0)
+        rem = Signal(h1)
+        rb = Signal((Signal(h1) - rem).shape())
+        return {"exp": mul_stages(rb.shape(), (-rem).shape()),
+                "out": mul_stages(unsigned(self._exp_width), unsigned(34))}
 
     @property
     def latency(self) -> int:
         """Cycles from accepting the last beat of a one-beat row to its first output beat,
-        with the other stages idle: ingest hand-off, exp pass, reciprocal, output pass
-        (measured in ``tests/test_sfu.py``). See :meth:`row_latency` for longer rows."""
-        return 18 + self.recip_cycles
+        with the other stages idle: ingest (lane maximum tree), exp pass (lane sum tree,
+        pipelined product), reciprocal, output pass (pipelined product); measured in
+        ``tests/test_sfu.py``. See :meth:`row_latency` for longer rows."""
+        plan = self._plan()
+        return (21 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
+                + self.recip_cycles)
 
     def row_latency(self, beats: int) -> int:
         """The same for a row of ``beats`` beats: the exp pass reads the row again first."""
@@ -188,20 +205,28 @@ class Softmax(wiring.Component):
         desc1 = data.StructLayout({"bank": range(X_BANKS), "last": idx_shape,
                                    "n": len(self.i.payload.n), "max": signed(W)})
         m.submodules.f12 = f12 = SyncFIFO(width=desc1.size, depth=X_BANKS)
-        run_max = Signal(signed(W))
         beat = self.i.payload
         s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
                        (x_held < X_BANKS) & ~self.cfg.valid, self.error)
+        # The row maximum: a registered tree over the lanes, then the running maximum; the
+        # beat's bookkeeping travels alongside and the descriptor is pushed at the end.
         lo = -(1 << (W - 1))
-        bmax = _tree([Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo)
-                      for j in range(L)], lambda a, b: Mux(a > b, a, b))
-        new_max = Mux(s1.in_row & (run_max > bmax), run_max, bmax)
-        with m.If(s1.take & s1.keep):
+        ev = Signal(data.StructLayout({"keep": 1, "first": 1, "push": 1, "desc": desc1}))
+        m.d.comb += [ev.keep.eq(s1.take & s1.keep), ev.first.eq(s1.first),
+                     ev.push.eq(s1.push), ev.desc.bank.eq(s1.bank),
+                     ev.desc.last.eq(s1.last_idx), ev.desc.n.eq(s1.n)]
+        lanes_in = [reg(m, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo),
+                        f"s1_lane{j}") for j in range(L)]
+        ev = reg(m, None, ev, "s1_ev")
+        bmax = tree_pipe(m, None, lanes_in, lambda a, b: Mux(a > b, a, b), "s1_max")
+        ev = delay(m, None, ev, tree_stages(L), "s1_ev")
+        run_max = Signal(signed(W))
+        new_max = Mux(~ev.first & (run_max > bmax), run_max, bmax)
+        with m.If(ev.keep):
             m.d.sync += run_max.eq(new_max)
         d1 = Signal(desc1)
-        m.d.comb += [d1.bank.eq(s1.bank), d1.last.eq(s1.last_idx), d1.n.eq(s1.n),
-                     d1.max.eq(Mux(s1.keep, new_max, run_max)),
-                     f12.w_data.eq(d1), f12.w_en.eq(s1.push)]
+        m.d.comb += [d1.eq(ev.desc), d1.max.eq(Mux(ev.keep, new_max, run_max)),
+                     f12.w_data.eq(d1), f12.w_en.eq(ev.push)]
 
         # -- stage 2: exp pass --------------------------------------------------------------
         m.submodules.ebuf = ebuf = Memory(shape=data.ArrayLayout(unsigned(E), L),
@@ -229,36 +254,51 @@ class Softmax(wiring.Component):
         t = reg(m, None, t, "s2_t1")  # the buffer read lands with it
         xs = x_rd.data
         # clamp at 30 * x0, negate: a = -(max(x - max, 30 x0)) >= 0
-        a = [reg(m, None, -Mux(xs[j] - t.max < x0_30, x0_30, xs[j] - t.max), f"s2_a{j}")
-             for j in range(L)]
+        d = [reg(m, None, xs[j] - t.max, f"s2_d{j}") for j in range(L)]
         t = reg(m, None, t, "s2_t2")
+        # 0 <= a <= 30 |x0| < 2^(h + 5): kept at that width through the division
+        aw = len(k.x0) + 4
+        a = [reg(m, None, (-Mux(d[j] < x0_30, x0_30, d[j]))[:aw], f"s2_a{j}") for j in range(L)]
+        t = reg(m, None, t, "s2_t3")
         q = [Const(0, 5)] * L
         for bit in reversed(range(5)):  # restoring division of a by -x0, five quotient bits
             step_q, step_a = [], []
             for j in range(L):
                 ge = a[j] >= (nx0 << bit)
-                step_a.append(reg(m, None, Mux(ge, a[j] - (nx0 << bit), a[j]),
+                step_a.append(reg(m, None, Mux(ge, a[j] - (nx0 << bit), a[j])[:aw],
                                   f"s2_rem{bit}_{j}"))
                 step_q.append(reg(m, None, q[j] | (ge << bit), f"s2_q{bit}_{j}"))
             a, q = step_a, step_q
             t = reg(m, None, t, f"s2_tq{bit}")
         # r = -rem in (x0, 0]; z = (r + b) r + c <= c; e = max(z >> q, 0)
-        prod = [reg(m, None, (k.b - rem) * -rem, f"s2_prod{j}") for j, rem in enumerate(a)]
-        qq = [reg(m, None, qj, f"s2_qq{j}") for j, qj in enumerate(q)]
-        t = reg(m, None, t, "s2_tp")
+        # the remainder is below -x0 <= 2^h: h + 1 bits hold it exactly
+        a = [rem[:len(k.x0)] for rem in a]
+        rb = [reg(m, None, k.b - rem, f"s2_rb{j}") for j, rem in enumerate(a)]
+        r = [reg(m, None, -rem, f"s2_r{j}") for j, rem in enumerate(a)]
+        q = [reg(m, None, qj, f"s2_qr{j}") for j, qj in enumerate(q)]
+        t = reg(m, None, t, "s2_tr")
+        prod = [mul_pipe(m, None, rb[j], r[j], f"s2_mul{j}") for j in range(L)]
+        stages = self._plan()["exp"]
+        q = [delay(m, None, qj, stages, f"s2_qm{j}") for j, qj in enumerate(q)]
+        t = delay(m, None, t, stages, "s2_tm")
+        z = [reg(m, None, prod[j] + k.c, f"s2_z{j}") for j in range(L)]
+        q = [reg(m, None, qj, f"s2_qz{j}") for j, qj in enumerate(q)]
+        t = reg(m, None, t, "s2_tz")
         ez = []
         for j in range(L):
-            z = (prod[j] + k.c) >> qq[j]
-            ez.append(reg(m, None, Mux(z < 0, 0, z), f"s2_e{j}"))
+            zq = z[j] >> q[j]
+            ez.append(reg(m, None, Mux(zq < 0, 0, zq), f"s2_e{j}"))
         t = reg(m, None, t, "s2_te")
-        # write e, sum the valid lanes; the row's sum goes to the reciprocal stage
+        # write e; sum the valid lanes (a registered tree), then the running row sum, which
+        # goes to the reciprocal stage with the row's last beat
         m.d.comb += [e_wr.addr.eq(Cat(t.idx, t.bank)), e_wr.en.eq(t.valid)]
         for j in range(L):
             m.d.comb += e_wr.data[j].eq(ez[j])
         sw = self.sum_width
+        lane_sum = tree_pipe(m, None, [Mux(lane_valid(t.n, t.last, j, L), ez[j][:E], 0)
+                                       for j in range(L)], lambda x, y: x + y, "s2_sum")
+        t = delay(m, None, t, tree_stages(L), "s2_ts")
         acc = Signal(sw, name="s2_acc")
-        lane_sum = _tree([Mux(lane_valid(t.n, t.last, j, L), ez[j][:E], 0) for j in range(L)],
-                         lambda x, y: x + y)
         total = Signal(sw)
         m.d.comb += total.eq(acc + lane_sum)
         with m.If(t.valid):
@@ -307,9 +347,11 @@ class Softmax(wiring.Component):
                                           "recip": unsigned(34)}))
         m.d.comb += [o_tag.valid.eq(s4.active), o_tag.n.eq(s4.cur.n), o_tag.last.eq(s4.last),
                      o_tag.recip.eq(s4.cur.recip)]
-        o_tag = reg(m, advance, o_tag, "s4_t1")
-        prods = [reg(m, advance, e_rd.data[j] * o_tag.recip, f"s4_prod{j}") for j in range(L)]
+        o_tag = reg(m, advance, o_tag, "s4_t1")  # the buffer read lands with it
+        e_val = [reg(m, advance, e_rd.data[j], f"s4_e{j}") for j in range(L)]
         o_tag = reg(m, advance, o_tag, "s4_t2")
+        prods = [mul_pipe(m, advance, e_val[j], o_tag.recip, f"s4_mul{j}") for j in range(L)]
+        o_tag = delay(m, advance, o_tag, self._plan()["out"], "s4_tm")
         top = (1 << self._out_width) - 1
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(o_tag.valid), self.o.payload.n.eq(o_tag.n),
@@ -320,50 +362,46 @@ class Softmax(wiring.Component):
         return m
 
     def _divfree(self, m, start, s, finish, recip):
-        """:func:`heterotron.sim.intops.reciprocal_divfree` on one multiplier: bit length,
-        normalisation, the linear seed, three Newton steps of two products each, final
-        shift. ``finish`` pulses with ``recip`` valid."""
+        """:func:`heterotron.sim.intops.reciprocal_divfree` on one pipelined multiplier: bit
+        length, normalisation, the linear seed, three Newton steps of two products each,
+        final shift. ``finish`` pulses with ``recip`` valid."""
         sw = len(s)
         sval = Signal(sw, name="df_s")
         klen = Signal(range(sw + 1), name="df_k")
         mn = Signal(DF_F, name="df_m")
         y = Signal(signed(36), name="df_y")
         tt = Signal(signed(36), name="df_t")
-        prod = Signal(signed(72), name="df_p")
-        step = Signal(range(4 + 4 * DF_ITERS + 2), name="df_step")
-        running = Signal()
+        ma = Signal(signed(36), name="df_ma")
+        mb = Signal(signed(36), name="df_mb")
+        prod = mul_pipe(m, None, ma, mb, "df_mul")
         # bit length of s: the leading-one detector
         blen = Const(0, range(sw + 1))
         for b in range(sw):
             blen = Mux(sval[b], b + 1, blen)
+        norm = Mux(klen >= DF_F, sval >> (klen - DF_F).as_unsigned(),
+                   sval << (DF_F - klen).as_unsigned())
+        # the schedule: one action per cycle; a product is ready DF_WAIT cycles after its
+        # operands are set
+        steps = [[klen.eq(blen)], [mn.eq(norm)], [ma.eq(mn), mb.eq(DF_C15)],
+                 *[[]] * self.df_wait, [y.eq(DF_Y0 - (prod >> 15))]]
+        for _ in range(DF_ITERS):
+            steps += [[ma.eq(mn), mb.eq(y)], *[[]] * self.df_wait,
+                      [tt.eq((2 << DF_F) - (prod >> DF_F))],
+                      [ma.eq(y), mb.eq(tt)], *[[]] * self.df_wait, [y.eq(prod >> DF_F)]]
+        step = Signal(range(len(steps) + 1), name="df_step")
+        running = Signal()
         final = Signal(unsigned(36))
         m.d.comb += [final.eq(Mux(klen >= 2, y >> (klen - 2).as_unsigned(), y << 1)),
                      recip.eq(final)]
-        m.d.comb += finish.eq(0)
         with m.If(start):
             m.d.sync += [sval.eq(s), step.eq(0), running.eq(1)]
         with m.Elif(running):
             m.d.sync += step.eq(step + 1)
             # one register per step (no case statement: each assignment has its own enable)
-            with m.If(step == 0):
-                m.d.sync += klen.eq(blen)
-            with m.If(step == 1):
-                m.d.sync += mn.eq(Mux(klen >= DF_F, sval >> (klen - DF_F).as_unsigned(),
-                                      sval << (DF_F - klen).as_unsigned()))
-            with m.If(step == 2):
-                m.d.sync += prod.eq(mn * DF_C15)
-            with m.If(step == 3):
-                m.d.sync += y.eq(DF_Y0 - (prod >> 15))
-            for it in range(DF_ITERS):
-                base = 4 + 4 * it
-                with m.If(step == base):
-                    m.d.sync += prod.eq(mn * y)
-                with m.If(step == base + 1):
-                    m.d.sync += tt.eq((2 << DF_F) - (prod >> DF_F))
-                with m.If(step == base + 2):
-                    m.d.sync += prod.eq(y * tt)
-                with m.If(step == base + 3):
-                    m.d.sync += y.eq(prod >> DF_F)
-            with m.If(step == 4 + 4 * DF_ITERS):
+            for i, actions in enumerate(steps):
+                if actions:
+                    with m.If(step == i):
+                        m.d.sync += actions
+            with m.If(step == len(steps)):
                 m.d.comb += finish.eq(1)
                 m.d.sync += running.eq(0)
