@@ -93,7 +93,8 @@ class Gelu(wiring.Component):
         """Register stages of the pipelined multiplications, from the operand shapes."""
         x = Signal(signed(self._in_width))
         k = Signal(self.cfg_layout(self._in_width))
-        t = Signal((Mux(abs(x) < -k.b, abs(x), -k.b) + k.b).shape())
+        nb = Signal(self._in_width + 5)
+        t = Signal((Mux(abs(x) < nb, abs(x), nb) - nb).shape())
         sq = Signal((t * t + k.c).shape())
         erf = Signal(((Mux(x < 0, -sq, sq) >> 14) + k.one).shape())
         g = Signal((-(x * erf)).shape())
@@ -120,6 +121,7 @@ class Gelu(wiring.Component):
 
         # Configuration: taken when no row is open and the pipeline is empty.
         k = Signal(self.cfg_layout(self._in_width), name="consts")
+        nb = Signal(self._in_width + 5, name="neg_b")  # -b > 0, kept with the constants
         in_row = Signal()
         busy = Signal()
         m.d.comb += self.cfg.ready.eq(~busy)
@@ -128,7 +130,7 @@ class Gelu(wiring.Component):
             with m.If((p.b >= 0) | (p.c > 0) | (p.one > 0)):
                 m.d.sync += self.error.eq(self.error | SfuError.CONFIG)
             with m.Else():
-                m.d.sync += k.eq(p)
+                m.d.sync += [k.eq(p), nb.eq(-p.b)]
         m.d.comb += self.i.ready.eq(advance & (in_row | ~self.cfg.valid))
         take = self.i.valid & self.i.ready
         with m.If(take):
@@ -147,9 +149,9 @@ class Gelu(wiring.Component):
 
         # operands
         tag, x = reg(m, advance, tag, "s1_tag"), reg(m, advance, self.i.payload.data, "s1_x")
-        # (min(|x|, -b) + b) <= 0
-        t = [reg(m, advance, Mux(abs(x[j]) < -k.b, abs(x[j]), -k.b) + k.b, f"s2_t{j}")
-             for j in range(lanes)]
+        ax = [reg(m, advance, abs(self.i.payload.data[j]), f"s1_abs{j}") for j in range(lanes)]
+        # min(|x|, -b) + b <= 0
+        t = [reg(m, advance, Mux(ax[j] < nb, ax[j], nb) - nb, f"s2_t{j}") for j in range(lanes)]
         tag, x = reg(m, advance, tag, "s2_tag"), reg(m, advance, x, "s2_x")
         # (...)^2 + c
         sq = [mul_pipe(m, advance, t[j], t[j], f"sq{j}") for j in range(lanes)]
