@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Param, check, validating
 from .rowstream import (
+    REQUANT_EXTRA,
     SfuError,
     delay,
     mul_pipe,
@@ -100,7 +101,7 @@ class Gelu(wiring.Component):
         g = Signal((-(x * erf)).shape())
         return {"square": mul_stages(t.shape(), t.shape()),
                 "product": mul_stages(x.shape(), erf.shape()),
-                "requant": mul_stages(g.shape(), unsigned(31)) + 2}
+                "requant": mul_stages(g.shape(), unsigned(31)) + REQUANT_EXTRA}
 
     @property
     def latency(self) -> int:

@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import Param, ParamError, check, validating
 from .rowstream import (
+    REQUANT_EXTRA,
     RowIngest,
     RowIssuer,
     SeqDivider,
@@ -149,7 +150,7 @@ class LayerNorm(wiring.Component):
         y = Signal(((prod >> (RECIP_BITS - 30)) + Signal(signed(self._bias_width))).shape())
         z = Signal(Mux(Signal(), -y, y).shape())
         return {"product": mul_stages(dev.shape(), recip.shape()),
-                "requant": mul_stages(z.shape(), unsigned(31)) + 2}
+                "requant": mul_stages(z.shape(), unsigned(31)) + REQUANT_EXTRA}
 
     @property
     def row_cycles(self) -> dict:

@@ -8,7 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import Param, check, validating
-from .rowstream import SfuError, delay, mul_stages, reg, requant_stages, row_layout
+from .rowstream import REQUANT_EXTRA, SfuError, delay, mul_stages, reg, requant_stages, row_layout
 
 __all__ = ["ResidualAdd"]
 
@@ -79,7 +79,7 @@ class ResidualAdd(wiring.Component):
     out_width = property(lambda self: self._out_width)
     def _requant_stages(self) -> int:
         return max(mul_stages(signed(self._a_width), unsigned(31)),
-                   mul_stages(signed(self._r_width), unsigned(31))) + 2
+                   mul_stages(signed(self._r_width), unsigned(31))) + REQUANT_EXTRA
 
     @property
     def latency(self) -> int:

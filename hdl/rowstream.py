@@ -16,8 +16,8 @@ from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, Value, signed, 
 from amaranth.lib import data
 
 __all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "delay", "mul_pipe",
-           "mul_stages", "requant_stages", "tree_stages", "tree_pipe", "SeqDivider", "SeqIsqrt",
-           "bank_depth", "RowIngest", "RowIssuer"]
+           "mul_stages", "requant_stages", "REQUANT_EXTRA", "tree_stages", "tree_pipe",
+           "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest", "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
@@ -130,10 +130,14 @@ def mul_pipe(m: Module, en, a, b, name: str) -> Value:
     return out
 
 
+#: Stages of :func:`requant_stages` after the product: the shift, round and add, saturate.
+REQUANT_EXTRA = 3
+
+
 def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Signal, int]:
     """``sat(sum(round_shift(z * mul, e)))`` -- the contract of
     :func:`heterotron.sim.requantizer.requantize` -- pipelined: the product (:func:`mul_pipe`),
-    the shift kept one bit wide, then round half up, add and saturate. ``terms`` is a list of
+    the shift kept one bit wide, round half up and add, saturate. ``terms`` is a list of
     ``(z, mul, e)``; every register loads when ``en`` is high. Returns the output register
     (``signed(out_width)``) and the number of stages."""
     mstages = max(mul_stages(Value.cast(z).shape(), Value.cast(mul).shape())
@@ -150,11 +154,12 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Sig
     total = rounded[0]
     for r in rounded[1:]:
         total = total + r
+    total = reg(m, en, total, f"{name}_sum")
     lo, hi = -(1 << (out_width - 1)), (1 << (out_width - 1)) - 1
     out = Signal(signed(out_width), name=f"{name}_out")
     with m.If(en):
         m.d.sync += out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
-    return out, mstages + 2
+    return out, mstages + REQUANT_EXTRA
 
 
 class SeqDivider(Elaboratable):
