@@ -170,6 +170,15 @@ class LayerNorm(wiring.Component):
         return (18 + 2 * tree_stages(self._lanes) + square + plan["product"] + plan["requant"]
                 + sum(self.row_cycles.values()))
 
+    @property
+    def timing(self) -> dict:
+        """What the sidecar records about the timing of rows."""
+        return {"latency": "cycles from a one-beat, non-constant row's last input beat to its "
+                           "first output beat; add one per further beat of the row",
+                "row_stage_cycles": self.row_cycles,
+                "row_interval": "about max(ceil(length / lanes), isqrt + recip + 4) cycles "
+                                "(measured by heterotron bench sfu)"}
+
     def row_latency(self, beats: int) -> int:
         """The same for a row of ``beats`` beats: the variance pass reads the row again."""
         return self.latency + beats - 1

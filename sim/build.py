@@ -97,6 +97,8 @@ def sidecar(unit: Unit, component: wiring.Component, module: str) -> dict[str, A
         "summary": unit.summary,
         "parameters": component.parameters,
         "latency_cycles": component.latency,
+        # row units add what their latency depends on (row length, sequential stages)
+        **({"timing": component.timing} if hasattr(component, "timing") else {}),
         "clock": "clk (rising edge)",
         "reset": "rst (synchronous, active high)",
         "ports": ports,
