@@ -81,10 +81,11 @@ def test_units_lint_clean(unit_name, overrides):
     assert ys.ok, ys.log[-2000:]
 
 
-def test_default_config_file_is_the_unit_default():
+@pytest.mark.parametrize("unit_name", ["requantizer", "softmax", "gelu", "layernorm", "residual"])
+def test_default_config_file_is_the_unit_default(unit_name):
     _, config = load_config("default")
-    unit = get_unit("requantizer")
-    assert unit.resolve(config["requantizer"]) == unit.resolve()
+    unit = get_unit(unit_name)
+    assert unit.resolve(config[unit_name]) == unit.resolve()
 
 
 LATCH = """
