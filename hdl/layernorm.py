@@ -167,7 +167,7 @@ class LayerNorm(wiring.Component):
         row skips the reciprocal's divider. See :meth:`row_latency`."""
         plan = self._plan()
         square = mul_stages(signed(self._in_width + 2), signed(self._in_width + 2))
-        return (18 + 2 * tree_stages(self._lanes) + square + plan["product"] + plan["requant"]
+        return (19 + 2 * tree_stages(self._lanes) + square + plan["product"] + plan["requant"]
                 + sum(self.row_cycles.values()))
 
     @property
@@ -275,7 +275,9 @@ class LayerNorm(wiring.Component):
         t = Signal(tag_l, name="s3_t0")
         m.d.comb += [t.valid.eq(s3.active), t.last.eq(s3.last), t.desc.eq(s3.cur)]
         t = reg(m, None, t, "s3_t1")  # the buffer read lands with it
-        dev = [reg(m, None, x_rd_var.data[j] - t.desc.mean, f"s3_dev{j}") for j in range(L)]
+        xv = reg(m, None, x_rd_var.data, "s3_x")  # registered straight out of the block RAM
+        t = reg(m, None, t, "s3_tx")
+        dev = [reg(m, None, xv[j] - t.desc.mean, f"s3_dev{j}") for j in range(L)]
         t = reg(m, None, t, "s3_t2")
         ds = [reg(m, None, Mux(lane_valid(t.desc.n, t.last, j, L), dev[j] >> shift, 0),
                   f"s3_ds{j}") for j in range(L)]

@@ -168,7 +168,7 @@ class Softmax(wiring.Component):
         pipelined product), reciprocal, output pass (pipelined product); measured in
         ``tests/test_sfu.py``. See :meth:`row_latency` for longer rows."""
         plan = self._plan()
-        return (21 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
+        return (22 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
                 + self.recip_cycles)
 
     @property
@@ -261,7 +261,8 @@ class Softmax(wiring.Component):
                      t.n.eq(cur2.n),
                      t.bank.eq(ebank2), t.max.eq(cur2.max), t.desc.eq(cur2)]
         t = reg(m, None, t, "s2_t1")  # the buffer read lands with it
-        xs = x_rd.data
+        xs = reg(m, None, x_rd.data, "s2_x")  # registered straight out of the block RAM
+        t = reg(m, None, t, "s2_tx")
         # clamp at 30 * x0, negate: a = -(max(x - max, 30 x0)) >= 0
         d = [reg(m, None, xs[j] - t.max, f"s2_d{j}") for j in range(L)]
         t = reg(m, None, t, "s2_t2")
