@@ -38,6 +38,8 @@ X_BANKS = 5
 #: (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15
+#: Quotient bits per cycle of the two dividers (mean, reciprocal).
+DIV_STEPS = 2
 
 
 class LayerNorm(wiring.Component):
@@ -156,8 +158,9 @@ class LayerNorm(wiring.Component):
     def row_cycles(self) -> dict:
         """Cycles of the two sequential row stages: the mean's divider and, for the
         reciprocal, the square root plus the divider (skipped for a constant row)."""
-        return {"mean": self.sum_width + 2, "isqrt": (self.var_width + 1) // 2,
-                "recip": RECIP_BITS + 1}
+        return {"mean": -(-(self.sum_width + 2) // DIV_STEPS),
+                "isqrt": (self.var_width + 1) // 2,
+                "recip": -(-(RECIP_BITS + 1) // DIV_STEPS)}
 
     @property
     def latency(self) -> int:
@@ -245,7 +248,7 @@ class LayerNorm(wiring.Component):
         # -- stage 2: mean = floor((2 sum + D) / 2D), by an unsigned divider ----------------
         desc2 = data.StructLayout({**row, "mean": signed(W + 1)})
         m.submodules.f2 = f2 = SyncFIFO(width=desc2.size, depth=X_BANKS)
-        m.submodules.mdiv = mdiv = SeqDivider(sw + 2, (2 * self._max_len).bit_length())
+        m.submodules.mdiv = mdiv = SeqDivider(sw + 2, (2 * self._max_len).bit_length(), DIV_STEPS)
         cur2 = Signal(desc1, name="s2_desc")
         busy2 = Signal()
         start2 = ~busy2 & f1.r_rdy
@@ -302,7 +305,7 @@ class LayerNorm(wiring.Component):
         # -- stage 4: std = isqrt(var) << shift, recip = floor(2^47 / std) ------------------
         m.submodules.sqrt = sqrt = SeqIsqrt(vw)
         std_w = (vw + 1) // 2 + MAX_SHIFT
-        m.submodules.rdiv = rdiv = SeqDivider(RECIP_BITS + 1, std_w)
+        m.submodules.rdiv = rdiv = SeqDivider(RECIP_BITS + 1, std_w, DIV_STEPS)
         desc4 = data.StructLayout({**row, "mean": signed(W + 1),
                                    "recip": unsigned(RECIP_BITS + 1)})
         cur4 = Signal(desc4, name="s4_desc")

@@ -164,13 +164,14 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Sig
 
 class SeqDivider(Elaboratable):
     """``quot = floor(num / den)`` for an unsigned ``num`` below ``2^num_width`` and
-    ``1 <= den < 2^den_width``: restoring division, one quotient bit per cycle, so a result
-    takes ``num_width`` cycles. Operands are taken when ``start`` is high (and the divider is
-    not ``busy``); ``done`` is high for one cycle with ``quot`` valid, and ``quot`` holds until
-    the next start. A zero ``den`` gives all ones (callers never pass one)."""
+    ``1 <= den < 2^den_width``: restoring division, ``steps`` quotient bits per cycle, so a
+    result takes ``ceil(num_width / steps)`` cycles. Operands are taken when ``start`` is high
+    (and the divider is not ``busy``); ``done`` is high for one cycle with ``quot`` valid, and
+    ``quot`` holds until the next start. A zero ``den`` gives all ones (callers never pass
+    one)."""
 
-    def __init__(self, num_width: int, den_width: int):
-        self.num_width, self.den_width = num_width, den_width
+    def __init__(self, num_width: int, den_width: int, steps: int = 1):
+        self.num_width, self.den_width, self.steps = num_width, den_width, steps
         self.start = Signal()
         self.num = Signal(num_width)
         self.den = Signal(den_width)
@@ -180,29 +181,32 @@ class SeqDivider(Elaboratable):
 
     @property
     def cycles(self) -> int:
-        return self.num_width
+        return -(-self.num_width // self.steps)
 
     def elaborate(self, platform):
         m = Module()
+        width = self.cycles * self.steps  # the numerator, zero-padded at the top
         rem = Signal(self.den_width)
-        num = Signal(self.num_width)
+        num = Signal(width)
         den = Signal(self.den_width)
-        count = Signal(range(self.num_width + 1))
-        trial = Cat(num[-1], rem)  # 2 * rem + next numerator bit, below 2 * den
-        take = trial >= den
+        quot = Signal(width)
+        count = Signal(range(self.cycles + 1))
+        r, n, q = rem, num, quot
+        for _ in range(self.steps):
+            trial = Cat(n[-1], r)  # 2 * rem + next numerator bit, below 2 * den
+            take = trial >= den
+            r = Mux(take, trial - den, trial)[:self.den_width]
+            n = (n << 1)[:width]
+            q = Cat(take, q)
         m.d.sync += self.done.eq(0)
         with m.If(self.busy):
-            m.d.sync += [
-                rem.eq(Mux(take, trial - den, trial)),
-                num.eq(num << 1),
-                self.quot.eq(Cat(take, self.quot)),
-                count.eq(count - 1),
-            ]
+            m.d.sync += [rem.eq(r), num.eq(n), quot.eq(q), count.eq(count - 1)]
             with m.If(count == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.Elif(self.start):
-            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den), self.quot.eq(0),
-                         count.eq(self.num_width), self.busy.eq(1)]
+            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den), quot.eq(0),
+                         count.eq(self.cycles), self.busy.eq(1)]
+        m.d.comb += self.quot.eq(quot)
         return m
 
 

@@ -33,6 +33,9 @@ X_BANKS, E_BANKS = 2, 3
 #: Division-free reciprocal: fraction bits, Newton steps and the seed's constants, exactly as
 #: :func:`heterotron.sim.intops.reciprocal_divfree`.
 DF_F, DF_ITERS = 30, 3
+#: Quotient bits per cycle of the ``ibert`` divider: 17 cycles for 33 bits, so rows of 128
+#: scores over 4 lanes (32 beats) are not held up by it.
+DIV_STEPS = 2
 DF_Y0 = round(48 / 17 * 2**DF_F)
 DF_C15 = round(32 / 17 * 2**15)
 
@@ -146,10 +149,11 @@ class Softmax(wiring.Component):
 
     @property
     def recip_cycles(self) -> int:
-        """Cycles of the reciprocal circuit per row: the divider's 33 quotient bits, or the
-        Newton sequence (bit length, normalisation, seed, three steps of two products)."""
+        """Cycles of the reciprocal circuit per row: the divider's 33 quotient bits, two a
+        cycle, or the Newton sequence (bit length, normalisation, seed, three steps of two
+        products)."""
         if self._variant == "ibert":
-            return 33
+            return -(-33 // DIV_STEPS)
         return 4 + 4 * DF_ITERS + (1 + 2 * DF_ITERS) * self.df_wait
 
     def _plan(self) -> dict:
@@ -340,7 +344,7 @@ class Softmax(wiring.Component):
         with m.If(finish):
             m.d.sync += [busy3.eq(0), done3.eq(1), cur3.recip.eq(recip)]
         if self._variant == "ibert":
-            m.submodules.div = div = SeqDivider(33, sw)
+            m.submodules.div = div = SeqDivider(33, sw, DIV_STEPS)
             m.d.comb += [div.start.eq(start3), div.num.eq(1 << 32), div.den.eq(d2r.sum),
                          finish.eq(div.done), recip.eq(div.quot)]
         else:

@@ -49,8 +49,8 @@ def test_bad_parameters_are_named(cls, kwargs, message):
 
 
 class _Both(Elaboratable):
-    def __init__(self):
-        self.div = SeqDivider(20, 9)
+    def __init__(self, steps):
+        self.div = SeqDivider(20, 9, steps)
         self.sqrt = SeqIsqrt(21)
 
     def elaborate(self, platform):
@@ -59,9 +59,10 @@ class _Both(Elaboratable):
         return m
 
 
-def test_divider_and_isqrt_exact_and_on_time():
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_divider_and_isqrt_exact_and_on_time(steps):
     rng = np.random.default_rng(5)
-    dut = _Both()
+    dut = _Both(steps)
     cases = [(0, 1), ((1 << 20) - 1, 1), ((1 << 20) - 1, 511), (5, 7), (511, 511)]
     cases += [(int(rng.integers(0, 1 << 20)), int(rng.integers(1, 512))) for _ in range(30)]
     roots = [0, 1, 2, 3, 4, (1 << 21) - 1, 1 << 20] + [int(v) for v in rng.integers(0, 1 << 21,
