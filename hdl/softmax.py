@@ -27,9 +27,11 @@ from .rowstream import (
 
 __all__ = ["Softmax"]
 
-#: Row banks of the input buffer (ingest / exp pass) and of the exponent buffer (exp pass /
-#: reciprocal / output pass): enough for every stage to work on its own row.
-X_BANKS, E_BANKS = 2, 3
+#: Row banks of the input buffer (held from ingest to the end of the exp pass) and of the
+#: exponent buffer (held from the exp pass through the reciprocal to the end of the output
+#: pass, about three rows' time plus the pipelines): enough that rows of 32 beats or more
+#: follow each other without a gap.
+X_BANKS, E_BANKS = 3, 4
 #: Division-free reciprocal: fraction bits, Newton steps and the seed's constants, exactly as
 #: :func:`heterotron.sim.intops.reciprocal_divfree`.
 DF_F, DF_ITERS = 30, 3
@@ -38,6 +40,7 @@ DF_F, DF_ITERS = 30, 3
 DIV_STEPS = 2
 DF_Y0 = round(48 / 17 * 2**DF_F)
 DF_C15 = round(32 / 17 * 2**15)
+DF_W = 34  # register width of the Newton sequence's y and t
 
 
 class Softmax(wiring.Component):
@@ -145,7 +148,7 @@ class Softmax(wiring.Component):
     def df_wait(self) -> int:
         """Cycles the division-free sequence waits for each product (its multiplier's
         pipeline)."""
-        return mul_stages(signed(36), signed(36))
+        return mul_stages(signed(DF_W), signed(DF_W))
 
     @property
     def recip_cycles(self) -> int:
@@ -383,10 +386,12 @@ class Softmax(wiring.Component):
         sval = Signal(sw, name="df_s")
         klen = Signal(range(sw + 1), name="df_k")
         mn = Signal(DF_F, name="df_m")
-        y = Signal(signed(36), name="df_y")
-        tt = Signal(signed(36), name="df_t")
-        ma = Signal(signed(36), name="df_ma")
-        mb = Signal(signed(36), name="df_mb")
+        # y < 2^32 (a Newton step never exceeds 1/m; the seed is below 2^31.5) and
+        # |t| <= 2^31: 34 signed bits hold both, so every product is 2 x 2 partial products
+        y = Signal(signed(DF_W), name="df_y")
+        tt = Signal(signed(DF_W), name="df_t")
+        ma = Signal(signed(DF_W), name="df_ma")
+        mb = Signal(signed(DF_W), name="df_mb")
         prod = mul_pipe(m, None, ma, mb, "df_mul")
         # bit length of s: the leading-one detector
         blen = Const(0, range(sw + 1))
@@ -404,7 +409,7 @@ class Softmax(wiring.Component):
                       [ma.eq(y), mb.eq(tt)], *[[]] * self.df_wait, [y.eq(prod >> DF_F)]]
         step = Signal(range(len(steps) + 1), name="df_step")
         running = Signal()
-        final = Signal(unsigned(36))
+        final = Signal(unsigned(DF_W))
         m.d.comb += [final.eq(Mux(klen >= 2, y >> (klen - 2).as_unsigned(), y << 1)),
                      recip.eq(final)]
         with m.If(start):
