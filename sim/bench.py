@@ -27,6 +27,22 @@ __all__ = ["bench_gemm", "GOALS", "bench_sfu", "SFU_CONFIGS"]
 GOALS = {(8, 8, 256): 0.95, (8, 8, 128): 0.90}
 
 
+def _bench_sim(unit, params: dict[str, Any], sizes: list[int], seed: int, label: str
+               ) -> list[dict[str, Any]]:
+    """Run the unit's ``test_bench`` (no stalls, results checked) for ``sizes``; return the
+    JSON records it wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.jsonl"
+        result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
+                         quiet=True,
+                         extra_env={"HETEROTRON_BENCH": ",".join(map(str, sizes)),
+                                    "HETEROTRON_BENCH_OUT": str(out)})
+        if not result.ok:
+            raise ToolError(f"bench simulation failed for {label}; "
+                            f"see {result.results_xml.parent / 'sim.log'}")
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 def bench_gemm(sizes: list[int], arrays: list[tuple[int, int]], dataflows: list[str],
                seed: int = 1) -> list[dict[str, Any]]:
     """Run the benchmark; one row per (array, dataflow, size), verified bit-exact."""
@@ -42,16 +58,7 @@ def bench_gemm(sizes: list[int], arrays: list[tuple[int, int]], dataflows: list[
             print(f"[heterotron] bench gemm: {rows}x{cols} {dataflow}, "
                   f"M=K=N in {sizes} ...", file=sys.stderr, flush=True)
             t0 = time.monotonic()
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "bench.jsonl"
-                result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
-                                 quiet=True,
-                                 extra_env={"HETEROTRON_BENCH": ",".join(map(str, sizes)),
-                                            "HETEROTRON_BENCH_OUT": str(out)})
-                if not result.ok:
-                    raise ToolError(f"bench simulation failed for {rows}x{cols} {dataflow}; "
-                                    f"see {result.results_xml.parent / 'sim.log'}")
-                got = [json.loads(line) for line in out.read_text().splitlines()]
+            got = _bench_sim(unit, params, sizes, seed, f"{rows}x{cols} {dataflow}")
             wall = time.monotonic() - t0
             for row in got:
                 row["goal"] = GOALS.get((rows, cols, row["m"]))
@@ -88,20 +95,10 @@ def bench_sfu(units: list[str] | None = None, fpga: bool = True, seed: int = 1,
         params = unit.resolve(overrides={k: str(v) for k, v in overrides.items()})
         print(f"[heterotron] bench sfu: {label}, rows of {lengths} ...", file=sys.stderr,
               flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "bench.jsonl"
-            result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
-                             quiet=True,
-                             extra_env={"HETEROTRON_BENCH": ",".join(map(str, lengths)),
-                                        "HETEROTRON_BENCH_OUT": str(out)})
-            if not result.ok:
-                raise ToolError(f"bench simulation failed for {label}; "
-                                f"see {result.results_xml.parent / 'sim.log'}")
-            for line in out.read_text().splitlines():
-                row = json.loads(line)
-                row["label"] = label
-                row["ideal_cycles_per_row"] = row["beats_per_row"]
-                throughput.append(row)
+        for row in _bench_sim(unit, params, lengths, seed, label):
+            row["label"] = label
+            row["ideal_cycles_per_row"] = row["beats_per_row"]
+            throughput.append(row)
         if fpga:
             gen = generate(unit, params)
             fig = fpga_synth(gen.verilog, gen.module, device=device)
