@@ -159,7 +159,7 @@ class LayerNorm(wiring.Component):
         """Cycles of the two sequential row stages: the mean's divider and, for the
         reciprocal, the square root plus the divider (skipped for a constant row)."""
         return {"mean": -(-(self.sum_width + 2) // DIV_STEPS),
-                "isqrt": (self.var_width + 1) // 2,
+                "isqrt": (self.var_width + 1) // 2 + 1,
                 "recip": -(-(RECIP_BITS + 1) // DIV_STEPS)}
 
     @property
@@ -316,13 +316,17 @@ class LayerNorm(wiring.Component):
         std = Signal(std_w, name="s4_std")
         start4 = ~busy4 & ~done4 & f3.r_rdy
         m.d.comb += [d3r.eq(f3.r_data), f3.r_en.eq(start4), sqrt.start.eq(start4),
-                     sqrt.value.eq(d3r.var), std.eq(sqrt.root << shift)]
+                     sqrt.value.eq(d3r.var)]
         with m.If(start4):
             m.d.sync += [cur4.bank.eq(d3r.bank), cur4.last.eq(d3r.last), cur4.n.eq(d3r.n),
                          cur4.mean.eq(d3r.mean), busy4.eq(1)]
-        m.d.comb += [rdiv.start.eq(sqrt.done & (std != 0)), rdiv.num.eq(1 << RECIP_BITS),
+        # std is registered one cycle after the root is done (the variable shift is long)
+        with m.If(sqrt.done):
+            m.d.sync += std.eq(sqrt.root << shift)
+        std_ready = reg(m, None, sqrt.done, "s4_std_ready")
+        m.d.comb += [rdiv.start.eq(std_ready & (std != 0)), rdiv.num.eq(1 << RECIP_BITS),
                      rdiv.den.eq(std)]
-        with m.If(sqrt.done & (std == 0)):
+        with m.If(std_ready & (std == 0)):
             m.d.sync += [cur4.recip.eq(0), busy4.eq(0), done4.eq(1)]
         with m.If(rdiv.done):
             m.d.sync += [cur4.recip.eq(rdiv.quot), busy4.eq(0), done4.eq(1)]
