@@ -44,7 +44,7 @@ class ResidualAdd(wiring.Component):
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
 
-    Latency: :attr:`latency` cycles (6 at the defaults); one beat per cycle; all stages stall
+    Latency: :attr:`latency` cycles (7 at the defaults); one beat per cycle; all stages stall
     together while ``o`` is not ready.
     """
 

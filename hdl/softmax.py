@@ -53,9 +53,10 @@ class Softmax(wiring.Component):
     2. **exp pass**: reads the row back, ``e = i_exp(x - max)`` per element (the quotient
        ``q = floor((x - max) / x0)`` by a five-step restoring division against the constant,
        pipelined), stores ``e`` and sums it;
-    3. **reciprocal**: ``floor(2^32 / sum)`` by a sequential divider (``ibert``, 33 cycles) or
-       the division-free Newton reciprocal (``divfree``: leading-one normalisation and seven
-       multiplications on one multiplier, 17 cycles; no divider circuit);
+    3. **reciprocal**: ``floor(2^32 / sum)`` by a sequential divider (``ibert``, two quotient
+       bits a cycle, 17 cycles) or the division-free Newton reciprocal (``divfree``: leading-one
+       normalisation and seven products on one pipelined multiplier, 37 cycles; no divider
+       circuit);
     4. **output**: ``min(e * recip >> (32 - out_width), 2^out_width - 1)`` per element,
        ``lanes`` per cycle; the top corner (one element taking the whole mass, which would be
        ``2^out_width``) saturates.
