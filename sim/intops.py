@@ -215,8 +215,11 @@ def i_gelu(x: np.ndarray, k: GeluConsts) -> np.ndarray:
     """I-BERT's integer GELU: ``erf ~ sign(x) ((min(|x|, -b) + b)^2 + c)``, floored by ``2^14``,
     ``out = -(x * (erf + one))``. Because ``A < 0``, ``c``, ``one`` and the erf scale are
     negative; the final negation makes the output scale (``out_scale``) positive. Exact in int64
-    for ``|x| < 2^24`` at the scales it is meant for (1e-3 or finer)."""
-    x = np.asarray(x, dtype=I64)
+    for ``|x| < 2^24`` at the scales it is meant for (1e-3 or finer); an object array of Python
+    integers stays one, and is exact for any constants."""
+    x = np.asarray(x)
+    if x.dtype != object:
+        x = x.astype(I64)
     sign = np.sign(x)
     a = np.minimum(np.abs(x), -k.b)
     y = sign * ((a + k.b) ** 2 + k.c)

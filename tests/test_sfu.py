@@ -188,6 +188,23 @@ def test_divfree_reciprocal_error_over_the_sum_range():
     assert err.min() >= -2 and err.max() <= 2, (err.min(), err.max())
 
 
+def test_gelu_golden_is_exact_where_int64_would_overflow():
+    """A coarse-but-accepted GELU constant set (found by a sampled testbench run): x (y + one)
+    exceeds 2^63, and the golden model must still be exact, as the RTL is."""
+    from heterotron.sim.intops import GeluConsts, i_gelu
+    from heterotron.sim.sfu import gelu_values
+
+    b, c, one, m, e = -120688128, -16116704388639658, -983685570596, 10583864, 63
+    x = (1 << 23) - 1
+    y = (((min(x, -b) + b) ** 2 + c) // (1 << 14))
+    g = -(x * (y + one))
+    assert abs(g) > 1 << 63
+    got = i_gelu(np.array([x], dtype=object), GeluConsts(b, c, one, 0.0))
+    assert int(got[0]) == g
+    want = min(max(((g * m << 1) >> e) + 1 >> 1, -(1 << 23)), (1 << 23) - 1)
+    assert int(gelu_values([x], b, c, one, m, e, 24)[0]) == want == (1 << 23) - 1
+
+
 def test_float_errors_are_small():
     """The golden units against float: each within a few output LSBs (the figures of
     ``heterotron bench sfu``)."""
