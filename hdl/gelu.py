@@ -145,9 +145,6 @@ class Gelu(wiring.Component):
                      tag.last.eq(self.i.payload.last)]
         plan = self._plan()
 
-        def step(value, n, name):
-            return delay(m, advance, value, n, name)
-
         # operands
         tag, x = reg(m, advance, tag, "s1_tag"), reg(m, advance, self.i.payload.data, "s1_x")
         ax = [reg(m, advance, abs(self.i.payload.data[j]), f"s1_abs{j}") for j in range(lanes)]
@@ -156,7 +153,8 @@ class Gelu(wiring.Component):
         tag, x = reg(m, advance, tag, "s2_tag"), reg(m, advance, x, "s2_x")
         # (...)^2 + c
         sq = [mul_pipe(m, advance, t[j], t[j], f"sq{j}") for j in range(lanes)]
-        tag, x = step(tag, plan["square"], "sq_tag"), step(x, plan["square"], "sq_x")
+        tag = delay(m, advance, tag, plan["square"], "sq_tag")
+        x = delay(m, advance, x, plan["square"], "sq_x")
         sq = [reg(m, advance, sq[j] + k.c, f"s3_sqc{j}") for j in range(lanes)]
         tag, x = reg(m, advance, tag, "s3_tag"), reg(m, advance, x, "s3_x")
         # erf = floor(sign(x) * sq / 2^14) + one
@@ -165,11 +163,11 @@ class Gelu(wiring.Component):
         tag, x = reg(m, advance, tag, "s4_tag"), reg(m, advance, x, "s4_x")
         # g = -(x * erf)
         prod = [mul_pipe(m, advance, x[j], erf[j], f"xg{j}") for j in range(lanes)]
-        tag = step(tag, plan["product"], "xg_tag")
+        tag = delay(m, advance, tag, plan["product"], "xg_tag")
         g = [reg(m, advance, -prod[j], f"s5_g{j}") for j in range(lanes)]
         tag = reg(m, advance, tag, "s5_tag")
         # requantisation; its last register is the output register
-        tag = step(tag, plan["requant"] - 1, "rq_tag")
+        tag = delay(m, advance, tag, plan["requant"] - 1, "rq_tag")
         for j in range(lanes):
             out, _ = requant_stages(m, advance, [(g[j], k.m, k.e)], self._out_width, f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)

@@ -262,17 +262,15 @@ class Softmax(wiring.Component):
 
         # The tag travels beside the data: valid, beat index, last, n, bank, max.
         tag_layout = data.StructLayout({"valid": 1, "idx": idx_shape, "last": 1,
-                                        "n": len(beat.n), "bank": range(E_BANKS),
-                                        "max": signed(W), "desc": desc1})
+                                        "bank": range(E_BANKS), "desc": desc1})
         t = Signal(tag_layout, name="s2_t0")
         m.d.comb += [t.valid.eq(s2.active), t.idx.eq(s2.idx), t.last.eq(s2.last),
-                     t.n.eq(cur2.n),
-                     t.bank.eq(ebank2), t.max.eq(cur2.max), t.desc.eq(cur2)]
+                     t.bank.eq(ebank2), t.desc.eq(cur2)]
         t = reg(m, None, t, "s2_t1")  # the buffer read lands with it
         xs = reg(m, None, x_rd.data, "s2_x")  # registered straight out of the block RAM
         t = reg(m, None, t, "s2_tx")
         # clamp at 30 * x0, negate: a = -(max(x - max, 30 x0)) >= 0
-        d = [reg(m, None, xs[j] - t.max, f"s2_d{j}") for j in range(L)]
+        d = [reg(m, None, xs[j] - t.desc.max, f"s2_d{j}") for j in range(L)]
         t = reg(m, None, t, "s2_t2")
         # 0 <= a <= 30 |x0| < 2^(h + 5): kept at that width through the division
         aw = len(k.x0) + 4
@@ -313,7 +311,7 @@ class Softmax(wiring.Component):
         for j in range(L):
             m.d.comb += e_wr.data[j].eq(ez[j])
         sw = self.sum_width
-        lane_sum = tree_pipe(m, None, [Mux(lane_valid(t.n, t.last, j, L), ez[j][:E], 0)
+        lane_sum = tree_pipe(m, None, [Mux(lane_valid(t.desc.n, t.last, j, L), ez[j][:E], 0)
                                        for j in range(L)], lambda x, y: x + y, "s2_sum")
         t = delay(m, None, t, tree_stages(L), "s2_ts")
         acc = Signal(sw, name="s2_acc")
@@ -325,8 +323,8 @@ class Softmax(wiring.Component):
                                    "n": len(beat.n), "sum": sw})
         m.submodules.f23 = f23 = SyncFIFO(width=desc2.size, depth=E_BANKS + 1)
         d2 = Signal(desc2)
-        m.d.comb += [d2.bank.eq(t.bank), d2.last.eq(t.desc.last), d2.n.eq(t.n), d2.sum.eq(total),
-                     f23.w_data.eq(d2), f23.w_en.eq(t.valid & t.last)]
+        m.d.comb += [d2.bank.eq(t.bank), d2.last.eq(t.desc.last), d2.n.eq(t.desc.n),
+                     d2.sum.eq(total), f23.w_data.eq(d2), f23.w_en.eq(t.valid & t.last)]
 
         # -- stage 3: reciprocal ------------------------------------------------------------
         desc3 = data.StructLayout({"bank": range(E_BANKS), "last": idx_shape,

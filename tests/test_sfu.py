@@ -68,30 +68,27 @@ def test_divider_and_isqrt_exact_and_on_time(steps):
     roots = [0, 1, 2, 3, 4, (1 << 21) - 1, 1 << 20] + [int(v) for v in rng.integers(0, 1 << 21,
                                                                                      30)]
 
+    async def run(ctx, unit, operands, result):
+        """Start ``unit`` on ``operands``; check it finishes in ``unit.cycles``; return the
+        value of its ``result`` port."""
+        ctx.set(unit.start, 1)
+        for port, value in operands.items():
+            ctx.set(getattr(unit, port), value)
+        await ctx.tick()
+        ctx.set(unit.start, 0)
+        cycles = 0
+        while not ctx.get(unit.done):
+            await ctx.tick()
+            cycles += 1
+        assert cycles == unit.cycles
+        return ctx.get(getattr(unit, result))
+
     async def tb(ctx):
         for num, den in cases:
-            ctx.set(dut.div.start, 1)
-            ctx.set(dut.div.num, num)
-            ctx.set(dut.div.den, den)
-            await ctx.tick()
-            ctx.set(dut.div.start, 0)
-            cycles = 0
-            while not ctx.get(dut.div.done):
-                await ctx.tick()
-                cycles += 1
-            assert cycles == dut.div.cycles
-            assert ctx.get(dut.div.quot) == num // den, (num, den)
+            quot = await run(ctx, dut.div, {"num": num, "den": den}, "quot")
+            assert quot == num // den, (num, den)
         for v in roots:
-            ctx.set(dut.sqrt.start, 1)
-            ctx.set(dut.sqrt.value, v)
-            await ctx.tick()
-            ctx.set(dut.sqrt.start, 0)
-            cycles = 0
-            while not ctx.get(dut.sqrt.done):
-                await ctx.tick()
-                cycles += 1
-            assert cycles == dut.sqrt.cycles
-            root = ctx.get(dut.sqrt.root)
+            root = await run(ctx, dut.sqrt, {"value": v}, "root")
             assert root * root <= v < (root + 1) ** 2, (v, root)
 
     sim = Simulator(dut)
