@@ -15,6 +15,7 @@ from .gelu import Gelu
 from .gemm import GemmEngine
 from .layernorm import LayerNorm
 from .params import Param, ParamError, check, defaults, parse_value
+from .pim import PimTile
 from .requantizer import Requantizer
 from .residual import ResidualAdd
 from .softmax import Softmax
@@ -114,6 +115,13 @@ UNITS: dict[str, Unit] = {
             component=ResidualAdd,
             testbench="heterotron.tb.residual",
             summary="branch + residual, each by its own run-time scale, saturated",
+        ),
+        Unit(
+            name="pim",
+            component=PimTile,
+            testbench="heterotron.tb.pim",
+            summary="analog PiM crossbar: bit-sliced weights, bit-serial inputs, low-ENOB ADC "
+                    "with noise and faults, zero-plane skipping",
         ),
     ]
 }

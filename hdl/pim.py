@@ -1,0 +1,498 @@
+"""PimTile: an analog processing-in-memory crossbar with bit-sliced weights, bit-serial inputs,
+a low-ENOB ADC model (clip range, offset, LFSR noise), stuck-at faults and zero-plane skipping.
+
+The numerics are :class:`heterotron.sim.pim.PimTileModel`'s, bit for bit; the module docstring
+there is the specification and ``docs/number-formats.md`` explains each parameter next to those
+of NeuroSim and CrossSim.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..sim.pim import (
+    ADC_FRAC,
+    FAULT_MIX,
+    M32,
+    NOISE_SHIFT,
+    RATE_BITS,
+    SEED_MIX,
+    SIGMA_BITS,
+    gain_for_range,
+    slices_of,
+)
+from .params import Param, ParamError, check, validating
+from .rowstream import delay, mul_pipe, mul_stages, reg
+
+__all__ = ["PimTile", "PimFlag", "PimReg", "check_pim_params"]
+
+STAT_BITS = 48  # the cycle counters: 2^48 cycles is 32 days at 100 MHz
+
+
+class PimFlag(enum.IntFlag):
+    """Sticky ``error`` bits: a refused register write, a refused weight write."""
+
+    CONFIG = 1
+    WEIGHT = 2
+
+
+class PimReg(enum.IntEnum):
+    """Run-time registers, written through ``cfg`` as ``{reg, value}``."""
+
+    GAIN = 0  # ADC gain, F = ADC_FRAC fractional bits (adc_range=calibrated only)
+    OFFSET = 1  # ADC offset in 2^-F LSB, two's complement in value
+    SIGMA = 2  # noise sigma_q (sim.pim.sigma_code); 0 = no noise
+    NOISE_SEED = 3  # restarts every ADC's LFSR
+    FAULT_RATE = 4  # stuck cells per 2^16, drawn when a weight is written
+    FAULT_SEED = 5
+
+
+def check_pim_params(p: dict) -> None:
+    """The rules between a tile's parameters (each one's range is in ``PimTile.PARAMS``)."""
+    check(PimTile.PARAMS, **p)
+    if p["cell_bits"] not in (1, 2, 4):
+        raise ParamError(f"cell_bits must be 1, 2 or 4, not {p['cell_bits']}")
+    full = p["rows"] * ((1 << p["cell_bits"]) - 1)
+    if p["adc_max"] > full:
+        raise ParamError(f"adc_max must be 0 (the full range) or in [1, rows * (2^cell_bits - 1)"
+                         f" = {full}], not {p['adc_max']}")
+    lines = p["cols"] * 2 * slices_of(p["weight_bits"], p["cell_bits"])
+    if lines % p["adc_share"]:
+        divisors = [d for d in range(1, lines + 1) if lines % d == 0]
+        raise ParamError(f"adc_share must divide the tile's {lines} bit-lines (cols * 2 * "
+                         f"slices), one of {divisors}, not {p['adc_share']}")
+
+
+def _xorshift32(m: Module, x, name: str) -> Signal:
+    """One xorshift32 step; each shift-xor is its own signal (as an expression the three
+    steps would copy their operand eightfold)."""
+    for i, (op, n) in enumerate((("<<", 13), (">>", 17), ("<<", 5))):
+        y = Signal(32, name=f"{name}_{i}")
+        m.d.comb += y.eq(x ^ ((x << n)[:32] if op == "<<" else (x >> n)))
+        x = y
+    return x
+
+
+def _balanced_sum(values):
+    values = list(values)
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
+                  for i in range(0, len(values), 2)]
+    return values[0]
+
+
+def _lowest(m: Module, mask, width: int, name: str) -> Signal:
+    """Index of the lowest set bit of ``mask`` (0 if none)."""
+    out = Signal(range(max(2, width)), name=name)
+    for i in reversed(range(width)):
+        with m.If(mask[i]):
+            m.d.comb += out.eq(i)
+    return out
+
+
+class PimTile(wiring.Component):
+    """A ``rows`` x ``cols`` crossbar tile computing ``x @ w.T`` on int inputs, as
+    :class:`heterotron.sim.pim.PimTileModel` does.
+
+    Parameters
+    ----------
+    lanes : int
+        Input elements per ``x`` beat, 1 to 64; a vector is ``rows / lanes`` beats.
+    rows : int
+        Crossbar rows (the length of the input vector), 1 to 256, a multiple of ``lanes``.
+    cols : int
+        Output columns, 1 to 64; each owns ``2 * slices`` bit-lines (a differential pair).
+    input_bits, weight_bits : int
+        Signed widths, 2 to 16. Weights lie in ``+-(2^(weight_bits-1) - 1)``.
+    cell_bits : int
+        Bits per cell: 1, 2 or 4; ``slices = ceil((weight_bits - 1) / cell_bits)``.
+    enob : int
+        ADC bits, 1 to 10: codes 0 .. 2^enob - 1.
+    adc_range : str
+        ``calibrated``: the gain (clip range) is a register written at run time; ``fixed``: it
+        is a constant of the circuit.
+    adc_max : int
+        The range at reset (``calibrated``) or for good (``fixed``), in column-sum units; 0
+        means the full column range (exact when the ADC has enough levels).
+    adc_share : int
+        Bit-lines per ADC, a divisor of ``cols * 2 * slices``: a converted input plane takes
+        ``adc_share`` cycles.
+    noise, faults, skip_zero : bool
+        Generate the LFSR noise, the stuck-at fault injection, the zero-plane skipping.
+
+    Members
+    -------
+    wr : In(stream {row, col, w})
+        Programs one weight (its ``2 * slices`` cells). Taken only while no vector is being
+        computed; a weight of ``-2^(weight_bits-1)`` or an address outside the array is
+        refused (``PimFlag.WEIGHT``).
+    cfg : In(stream {reg, value})
+        Run-time registers (:class:`PimReg`), taken only while no vector is being computed. A
+        value the register cannot hold is refused (``PimFlag.CONFIG``), the old one stays.
+    x : In(stream of ``lanes`` signed ``input_bits``)
+        Input vectors, ``rows / lanes`` beats each; two vectors are buffered.
+    o : Out(stream of ``cols`` signed accumulators)
+        One beat per vector.
+    conv_cycles, skip_cycles : Out(48)
+        Cycles the ADCs converted; cycles saved by skipped planes (``adc_share`` per plane).
+    error : Out(2)
+        Sticky :class:`PimFlag` bits.
+
+    A vector waits while a ``wr`` or ``cfg`` write is pending: writes land between vectors.
+    """
+
+    PARAMS = (
+        Param("lanes", int, 8, "input elements per beat", 1, 64),
+        Param("rows", int, 64, "crossbar rows (input vector length)", 1, 256,
+              multiple_of="lanes"),
+        Param("cols", int, 8, "output columns", 1, 64),
+        Param("input_bits", int, 8, "signed input width (bit-planes)", 2, 16),
+        Param("weight_bits", int, 8, "signed weight width", 2, 16),
+        Param("cell_bits", int, 2, "bits per cell: 1, 2 or 4", 1, 4),
+        Param("enob", int, 6, "ADC bits", 1, 10),
+        Param("adc_range", str, "calibrated", "ADC clip range: run-time register or constant",
+              choices=("calibrated", "fixed")),
+        Param("adc_max", int, 0, "ADC range at reset in column-sum units; 0 = full range",
+              0, 256 * 15),
+        Param("adc_share", int, 8, "bit-lines per ADC (conversion cycles per plane)", 1, 1920),
+        Param("noise", bool, True, "LFSR noise on the ADC"),
+        Param("faults", bool, True, "stuck-at fault injection when weights are written"),
+        Param("skip_zero", bool, True, "skip all-zero input bit-planes"),
+    )
+
+    def __init__(self, *, lanes=8, rows=64, cols=8, input_bits=8, weight_bits=8, cell_bits=2,
+                 enob=6, adc_range="calibrated", adc_max=0, adc_share=8, noise=True,
+                 faults=True, skip_zero=True):
+        p = dict(lanes=lanes, rows=rows, cols=cols, input_bits=input_bits,
+                 weight_bits=weight_bits, cell_bits=cell_bits, enob=enob, adc_range=adc_range,
+                 adc_max=adc_max, adc_share=adc_share, noise=noise, faults=faults,
+                 skip_zero=skip_zero)
+        with validating(self):
+            check_pim_params(p)
+        self._p = p
+        self.slices = slices_of(weight_bits, cell_bits)
+        self.lines = cols * 2 * self.slices
+        self.n_adc = self.lines // adc_share
+        levels = (1 << enob) - 1
+        self.full_range = rows * ((1 << cell_bits) - 1)
+        self.reset_gain = gain_for_range(adc_max or max(self.full_range, levels), enob)
+        ssum = sum(1 << (s * cell_bits) for s in range(self.slices))
+        self.acc_width = (levels * ((1 << input_bits) - 1) * ssum).bit_length() + 1
+        self.col_bits = max(1, (cols - 1).bit_length())
+        self.row_bits = max(1, (rows - 1).bit_length())
+        self.WR_LAYOUT = data.StructLayout({"row": unsigned(self.row_bits),
+                                            "col": unsigned(self.col_bits),
+                                            "w": signed(weight_bits)})
+        self.CFG_LAYOUT = data.StructLayout({"reg": unsigned(3), "value": unsigned(32)})
+        super().__init__({
+            "wr": In(stream.Signature(self.WR_LAYOUT)),
+            "cfg": In(stream.Signature(self.CFG_LAYOUT)),
+            "x": In(stream.Signature(data.ArrayLayout(signed(input_bits), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(self.acc_width), cols))),
+            "conv_cycles": Out(STAT_BITS),
+            "skip_cycles": Out(STAT_BITS),
+            "error": Out(len(PimFlag)),
+        })
+
+    def __getattr__(self, name):
+        p = self.__dict__.get("_p")
+        if p is not None and name in p:
+            return p[name]
+        raise AttributeError(name)
+
+    @property
+    def parameters(self) -> dict:
+        return dict(self._p)
+
+    # -- pipeline depths ------------------------------------------------------------------
+
+    def _p_width(self) -> int:
+        return self.full_range.bit_length()
+
+    def _mul_depth(self) -> int:
+        gain_w = ADC_FRAC + self.enob
+        return max(mul_stages(unsigned(self._p_width()), unsigned(gain_w)),
+                   mul_stages(signed(11), unsigned(SIGMA_BITS)))
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a slot's issue to its term in the accumulator: column sums (a balanced
+        adder tree into a register), ADC select, gain and noise products, add, clamp, shift."""
+        return 1 + 1 + self._mul_depth() + 1 + 1 + 1
+
+    @property
+    def timing(self) -> dict:
+        return {"latency": self.latency,
+                "cycles_per_vector": "max(1, converted_planes * adc_share), and at least "
+                                     "rows / lanes (the input beats)",
+                "adc_share": self.adc_share, "adcs": self.n_adc, "bit_lines": self.lines}
+
+    # -- circuit ----------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        ib, cb, S, J, share = self.input_bits, self.cell_bits, self.slices, self.lines, \
+            self.adc_share
+        enob, levels = self.enob, (1 << self.enob) - 1
+        cmask = (1 << cb) - 1
+        ssum = sum(1 << (s * cb) for s in range(S))
+        depth = self.latency + 2
+        m.submodules.ofifo = fifo = SyncFIFOBuffered(width=self.cols * self.acc_width,
+                                                     depth=depth)
+
+        # -- state shared by the ports ----------------------------------------------------
+        active = Signal()
+        inflight = Signal(range(depth + 1))
+        idle = Signal()
+        m.d.comb += idle.eq(~active & (inflight == 0))
+
+        # -- registers --------------------------------------------------------------------
+        gain_w = ADC_FRAC + enob
+        if self.adc_range == "calibrated":
+            gain = Signal(gain_w, init=self.reset_gain, name="gain")
+        else:
+            gain = Const(self.reset_gain, gain_w)
+        offset = Signal(signed(gain_w + 1), name="offset")
+        sigma = Signal(SIGMA_BITS, name="sigma_q")
+        fault_rate = Signal(RATE_BITS, name="fault_rate")
+        fault_seed = Signal(32, name="fault_seed")
+        reseed = Signal()
+
+        m.d.comb += self.cfg.ready.eq(idle)
+        cv = self.cfg.payload.value
+        cv_s = cv.as_signed()
+        with m.If(self.cfg.valid & self.cfg.ready):
+            ok = Signal()
+            reg_is = {r: self.cfg.payload.reg == r for r in PimReg}
+            # ok: the value fits the register addressed (an unknown register is refused)
+            fits = [reg_is[PimReg.OFFSET] & (cv_s >= -(1 << gain_w)) & (cv_s < (1 << gain_w)),
+                    reg_is[PimReg.SIGMA] & (cv < (1 << SIGMA_BITS)) & (self.noise | (cv == 0)),
+                    reg_is[PimReg.FAULT_RATE] & (cv < (1 << RATE_BITS))
+                    & (self.faults | (cv == 0)),
+                    reg_is[PimReg.NOISE_SEED], reg_is[PimReg.FAULT_SEED]]
+            if self.adc_range == "calibrated":
+                fits.append(reg_is[PimReg.GAIN] & (cv != 0) & (cv < (1 << gain_w)))
+            m.d.comb += [ok.eq(Cat(*fits).any()), reseed.eq(reg_is[PimReg.NOISE_SEED])]
+            with m.If(ok):
+                for r, target in ((PimReg.OFFSET, offset), (PimReg.SIGMA, sigma),
+                                  (PimReg.FAULT_RATE, fault_rate),
+                                  (PimReg.FAULT_SEED, fault_seed)):
+                    with m.If(reg_is[r]):
+                        m.d.sync += target.eq(cv)
+                if self.adc_range == "calibrated":
+                    with m.If(reg_is[PimReg.GAIN]):
+                        m.d.sync += gain.eq(cv)
+            with m.If(~ok):
+                m.d.sync += self.error.eq(self.error | PimFlag.CONFIG)
+
+        # -- the array and its write port ---------------------------------------------------
+        group = 2 * S * cb  # one column's cells
+        cells = [Signal(J * cb, name=f"cells{r}") for r in range(self.rows)]
+        m.d.comb += self.wr.ready.eq(idle)
+        wp = self.wr.payload
+        wlim = 1 << (self.weight_bits - 1)
+        w_ok = (wp.w != -wlim) & (wp.row < self.rows) & (wp.col < self.cols)
+        pos, neg = Signal(self.weight_bits), Signal(self.weight_bits)
+        m.d.comb += [pos.eq(Mux(wp.w > 0, wp.w, 0)), neg.eq(Mux(wp.w < 0, -wp.w, 0))]
+        new_cells = []
+        sb = max(1, (S - 1).bit_length())
+        for part, mag in ((0, pos), (1, neg)):
+            for s in range(S):
+                v = (mag >> (s * cb))[:cb]
+                if self.faults:
+                    addr = Cat(Const(s, sb), Const(part, 1), wp.col, wp.row)
+                    h = (fault_seed ^ addr ^ FAULT_MIX)[:32]
+                    for rnd in range(3):
+                        h = _xorshift32(m, h, f"fault_p{part}s{s}_r{rnd}")
+                    stuck = h[:16] < fault_rate
+                    v = Mux(stuck, Mux(h[16], cmask, 0), v)
+                new_cells.append(v)
+        new_group = Signal(group)
+        m.d.comb += new_group.eq(Cat(*new_cells))
+        with m.If(self.wr.valid & self.wr.ready):
+            with m.If(w_ok):
+                for r in range(self.rows):
+                    with m.If(wp.row == r):
+                        m.d.sync += cells[r].word_select(wp.col, group).eq(new_group)
+            with m.Else():
+                m.d.sync += self.error.eq(self.error | PimFlag.WEIGHT)
+
+        # -- input ingest: two vector buffers ------------------------------------------------
+        nbeats = self.rows // self.lanes
+        bufs = [Signal(data.ArrayLayout(signed(ib), self.rows), name=f"xbuf{i}") for i in (0, 1)]
+        ored = [Signal(ib, name=f"ored{i}") for i in (0, 1)]
+        full = Signal(2)
+        wsel = Signal()
+        beat = Signal(range(max(2, nbeats)))
+        m.d.comb += self.x.ready.eq(~full.bit_select(wsel, 1))
+        taking = self.x.valid & self.x.ready
+        beat_or = 0
+        for lane in range(self.lanes):
+            beat_or = beat_or | self.x.payload[lane].as_unsigned()
+        set_full = [Signal(name=f"set_full{i}") for i in (0, 1)]
+        with m.If(taking):
+            for i in (0, 1):
+                with m.If(wsel == i):
+                    for bt in range(nbeats):
+                        with m.If(beat == bt):
+                            for lane in range(self.lanes):
+                                m.d.sync += bufs[i][bt * self.lanes + lane].eq(
+                                    self.x.payload[lane])
+                    m.d.sync += ored[i].eq(Mux(beat == 0, 0, ored[i]) | beat_or)
+                    m.d.comb += set_full[i].eq(beat == nbeats - 1)
+            with m.If(beat == nbeats - 1):
+                m.d.sync += [beat.eq(0), wsel.eq(~wsel)]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+
+        # -- the slot issuer -------------------------------------------------------------------
+        rsel = Signal()
+        b = Signal(range(max(2, ib)), name="plane")
+        k = Signal(range(max(2, share)), name="slot")
+        rem = Signal(ib)
+        zero_vec = Signal()
+        last = Signal()
+        m.d.comb += last.eq(active & (zero_vec | ((k == share - 1) & (rem == 0))))
+        next_sel = rsel ^ last
+        credit = (inflight + fifo.level) < depth
+        start = Signal()
+        m.d.comb += start.eq((~active | last) & full.bit_select(next_sel, 1) & ~self.cfg.valid
+                             & ~self.wr.valid & credit)
+        if self.skip_zero:
+            mask = Mux(next_sel, ored[1], ored[0])
+        else:
+            mask = Const((1 << ib) - 1, ib)
+        clr_full = [Signal(name=f"clr_full{i}") for i in (0, 1)]
+        for i in (0, 1):
+            m.d.comb += clr_full[i].eq(last & (rsel == i))
+            m.d.sync += full[i].eq((full[i] | set_full[i]) & ~clr_full[i])
+        low_mask = _lowest(m, mask, ib, "first_plane")
+        low_rem = _lowest(m, rem, ib, "next_plane")
+        with m.If(last):
+            m.d.sync += [active.eq(0), rsel.eq(~rsel)]
+        with m.Elif(active):
+            with m.If(k == share - 1):
+                m.d.sync += [k.eq(0), b.eq(low_rem), rem.eq(rem & (rem - 1))]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+        with m.If(start):
+            m.d.sync += [active.eq(1), k.eq(0), b.eq(low_mask), rem.eq(mask & (mask - 1)),
+                         zero_vec.eq(mask == 0)]
+        conv = active & ~zero_vec
+        # statistics
+        with m.If(conv):
+            m.d.sync += self.conv_cycles.eq(self.conv_cycles + 1)
+        if self.skip_zero:
+            zeros = sum(~mask[i] for i in range(ib))
+            with m.If(start):
+                m.d.sync += self.skip_cycles.eq(self.skip_cycles + zeros * share)
+
+        # -- column sums of the issued plane ---------------------------------------------------
+        xb = Signal(self.rows * ib)
+        bits = Signal(self.rows, name="plane_bits")
+        m.d.comb += xb.eq(Mux(rsel, bufs[1].as_value(), bufs[0].as_value()))
+        with m.Switch(b):
+            for bb in range(ib):
+                with m.Case(bb):
+                    m.d.comb += bits.eq(Cat(xb[r * ib + bb] for r in range(self.rows)))
+        psum = []
+        for j in range(J):
+            terms = [Mux(bits[r], cells[r][j * cb:(j + 1) * cb], 0) for r in range(self.rows)]
+            psum.append(reg(m, None, _balanced_sum(terms), f"psum{j}"))
+        tag = reg(m, None, Cat(active, conv, last, b, k), "tag_p")
+
+        def fields(t):
+            kb = len(k)
+            bb = len(b)
+            return t[0], t[1], t[2], t[3:3 + bb], t[3 + bb:3 + bb + kb]
+
+        # -- ADCs: select, noise, gain ----------------------------------------------------------
+        _, t_conv, _, _, t_k = fields(tag)
+        codes_in, znoise = [], []
+        for a in range(self.n_adc):
+            sel = Signal(self._p_width(), name=f"adc{a}_p")
+            with m.Switch(t_k):
+                for kk in range(share):
+                    with m.Case(kk):
+                        m.d.comb += sel.eq(psum[a * share + kk])
+            codes_in.append(reg(m, None, sel, f"adc{a}_psel"))
+            if self.noise:
+                state = Signal(32, init=((SEED_MIX * (a + 1)) & M32) | 1, name=f"lfsr{a}")
+                stepped = _xorshift32(m, state, f"lfsr{a}_next")
+                with m.If(reseed):
+                    m.d.sync += state.eq(noise_seed_mix(cv, a))
+                with m.Elif(t_conv):
+                    m.d.sync += state.eq(stepped)
+                byte_sum = sum(stepped[8 * i:8 * i + 8] for i in range(4))  # 2z = ... - 1020
+                z = Cat(Const(0, 1), byte_sum, Const(0, 1)).as_signed() - 1020
+                zr = Signal(signed(12), name=f"adc{a}_z")
+                m.d.sync += zr.eq(z)
+                znoise.append(zr)
+        tag = reg(m, None, tag, "tag_sel")
+        d = self._mul_depth()
+        codes = []
+        for a in range(self.n_adc):
+            prod = mul_pipe(m, None, codes_in[a], gain, f"adc{a}_gain")
+            prod = delay(m, None, prod, d - mul_stages(unsigned(self._p_width()),
+                                                        unsigned(gain_w)), f"adc{a}_gd")
+            total = prod + offset + (1 << (ADC_FRAC - 1))
+            if self.noise:
+                nz = mul_pipe(m, None, znoise[a], sigma, f"adc{a}_noise")
+                nz = delay(m, None, nz, d - mul_stages(signed(12), unsigned(SIGMA_BITS)),
+                           f"adc{a}_nd")
+                total = total + (nz >> NOISE_SHIFT)
+            v = reg(m, None, total, f"adc{a}_v")
+            q = v >> ADC_FRAC
+            code = Signal(enob, name=f"adc{a}_code")
+            m.d.sync += code.eq(Mux(q < 0, 0, Mux(q > levels, levels, q)))
+            codes.append(code)
+        tag = delay(m, None, tag, d + 2, "tag_adc")
+
+        # -- shift and add ------------------------------------------------------------------------
+        t_valid, t_conv, t_last, t_b, t_k = fields(tag)
+        deltas = []
+        for c in range(self.cols):
+            sel = Signal(signed((levels * ssum).bit_length() + 1), name=f"col{c}_slot")
+            with m.Switch(t_k):
+                for kk in range(share):
+                    terms = []
+                    for a in range(self.n_adc):
+                        j = a * share + kk
+                        if j // (2 * S) != c:
+                            continue
+                        part, s = (j // S) % 2, j % S
+                        term = codes[a] << (s * cb)
+                        terms.append(-term if part else term)
+                    with m.Case(kk):
+                        m.d.comb += sel.eq(sum(terms) if terms else 0)
+            shifted = sel << t_b
+            delta = Signal(signed(self.acc_width), name=f"col{c}_delta")
+            m.d.sync += delta.eq(Mux(~t_conv, 0, Mux(t_b == ib - 1, -shifted, shifted)))
+            deltas.append(delta)
+        tag = reg(m, None, tag, "tag_term")
+        t_valid, _, t_last, _, _ = fields(tag)
+        accs = [Signal(signed(self.acc_width), name=f"acc{c}") for c in range(self.cols)]
+        sums = [acc + dl for acc, dl in zip(accs, deltas, strict=True)]
+        m.d.comb += fifo.w_data.eq(Cat(*(s_[:self.acc_width] for s_ in sums)))
+        with m.If(t_valid):
+            with m.If(t_last):
+                m.d.comb += fifo.w_en.eq(1)
+                m.d.sync += [acc.eq(0) for acc in accs]
+            with m.Else():
+                m.d.sync += [acc.eq(s_) for acc, s_ in zip(accs, sums, strict=True)]
+        m.d.sync += inflight.eq(inflight + start - fifo.w_en)
+
+        # -- output ------------------------------------------------------------------------------
+        m.d.comb += [self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.o.ready)]
+        return m
+
+
+def noise_seed_mix(seed, a: int):
+    """ADC ``a``'s LFSR start for a seed (:func:`heterotron.sim.pim.adc_seed_states`)."""
+    return (seed ^ ((SEED_MIX * (a + 1)) & M32)) | 1
