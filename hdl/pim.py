@@ -86,6 +86,12 @@ def _balanced_sum(values):
     return values[0]
 
 
+def _case(m: Module, value: int, count: int):
+    """``m.Case(value)`` of a switch over ``0 .. count-1``, the last one as ``m.Default()``:
+    a full case whatever the selector's width (the others never occur)."""
+    return m.Default() if value == count - 1 else m.Case(value)
+
+
 def _lowest(m: Module, mask, width: int, name: str) -> Signal:
     """Index of the lowest set bit of ``mask`` (0 if none)."""
     out = Signal(range(max(2, width)), name=name)
@@ -292,7 +298,9 @@ class PimTile(wiring.Component):
 
         # -- the array and its write port ---------------------------------------------------
         group = 2 * S * cb  # one column's cells
-        cells = [Signal(J * cb, name=f"cells{r}") for r in range(self.rows)]
+        # one group of cells per column address, the unused addresses included (never written:
+        # the write's address check refuses them), so that the write decoder is a full case
+        cells = [Signal(group << self.col_bits, name=f"cells{r}") for r in range(self.rows)]
         m.d.comb += self.wr.ready.eq(idle)
         wp = self.wr.payload
         wlim = 1 << (self.weight_bits - 1)
@@ -311,7 +319,9 @@ class PimTile(wiring.Component):
                         h = _xorshift32(m, h, f"fault_p{part}s{s}_r{rnd}")
                     stuck = h[:16] < fault_rate
                     v = Mux(stuck, Mux(h[16], cmask, 0), v)
-                new_cells.append(v)
+                cell = Signal(cb, name=f"new_p{part}s{s}")  # cb bits even where mag is narrower
+                m.d.comb += cell.eq(v)
+                new_cells.append(cell)
         new_group = Signal(group)
         m.d.comb += new_group.eq(Cat(*new_cells))
         with m.If(self.wr.valid & self.wr.ready):
@@ -398,7 +408,7 @@ class PimTile(wiring.Component):
         m.d.comb += xb.eq(Mux(rsel, bufs[1].as_value(), bufs[0].as_value()))
         with m.Switch(b):
             for bb in range(ib):
-                with m.Case(bb):
+                with _case(m, bb, ib):
                     m.d.comb += bits.eq(Cat(xb[r * ib + bb] for r in range(self.rows)))
         psum = []
         for j in range(J):
@@ -418,7 +428,7 @@ class PimTile(wiring.Component):
             sel = Signal(self._p_width(), name=f"adc{a}_p")
             with m.Switch(t_k):
                 for kk in range(share):
-                    with m.Case(kk):
+                    with _case(m, kk, share):
                         m.d.comb += sel.eq(psum[a * share + kk])
             codes_in.append(reg(m, None, sel, f"adc{a}_psel"))
             if self.noise:
@@ -468,7 +478,7 @@ class PimTile(wiring.Component):
                         part, s = (j // S) % 2, j % S
                         term = codes[a] << (s * cb)
                         terms.append(-term if part else term)
-                    with m.Case(kk):
+                    with _case(m, kk, share):
                         m.d.comb += sel.eq(sum(terms) if terms else 0)
             shifted = sel << t_b
             delta = Signal(signed(self.acc_width), name=f"col{c}_delta")

@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     from heterotron.scripts.bench_cmd import add_parser as add_bench
 
     add_bench(sub)
+
+    from heterotron.scripts.pim_cmd import add_parser as add_pim_sweep
+
+    add_pim_sweep(sub)
     return parser
 
 

@@ -224,8 +224,12 @@ def quantize_input(enc: IntEncoder, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
-              taps: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One encoder layer, integers only: ``x`` int8 [T, H], ``xr`` its wide residual copy."""
+              taps: dict | None = None, matmul=None) -> tuple[np.ndarray, np.ndarray]:
+    """One encoder layer, integers only: ``x`` int8 [T, H], ``xr`` its wide residual copy.
+
+    ``matmul(name, x, w)``, if given, computes the static-weight products ``x @ w.T`` of the
+    projections and the FFN (``name`` is ``layer{i}.q`` ... ``layer{i}.fc2``) in place of the
+    exact integer product: a processing-in-memory tile model, for instance."""
     prec = enc.meta["precision"]
     a8, lnb = prec["act_bits"], prec["ln_bits"]
     T = x.shape[0]
@@ -233,8 +237,11 @@ def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
     p = lambda name: enc.p(i, name)  # noqa: E731
 
     def proj(key, v, bits, **res):
-        return requantize(linear_int(v, p(key + ".w"), p(key + ".b")), p(key + ".m"),
-                          p(key + ".e"), bits, **res)
+        if matmul is None:
+            acc = linear_int(v, p(key + ".w"), p(key + ".b"))
+        else:
+            acc = matmul(f"layer{i}.{key}", v, p(key + ".w")) + p(key + ".b")
+        return requantize(acc, p(key + ".m"), p(key + ".e"), bits, **res)
 
     q, k, v = (proj(key, x, a8) for key in ("q", "k", "v"))
     x0, b, c = (int(t) for t in p("exp"))
@@ -257,12 +264,13 @@ def run_layer(enc: IntEncoder, i: int, x: np.ndarray, xr: np.ndarray,
     return out, outr
 
 
-def run(enc: IntEncoder, x_float_embed: np.ndarray) -> list[np.ndarray]:
-    """Hidden states (dequantised with the wide residual copy): input and each layer's output."""
+def run(enc: IntEncoder, x_float_embed: np.ndarray, matmul=None) -> list[np.ndarray]:
+    """Hidden states (dequantised with the wide residual copy): input and each layer's output.
+    ``matmul``: as in :func:`run_layer`."""
     x, xr = quantize_input(enc, x_float_embed)
     states = [xr * enc.meta["input_residual_scale"]]
     for i in range(enc.layers):
-        x, xr = run_layer(enc, i, x, xr)
+        x, xr = run_layer(enc, i, x, xr, matmul=matmul)
         states.append(xr * enc.meta["scales"][i]["outr"])
     return states
 

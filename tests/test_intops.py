@@ -25,7 +25,6 @@ from heterotron.sim.intops import (
     requant_consts,
     softmax_int,
 )
-from heterotron.sim.pim import PimConfig, max_column_sum, pim_mvm
 
 # -- integer square root ------------------------------------------------------------------------
 
@@ -181,52 +180,6 @@ def test_linear_int_is_exact():
     x, w, b = (rng.integers(-128, 128, (5, 384)), rng.integers(-127, 128, (16, 384)),
                rng.integers(-(1 << 20), 1 << 20, 16))
     assert np.array_equal(linear_int(x, w, b), x @ w.T + b)
-
-
-# -- processing in memory -----------------------------------------------------------------------
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 4),
-       st.sampled_from([1, 2, 4]), st.sampled_from([None, 1, 7, 64]),
-       st.integers(2, 10), st.integers(2, 10), st.integers(0, 2**31))
-def test_pim_ideal_equals_exact_product(k, n, m, cell_bits, rows, in_bits, w_bits, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-(1 << (in_bits - 1)), 1 << (in_bits - 1), (m, k))
-    w = rng.integers(-(1 << (w_bits - 1)) + 1, 1 << (w_bits - 1), (n, k))
-    cfg = PimConfig(input_bits=in_bits, weight_bits=w_bits, cell_bits=cell_bits, xbar_rows=rows)
-    acc, step = pim_mvm(x, w, cfg)
-    assert step == 1.0 and np.array_equal(acc, x @ w.T)
-    # an ADC with enough levels for the largest column sum is exact too
-    enob = max(1, math.ceil(math.log2(max_column_sum(cfg, k) + 1)))
-    acc, step = pim_mvm(x, w, PimConfig(input_bits=in_bits, weight_bits=w_bits,
-                                        cell_bits=cell_bits, xbar_rows=rows, enob=enob))
-    assert step == 1.0 and np.array_equal(acc, x @ w.T)
-
-
-def test_pim_low_enob_is_approximate_and_clip_range_matters():
-    rng = np.random.default_rng(4)
-    x = rng.integers(-128, 128, (16, 128))
-    w = rng.integers(-127, 128, (32, 128))
-    exact = x @ w.T
-    errs = []
-    for enob in (3, 5, 7):
-        acc, step = pim_mvm(x, w, PimConfig(enob=enob, xbar_rows=128))
-        errs.append(np.abs(acc * step - exact).mean())
-    assert errs[0] > errs[1] > errs[2] > 0
-    # a clip range near the typical column sum beats the full range at low ENOB
-    full = max_column_sum(PimConfig(xbar_rows=128), 128)
-    acc, step = pim_mvm(x, w, PimConfig(enob=5, xbar_rows=128, adc_max=full // 3))
-    assert np.abs(acc * step - exact).mean() < errs[1]
-
-
-def test_pim_rejects_bad_configuration():
-    with pytest.raises(ValueError, match="cell_bits"):
-        PimConfig(cell_bits=3)
-    with pytest.raises(ValueError, match="enob"):
-        PimConfig(enob=0)
-    with pytest.raises(ValueError, match="fit"):
-        pim_mvm(np.array([[200]]), np.array([[1]]))
 
 
 def test_attention_int_close_to_float_attention():

@@ -69,6 +69,13 @@ def test_lint_edge_parameters_clean():
     ("layernorm", {"lanes": "16", "max_len": "1024", "in_width": "24", "bias_width": "48"}),
     ("residual", {}),
     ("residual", {"lanes": "1", "a_width": "2", "r_width": "2", "out_width": "2"}),
+    ("pim", {}),
+    ("pim", {"lanes": "1", "rows": "1", "cols": "1", "input_bits": "2", "weight_bits": "2",
+             "cell_bits": "1", "enob": "1", "adc_share": "1", "noise": "false",
+             "faults": "false", "skip_zero": "false"}),
+    ("pim", {"rows": "24", "cols": "3", "input_bits": "16", "weight_bits": "16",
+             "cell_bits": "4", "enob": "10", "adc_range": "fixed", "adc_max": "7",
+             "adc_share": "3"}),
 ])
 def test_units_lint_clean(unit_name, overrides):
     """Edge sizes (a 1x1 array, buffers of one word, one lane, the narrowest and widest
@@ -81,7 +88,8 @@ def test_units_lint_clean(unit_name, overrides):
     assert ys.ok, ys.log[-2000:]
 
 
-@pytest.mark.parametrize("unit_name", ["requantizer", "softmax", "gelu", "layernorm", "residual"])
+@pytest.mark.parametrize("unit_name", ["requantizer", "softmax", "gelu", "layernorm", "residual",
+                                       "pim"])
 def test_default_config_file_is_the_unit_default(unit_name):
     _, config = load_config("default")
     unit = get_unit(unit_name)
