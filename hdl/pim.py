@@ -130,6 +130,11 @@ class PimTile(wiring.Component):
         ``adc_share`` cycles.
     noise, faults, skip_zero : bool
         Generate the LFSR noise, the stuck-at fault injection, the zero-plane skipping.
+    input_code : str
+        ``twos``: ``input_bits`` two's-complement planes (the sign plane negative);
+        ``signmag``: ``2 * input_bits`` planes, the positive elements' magnitudes then the
+        negative elements' (subtracted). Small signed values leave high planes all zero only
+        in sign-magnitude, so that is where skipping pays.
 
     Members
     -------
@@ -169,15 +174,17 @@ class PimTile(wiring.Component):
         Param("noise", bool, True, "LFSR noise on the ADC"),
         Param("faults", bool, True, "stuck-at fault injection when weights are written"),
         Param("skip_zero", bool, True, "skip all-zero input bit-planes"),
+        Param("input_code", str, "twos", "input bit-planes: two's complement, or sign-magnitude "
+              "(positive then negative elements' magnitudes)", choices=("twos", "signmag")),
     )
 
     def __init__(self, *, lanes=8, rows=64, cols=8, input_bits=8, weight_bits=8, cell_bits=2,
                  enob=6, adc_range="calibrated", adc_max=0, adc_share=8, noise=True,
-                 faults=True, skip_zero=True):
+                 faults=True, skip_zero=True, input_code="twos"):
         p = dict(lanes=lanes, rows=rows, cols=cols, input_bits=input_bits,
                  weight_bits=weight_bits, cell_bits=cell_bits, enob=enob, adc_range=adc_range,
                  adc_max=adc_max, adc_share=adc_share, noise=noise, faults=faults,
-                 skip_zero=skip_zero)
+                 skip_zero=skip_zero, input_code=input_code)
         with validating(self):
             check_pim_params(p)
         self._p = p
@@ -188,7 +195,9 @@ class PimTile(wiring.Component):
         self.full_range = rows * ((1 << cell_bits) - 1)
         self.reset_gain = gain_for_range(adc_max or max(self.full_range, levels), enob)
         ssum = sum(1 << (s * cell_bits) for s in range(self.slices))
-        self.acc_width = (levels * ((1 << input_bits) - 1) * ssum).bit_length() + 1
+        self.n_planes = input_bits * (2 if input_code == "signmag" else 1)
+        passes = 2 if input_code == "signmag" else 1  # a sign-magnitude sum: both passes add
+        self.acc_width = (passes * levels * ((1 << input_bits) - 1) * ssum).bit_length() + 1
         self.col_bits = max(1, (cols - 1).bit_length())
         self.row_bits = max(1, (rows - 1).bit_length())
         self.WR_LAYOUT = data.StructLayout({"row": unsigned(self.row_bits),
@@ -335,7 +344,9 @@ class PimTile(wiring.Component):
         # -- input ingest: two vector buffers ------------------------------------------------
         nbeats = self.rows // self.lanes
         bufs = [Signal(data.ArrayLayout(signed(ib), self.rows), name=f"xbuf{i}") for i in (0, 1)]
-        ored = [Signal(ib, name=f"ored{i}") for i in (0, 1)]
+        NP = self.n_planes
+        signmag = self.input_code == "signmag"
+        ored = [Signal(NP, name=f"ored{i}") for i in (0, 1)]
         full = Signal(2)
         wsel = Signal()
         beat = Signal(range(max(2, nbeats)))
@@ -343,7 +354,13 @@ class PimTile(wiring.Component):
         taking = self.x.valid & self.x.ready
         beat_or = 0
         for lane in range(self.lanes):
-            beat_or = beat_or | self.x.payload[lane].as_unsigned()
+            v = self.x.payload[lane]
+            if signmag:  # the positive elements' magnitudes, then the negative ones'
+                pos_v, neg_v = Signal(ib, name=f"in_pos{lane}"), Signal(ib, name=f"in_neg{lane}")
+                m.d.comb += [pos_v.eq(Mux(v > 0, v, 0)), neg_v.eq(Mux(v < 0, -v, 0))]
+                beat_or = beat_or | Cat(pos_v, neg_v)
+            else:
+                beat_or = beat_or | v.as_unsigned()
         set_full = [Signal(name=f"set_full{i}") for i in (0, 1)]
         with m.If(taking):
             for i in (0, 1):
@@ -362,9 +379,9 @@ class PimTile(wiring.Component):
 
         # -- the slot issuer -------------------------------------------------------------------
         rsel = Signal()
-        b = Signal(range(max(2, ib)), name="plane")
+        b = Signal(range(max(2, NP)), name="plane")
         k = Signal(range(max(2, share)), name="slot")
-        rem = Signal(ib)
+        rem = Signal(NP)
         zero_vec = Signal()
         last = Signal()
         m.d.comb += last.eq(active & (zero_vec | ((k == share - 1) & (rem == 0))))
@@ -376,13 +393,13 @@ class PimTile(wiring.Component):
         if self.skip_zero:
             mask = Mux(next_sel, ored[1], ored[0])
         else:
-            mask = Const((1 << ib) - 1, ib)
+            mask = Const((1 << NP) - 1, NP)
         clr_full = [Signal(name=f"clr_full{i}") for i in (0, 1)]
         for i in (0, 1):
             m.d.comb += clr_full[i].eq(last & (rsel == i))
             m.d.sync += full[i].eq((full[i] | set_full[i]) & ~clr_full[i])
-        low_mask = _lowest(m, mask, ib, "first_plane")
-        low_rem = _lowest(m, rem, ib, "next_plane")
+        low_mask = _lowest(m, mask, NP, "first_plane")
+        low_rem = _lowest(m, rem, NP, "next_plane")
         with m.If(last):
             m.d.sync += [active.eq(0), rsel.eq(~rsel)]
         with m.Elif(active):
@@ -398,7 +415,7 @@ class PimTile(wiring.Component):
         with m.If(conv):
             m.d.sync += self.conv_cycles.eq(self.conv_cycles + 1)
         if self.skip_zero:
-            zeros = sum(~mask[i] for i in range(ib))
+            zeros = sum(~mask[i] for i in range(NP))
             with m.If(start):
                 m.d.sync += self.skip_cycles.eq(self.skip_cycles + zeros * share)
 
@@ -406,23 +423,38 @@ class PimTile(wiring.Component):
         xb = Signal(self.rows * ib)
         bits = Signal(self.rows, name="plane_bits")
         m.d.comb += xb.eq(Mux(rsel, bufs[1].as_value(), bufs[0].as_value()))
+        if signmag:
+            pos_x, neg_x = Signal(self.rows * ib), Signal(self.rows * ib)
+            for r in range(self.rows):
+                xr = xb[r * ib:(r + 1) * ib].as_signed()
+                m.d.comb += [pos_x[r * ib:(r + 1) * ib].eq(Mux(xr > 0, xr, 0)),
+                             neg_x[r * ib:(r + 1) * ib].eq(Mux(xr < 0, -xr, 0))]
+            sources = [(pos_x, bb) for bb in range(ib)] + [(neg_x, bb) for bb in range(ib)]
+        else:
+            sources = [(xb, bb) for bb in range(ib)]
         with m.Switch(b):
-            for bb in range(ib):
-                with _case(m, bb, ib):
-                    m.d.comb += bits.eq(Cat(xb[r * ib + bb] for r in range(self.rows)))
+            for q, (src, bb) in enumerate(sources):
+                with _case(m, q, NP):
+                    m.d.comb += bits.eq(Cat(src[r * ib + bb] for r in range(self.rows)))
+        # the plane's bit position and the sign of its terms
+        shift = Signal(range(max(2, ib)), name="plane_shift")
+        negate = Signal(name="plane_negative")
+        if signmag:
+            m.d.comb += [shift.eq(Mux(b >= ib, b - ib, b)), negate.eq(b >= ib)]
+        else:
+            m.d.comb += [shift.eq(b), negate.eq(b == ib - 1)]
         psum = []
         for j in range(J):
             terms = [Mux(bits[r], cells[r][j * cb:(j + 1) * cb], 0) for r in range(self.rows)]
             psum.append(reg(m, None, _balanced_sum(terms), f"psum{j}"))
-        tag = reg(m, None, Cat(active, conv, last, b, k), "tag_p")
-
-        def fields(t):
-            kb = len(k)
-            bb = len(b)
-            return t[0], t[1], t[2], t[3:3 + bb], t[3 + bb:3 + bb + kb]
+        tag_layout = data.StructLayout({"valid": 1, "conv": 1, "last": 1, "shift": len(shift),
+                                        "neg": 1, "k": len(k)})
+        tag_now = Signal(tag_layout)
+        m.d.comb += tag_now.eq(Cat(active, conv, last, shift, negate, k))
+        tag = reg(m, None, tag_now, "tag_p")
 
         # -- ADCs: select, noise, gain ----------------------------------------------------------
-        _, t_conv, _, _, t_k = fields(tag)
+        t_conv, t_k = tag.conv, tag.k
         codes_in, znoise = [], []
         for a in range(self.n_adc):
             sel = Signal(self._p_width(), name=f"adc{a}_p")
@@ -464,7 +496,7 @@ class PimTile(wiring.Component):
         tag = delay(m, None, tag, d + 2, "tag_adc")
 
         # -- shift and add ------------------------------------------------------------------------
-        t_valid, t_conv, t_last, t_b, t_k = fields(tag)
+        t_conv, t_k = tag.conv, tag.k
         deltas = []
         for c in range(self.cols):
             sel = Signal(signed((levels * ssum).bit_length() + 1), name=f"col{c}_slot")
@@ -480,12 +512,12 @@ class PimTile(wiring.Component):
                         terms.append(-term if part else term)
                     with _case(m, kk, share):
                         m.d.comb += sel.eq(sum(terms) if terms else 0)
-            shifted = sel << t_b
+            shifted = sel << tag.shift
             delta = Signal(signed(self.acc_width), name=f"col{c}_delta")
-            m.d.sync += delta.eq(Mux(~t_conv, 0, Mux(t_b == ib - 1, -shifted, shifted)))
+            m.d.sync += delta.eq(Mux(~t_conv, 0, Mux(tag.neg, -shifted, shifted)))
             deltas.append(delta)
         tag = reg(m, None, tag, "tag_term")
-        t_valid, _, t_last, _, _ = fields(tag)
+        t_valid, t_last = tag.valid, tag.last
         accs = [Signal(signed(self.acc_width), name=f"acc{c}") for c in range(self.cols)]
         sums = [acc + dl for acc, dl in zip(accs, deltas, strict=True)]
         m.d.comb += fifo.w_data.eq(Cat(*(s_[:self.acc_width] for s_ in sums)))

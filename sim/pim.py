@@ -10,10 +10,12 @@ what the RTL does, bit for bit (``docs/number-formats.md``, "Processing in memor
 * **Stuck-at faults** are drawn when a weight is written: every cell hashes its address with
   the fault seed (:func:`fault_hash`); if the low 16 bits are below ``fault_rate`` the cell is
   stuck at 0 or at its maximum (bit 16) instead of taking its value.
-* **Inputs** are applied **bit-serially**, LSB first, as ``input_bits`` two's complement
-  bit-planes; the sign plane counts ``-2^(input_bits-1)``. With ``skip_zero`` a plane whose bits
-  are all zero is skipped (not converted; no cycles). A vector that is all zero costs one idle
-  slot and gives 0.
+* **Inputs** are applied **bit-serially**, LSB first. ``input_code="twos"``: ``input_bits``
+  two's complement bit-planes, the sign plane counting ``-2^(input_bits-1)``. ``"signmag"``:
+  ``2 * input_bits`` planes, the magnitudes of the positive elements (others 0), then those of
+  the negative elements, whose terms are subtracted. With ``skip_zero`` a plane whose bits are
+  all zero is skipped (not converted; no cycles). A vector that is all zero costs one idle slot
+  and gives 0.
 * **ADC**: every converted (plane, bit-line) analog sum ``P = sum_r bit[r] * cell[r, j]``
   becomes ``code = clamp((P * gain + offset + noise + 2^(F-1)) >> F, 0, 2^enob - 1)`` with
   ``F = ADC_FRAC``. ``gain = L * 2^F / range`` (:func:`gain_for_range`) sets the clip range;
@@ -23,8 +25,8 @@ what the RTL does, bit for bit (``docs/number-formats.md``, "Processing in memor
 * **ADC sharing**: ADC ``a`` converts bit-lines ``a * adc_share .. a * adc_share + share-1``, one
   per slot ``k``, so a converted plane takes ``adc_share`` slots. Each ADC steps its own LFSR
   once per conversion, in the order (vector, plane, slot).
-* **Shift and add**: ``acc[c] += sign * code << (plane + s * cell_bits)``, sign negative for the
-  neg part and for the sign plane (both: positive).
+* **Shift and add**: ``acc[c] += sign * code << (b + s * cell_bits)`` for plane bit ``b``, sign
+  negative for the neg part and for the sign plane or negative pass (both: positive).
 
 With an ADC of enough levels for the largest column sum (``2^enob - 1 >= rows * (2^cell_bits -
 1)``), the default range, no offset, noise or fault, ``acc == x @ w.T`` exactly; otherwise ``acc``
@@ -271,25 +273,46 @@ class PimTileModel:
 
     # -- the MVM --------------------------------------------------------------------------------
 
-    def plane_mask(self, x: np.ndarray) -> np.ndarray:
-        """[tiles, M, input_bits] booleans: which planes are converted."""
+    @property
+    def n_planes(self) -> int:
+        """Bit-planes per vector: ``input_bits`` (two's complement), or ``2 * input_bits``
+        (sign-magnitude: the positive elements' magnitudes, then the negative ones')."""
+        return self.p["input_bits"] * (2 if self.p["input_code"] == "signmag" else 1)
+
+    def plane_weights(self) -> np.ndarray:
+        """Each plane's weight in the shift and add: ``2^b``, negative for the sign plane
+        (two's complement) or for the negative elements' pass (sign-magnitude)."""
         ib = self.p["input_bits"]
-        ux = x & ((1 << ib) - 1)
+        w = np.array([1 << b for b in range(ib)], dtype=I64)
+        if self.p["input_code"] == "signmag":
+            return np.concatenate([w, -w])
+        w[-1] = -w[-1]
+        return w
+
+    def planes(self, x: np.ndarray) -> np.ndarray:
+        """[..., n_planes, rows] bits of ``x`` [..., rows], in conversion order (LSB first)."""
+        ib = self.p["input_bits"]
+        b = np.arange(ib)[:, None]
+        if self.p["input_code"] == "signmag":
+            pos, neg = np.maximum(x, 0), np.maximum(-x, 0)
+            return np.concatenate([(pos[..., None, :] >> b) & 1, (neg[..., None, :] >> b) & 1],
+                                  axis=-2)
+        return ((x & ((1 << ib) - 1))[..., None, :] >> b) & 1
+
+    def plane_mask(self, x: np.ndarray) -> np.ndarray:
+        """[tiles, M, n_planes] booleans: which planes are converted."""
         if not self.p["skip_zero"]:
-            return np.ones((*x.shape[:2], ib), dtype=bool)
-        ored = np.bitwise_or.reduce(ux, axis=2)  # [tiles, M]
-        return ((ored[..., None] >> np.arange(ib)) & 1).astype(bool)
+            return np.ones((*x.shape[:2], self.n_planes), dtype=bool)
+        return self.planes(x).any(axis=-1)
 
     def column_sums(self, x: np.ndarray) -> np.ndarray:
-        """[tiles, M, input_bits, J]: every plane's analog bit-line sums (converted or not)."""
-        ib = self.p["input_bits"]
-        ux = x & ((1 << ib) - 1)
-        planes = ((ux[..., None, :] >> np.arange(ib)[:, None]) & 1).astype(np.float32)
+        """[tiles, M, n_planes, J]: every plane's analog bit-line sums (converted or not)."""
+        planes = self.planes(x).astype(np.float32)
         # exact: sums are below 2^24
         return np.rint(planes @ self.cells[:, None].astype(np.float32)).astype(I64)
 
     def _noise(self, conv: np.ndarray) -> np.ndarray | None:
-        """Each converted slot's noise, [tiles, M, input_bits, J]; steps the LFSRs."""
+        """Each converted slot's noise, [tiles, M, n_planes, J]; steps the LFSRs."""
         if not self.p["noise"]:
             return None
         T, M, B = conv.shape
@@ -338,15 +361,13 @@ class PimTileModel:
         j = np.arange(self.J)
         part, s = (j // self.S) % 2, j % self.S
         wj = np.where(part == 0, 1, -1) * (1 << (s * cb))
-        plane_w = np.array([1 << b for b in range(ib)], dtype=I64)
-        plane_w[-1] = -plane_w[-1]
-        per_j = np.einsum("tmbj,b->tmj", code, plane_w) * wj
+        per_j = np.einsum("tmbj,b->tmj", code, self.plane_weights()) * wj
         acc = per_j.reshape(*x.shape[:2], self.cols, 2 * self.S).sum(axis=3)
         # statistics
         n_conv = conv.sum(axis=2)  # [tiles, M]
         self.stats.vectors += x.shape[1]
         self.stats.conv_cycles += n_conv.sum(axis=1) * self.share
-        self.stats.skip_cycles += (ib - n_conv).sum(axis=1) * self.share
+        self.stats.skip_cycles += (self.n_planes - n_conv).sum(axis=1) * self.share
         self.stats.idle_cycles += (n_conv == 0).sum(axis=1)
         return acc[0] if squeeze else acc
 

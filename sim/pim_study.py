@@ -40,17 +40,18 @@ class PimPoint:
     adc_share: int = 8
     clip_percentile: float = 99.99
     skip_zero: bool = True
+    input_code: str = "twos"
 
     def tile_params(self, input_bits: int) -> dict:
         return dict(lanes=8, rows=self.rows, cols=self.cols, input_bits=input_bits,
                     weight_bits=8, cell_bits=self.cell_bits, enob=self.enob,
                     adc_range="calibrated", adc_max=0, adc_share=self.adc_share,
                     noise=self.sigma_lsb > 0, faults=self.fault_rate > 0,
-                    skip_zero=self.skip_zero)
+                    skip_zero=self.skip_zero, input_code=self.input_code)
 
 
-def sweep_points(enobs=range(3, 9), cell_bits=(1, 2, 4), sigmas=(0.25, 0.5, 1.0, 2.0),
-                 fault_rates=(1e-4, 1e-3, 1e-2), base_enob: int = 8,
+def sweep_points(enobs=range(3, 9), cell_bits=(1, 2, 4), sigmas=(0.1, 0.2, 0.3, 0.5, 1.0),
+                 fault_rates=(3e-5, 1e-4, 1e-3, 1e-2), base_enob: int = 8,
                  short_rows: int | None = 32) -> list[PimPoint]:
     """The study: an ADC with enough levels to be exact (the check that the mapping is the
     integer encoder), ENOB x cell bits with calibrated ranges, ENOB with the full range, ENOB
@@ -64,6 +65,8 @@ def sweep_points(enobs=range(3, 9), cell_bits=(1, 2, 4), sigmas=(0.25, 0.5, 1.0,
     if short_rows:
         pts += [PimPoint(f"enob {e}, 2-bit cells, {short_rows} rows", enob=e, rows=short_rows)
                 for e in enobs]
+    pts += [PimPoint(f"enob {e}, 2-bit cells, sign-magnitude inputs", enob=e,
+                     input_code="signmag") for e in (6, base_enob)]
     pts += [PimPoint(f"enob {base_enob}, noise {s} LSB", enob=base_enob, sigma_lsb=s)
             for s in sigmas]
     pts += [PimPoint(f"enob {base_enob}, faults {r:g}", enob=base_enob, fault_rate=r)
@@ -122,6 +125,8 @@ class PimEncoder:
             st = mat.model.stats
             d = out.setdefault(kind, {"vectors": 0, "conv": 0, "skip": 0, "idle": 0,
                                       "input_bits": mat.model.p["input_bits"],
+                                      "input_code": mat.model.p["input_code"],
+                                      "planes": mat.model.n_planes,
                                       "adc_share": mat.model.share})
             d["vectors"] += int(st.vectors.sum())
             d["conv"] += int(st.conv_cycles.sum())
@@ -129,7 +134,7 @@ class PimEncoder:
             d["idle"] += int(st.idle_cycles.sum())
         for d in out.values():
             n = max(d["vectors"], 1)
-            d["cycles_per_mvm_dense"] = d["input_bits"] * d["adc_share"]
+            d["cycles_per_mvm_dense"] = d["planes"] * d["adc_share"]
             d["cycles_per_mvm_skip"] = (d["conv"] + d["idle"]) / n
             d["skipped_fraction"] = d["skip"] / max(d["conv"] + d["skip"], 1)
         return out

@@ -62,17 +62,20 @@ def _exact_params(draw_rows, cols, cb, ib, wb, share_pick):
                 weight_bits=wb, adc_share=share, enob=enob)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 6), st.sampled_from([1, 2, 4]), st.integers(2, 12),
-       st.integers(2, 10), st.integers(0, 50), st.booleans(), st.integers(0, 2**31))
-def test_enough_adc_bits_give_the_exact_product(rows, cols, cb, ib, wb, share_pick, skip, seed):
+       st.integers(2, 10), st.integers(0, 50), st.booleans(), st.sampled_from(["twos", "signmag"]),
+       st.integers(0, 2**31))
+def test_enough_adc_bits_give_the_exact_product(rows, cols, cb, ib, wb, share_pick, skip, code,
+                                                seed):
     """With as many levels as the largest column sum, the default range and no noise or
-    faults, the tile is the integer product, skipping or not."""
+    faults, the tile is the integer product, skipping or not, in either input code."""
     rng = np.random.default_rng(seed)
     p = _exact_params(rows, cols, cb, ib, wb, share_pick)
     if p["enob"] > 10:
         return
-    m = PimTileModel(skip_zero=skip, **p)
+    m = PimTileModel(skip_zero=skip, input_code=code, **p)
+    planes = ib * (2 if code == "signmag" else 1)
     w = rng.integers(-(1 << (wb - 1)) + 1, 1 << (wb - 1), (cols, rows))
     x = rng.integers(-(1 << (ib - 1)), 1 << (ib - 1), (5, rows))
     x[1] = 0
@@ -81,9 +84,26 @@ def test_enough_adc_bits_give_the_exact_product(rows, cols, cb, ib, wb, share_pi
     assert m.gain == 1 << 12 and m.step() == 1.0
     assert np.array_equal(m.mvm(x), x @ w.T)
     st_ = m.stats
-    assert st_.conv_cycles[0] + st_.skip_cycles[0] == 5 * ib * p["adc_share"]
+    assert st_.conv_cycles[0] + st_.skip_cycles[0] == 5 * planes * p["adc_share"]
     assert (st_.skip_cycles[0] > 0) == skip  # the zero vector at least
-    assert st_.idle_cycles[0] == (1 if skip else 0)
+    assert st_.idle_cycles[0] == ((x == 0).all(axis=1).sum() if skip else 0)
+
+
+def test_sign_magnitude_skips_the_high_planes_of_small_signed_values():
+    """Small values of both signs: two's complement fills the high planes with sign bits,
+    sign-magnitude leaves them zero; both compute the same product."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-7, 8, (20, 64))
+    w = rng.integers(-127, 128, (8, 64))
+    out = {}
+    for code in ("twos", "signmag"):
+        m = PimTileModel(enob=8, noise=False, faults=False, input_code=code)
+        m.program(w)
+        out[code] = (m.mvm(x), int(m.stats.conv_cycles[0]), int(m.stats.skip_cycles[0]))
+    assert np.array_equal(out["twos"][0], x @ w.T) and np.array_equal(out["signmag"][0], x @ w.T)
+    assert out["twos"][2] == 0  # every plane carries sign bits
+    assert out["signmag"][1] == 20 * 6 * 8  # 3 magnitude planes per sign
+    assert out["signmag"][1] < out["twos"][1]
 
 
 def test_low_enob_error_falls_with_bits_and_a_calibrated_range_beats_the_full_one():
@@ -193,6 +213,7 @@ def test_matrix_on_a_grid_of_tiles_is_exact_with_an_exact_adc():
 # -- cocotb on Verilator ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the 64 x 8 default takes 1.5-4 min to build in Verilator
 def test_cocotb_default():
     unit = get_unit("pim")
     result = run_sim(unit, unit.resolve(), seed=21)
@@ -211,6 +232,8 @@ def _sampled(draw: int) -> dict:
      "noise": "false", "skip_zero": "false"},
     {"enob": "10", "cell_bits": "4", "adc_range": "fixed", "adc_max": "300", "rows": "24",
      "cols": "3", "input_bits": "5", "adc_share": "3", "faults": "false"},
+    {"input_code": "signmag", "rows": "16", "cols": "2", "input_bits": "6", "enob": "5",
+     "lanes": "4"},
 ])
 def test_cocotb_edges(overrides):
     unit = get_unit("pim")
@@ -245,5 +268,9 @@ def test_pim_sweep_quick_json(capsys, tmp_path):
     assert exact["cosine_vs_int_min"] > 0.999999  # the mapping is the integer encoder
     e3, e8 = pts["enob 3, 2-bit cells"], pts["enob 8, 2-bit cells"]
     assert e8["final_cosine_mean"] > e3["final_cosine_mean"]
-    assert set(res["cycles"]) == {"qkv", "o", "fc1", "fc2"}
+    assert set(res["cycles"]) == {"twos", "signmag"}
+    for code in ("twos", "signmag"):
+        assert set(res["cycles"][code]) == {"qkv", "o", "fc1", "fc2"}
+    fc2 = res["cycles"]["signmag"]["fc2"]  # GELU outputs: small magnitudes, high planes skipped
+    assert fc2["cycles_per_mvm_skip"] < fc2["cycles_per_mvm_dense"]
     assert (tmp_path / "pim-sweep.png").stat().st_size > 10_000
