@@ -53,10 +53,14 @@ def _plot(report: dict, path: Path) -> None:
     a.set(xlabel="ADC ENOB", ylabel="sentence-embedding cosine vs float",
           title="accuracy vs ADC bits", ylim=(-0.1, 1.02))
     a.legend(fontsize=8)
-    noise = [(p["sigma_lsb"], p["final_cosine_mean"]) for p in pts if p["sigma_lsb"] > 0]
     faults = [(p["fault_rate"], p["final_cosine_mean"]) for p in pts if p["fault_rate"] > 0]
-    if noise:
-        b.plot(*zip(*sorted(noise), strict=True), "o-", color="tab:red")
+    for code, style in (("twos", "o-"), ("signmag", "s--")):
+        noise = [(p["sigma_lsb"], p["final_cosine_mean"]) for p in pts
+                 if p["sigma_lsb"] > 0 and p["input_code"] == code]
+        if noise:
+            b.plot(*zip(*sorted(noise), strict=True), style,
+                   label="two's complement" if code == "twos" else "sign-magnitude")
+    b.legend(fontsize=8)
     b.set(xlabel="ADC noise sigma (LSB)", ylabel="cosine vs float", xscale="log",
           title=f"noise, ENOB {pts[-1]['enob']}", ylim=(-0.1, 1.02))
     if faults:
@@ -75,9 +79,9 @@ def _print_report(r: dict) -> None:
     print(f"MiniLM on PiM tiles: {r['sentences']} sentences, ADC ranges calibrated on "
           f"{r['calibration_sentences']} others; exact integer encoder: cosine vs float mean "
           f"{ex['final_cosine_mean']:.4f}, worst {ex['final_cosine_min']:.4f}")
-    print(f"  {'configuration':<38} {'vs float':>9} {'worst':>8} {'vs int':>8} {'range':>7}")
+    print(f"  {'configuration':<52} {'vs float':>9} {'worst':>8} {'vs int':>8} {'range':>7}")
     for p in r["points"]:
-        print(f"  {p['label']:<38} {p['final_cosine_mean']:9.4f} {p['final_cosine_min']:8.4f} "
+        print(f"  {p['label']:<52} {p['final_cosine_mean']:9.4f} {p['final_cosine_min']:8.4f} "
               f"{p['cosine_vs_int_mean']:8.4f} {p['adc_range_median']:7.1f}")
     print("  cycles per tile MVM on the real activations (conversion slots; dense = every "
           "plane converted):")

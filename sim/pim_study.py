@@ -69,6 +69,10 @@ def sweep_points(enobs=range(3, 9), cell_bits=(1, 2, 4), sigmas=(0.1, 0.2, 0.3, 
                      input_code="signmag") for e in (6, base_enob)]
     pts += [PimPoint(f"enob {base_enob}, noise {s} LSB", enob=base_enob, sigma_lsb=s)
             for s in sigmas]
+    # sign-magnitude inputs leave the sign-extension planes of small values unconverted:
+    # noise on them, weighted up to 2^(input_bits-1), is what two's complement pays
+    pts += [PimPoint(f"enob {base_enob}, noise {s} LSB, sign-magnitude inputs", enob=base_enob,
+                     sigma_lsb=s, input_code="signmag") for s in sigmas]
     pts += [PimPoint(f"enob {base_enob}, faults {r:g}", enob=base_enob, fault_rate=r)
             for r in fault_rates]
     return pts
