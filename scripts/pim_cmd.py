@@ -67,6 +67,8 @@ def _plot(report: dict, path: Path) -> None:
         c.plot(*zip(*sorted(faults), strict=True), "o-", color="tab:purple")
     c.set(xlabel="stuck-at cell rate", ylabel="cosine vs float", xscale="log",
           title=f"faults, ENOB {pts[-1]['enob']}", ylim=(-0.1, 1.02))
+    for ax in (b, c):
+        ax.axhline(ref, color="grey", ls=":")
     fig.suptitle(f"all-MiniLM-L6-v2 on PiM tiles ({report['tile_rows']} rows unless marked), "
                  f"{report['sentences']} sentences")
     fig.tight_layout()

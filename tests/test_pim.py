@@ -271,6 +271,11 @@ def test_pim_sweep_quick_json(capsys, tmp_path):
     assert set(res["cycles"]) == {"twos", "signmag"}
     for code in ("twos", "signmag"):
         assert set(res["cycles"][code]) == {"qkv", "o", "fc1", "fc2"}
+    # noise on two's complement's sign-extension planes is weighted up to 2^(bits-1);
+    # sign-magnitude does not convert those planes
+    twos = pts["enob 8, noise 0.5 LSB"]["final_cosine_mean"]
+    signmag = pts["enob 8, noise 0.5 LSB, sign-magnitude inputs"]["final_cosine_mean"]
+    assert signmag > twos + 0.2
     fc2 = res["cycles"]["signmag"]["fc2"]  # GELU outputs: small magnitudes, high planes skipped
     assert fc2["cycles_per_mvm_skip"] < fc2["cycles_per_mvm_dense"]
     assert (tmp_path / "pim-sweep.png").stat().st_size > 10_000
