@@ -521,9 +521,11 @@ class PimTile(wiring.Component):
         accs = [Signal(signed(self.acc_width), name=f"acc{c}") for c in range(self.cols)]
         sums = [acc + dl for acc, dl in zip(accs, deltas, strict=True)]
         m.d.comb += fifo.w_data.eq(Cat(*(s_[:self.acc_width] for s_ in sums)))
+        # one expression, not an assignment under If: Icarus then evaluates it at time 0, and
+        # the inflight count that depends on it never starts as X
+        m.d.comb += fifo.w_en.eq(t_valid & t_last)
         with m.If(t_valid):
             with m.If(t_last):
-                m.d.comb += fifo.w_en.eq(1)
                 m.d.sync += [acc.eq(0) for acc in accs]
             with m.Else():
                 m.d.sync += [acc.eq(s_) for acc, s_ in zip(accs, sums, strict=True)]

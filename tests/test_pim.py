@@ -28,6 +28,7 @@ from heterotron.sim.pim import (
     xorshift32,
 )
 from heterotron.sim.runner import run_sim
+from heterotron.sim.toolchain import icarus_available
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -250,6 +251,18 @@ def test_cocotb_sampled_parameters():
 @pytest.mark.parametrize("draw", [1, 2, 3, 4])
 def test_cocotb_sampled_parameters_slow(draw):
     result = run_sim(get_unit("pim"), _sampled(draw), seed=draw, vectors=32)
+    assert result.tests == 2 and result.failed == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
+def test_cocotb_icarus():
+    """The testbench keeps to the stream rules on a second simulator (and the tile leaves
+    no register X after reset there)."""
+    unit = get_unit("pim")
+    params = unit.resolve(overrides={"rows": "8", "cols": "2", "lanes": "4",
+                                     "input_code": "signmag"})
+    result = run_sim(unit, params, simulator="icarus", seed=5, vectors=12)
     assert result.tests == 2 and result.failed == 0, result
 
 
