@@ -32,6 +32,7 @@ from .rowstream import delay, mul_pipe, mul_stages, reg
 __all__ = ["PimTile", "PimFlag", "PimReg", "check_pim_params"]
 
 STAT_BITS = 48  # the cycle counters: 2^48 cycles is 32 days at 100 MHz
+Z_SHAPE = signed(12)  # the noise sample z, +-1020
 
 
 class PimFlag(enum.IntFlag):
@@ -232,7 +233,7 @@ class PimTile(wiring.Component):
     def _mul_depth(self) -> int:
         gain_w = ADC_FRAC + self.enob
         return max(mul_stages(unsigned(self._p_width()), unsigned(gain_w)),
-                   mul_stages(signed(11), unsigned(SIGMA_BITS)))
+                   mul_stages(Z_SHAPE, unsigned(SIGMA_BITS)))
 
     @property
     def latency(self) -> int:
@@ -464,7 +465,7 @@ class PimTile(wiring.Component):
                         m.d.comb += sel.eq(psum[a * share + kk])
             codes_in.append(reg(m, None, sel, f"adc{a}_psel"))
             if self.noise:
-                state = Signal(32, init=((SEED_MIX * (a + 1)) & M32) | 1, name=f"lfsr{a}")
+                state = Signal(32, init=noise_seed_mix(0, a), name=f"lfsr{a}")
                 stepped = _xorshift32(m, state, f"lfsr{a}_next")
                 with m.If(reseed):
                     m.d.sync += state.eq(noise_seed_mix(cv, a))
@@ -472,7 +473,7 @@ class PimTile(wiring.Component):
                     m.d.sync += state.eq(stepped)
                 byte_sum = sum(stepped[8 * i:8 * i + 8] for i in range(4))  # 2z = ... - 1020
                 z = Cat(Const(0, 1), byte_sum, Const(0, 1)).as_signed() - 1020
-                zr = Signal(signed(12), name=f"adc{a}_z")
+                zr = Signal(Z_SHAPE, name=f"adc{a}_z")
                 m.d.sync += zr.eq(z)
                 znoise.append(zr)
         tag = reg(m, None, tag, "tag_sel")
@@ -485,7 +486,7 @@ class PimTile(wiring.Component):
             total = prod + offset + (1 << (ADC_FRAC - 1))
             if self.noise:
                 nz = mul_pipe(m, None, znoise[a], sigma, f"adc{a}_noise")
-                nz = delay(m, None, nz, d - mul_stages(signed(12), unsigned(SIGMA_BITS)),
+                nz = delay(m, None, nz, d - mul_stages(Z_SHAPE, unsigned(SIGMA_BITS)),
                            f"adc{a}_nd")
                 total = total + (nz >> NOISE_SHIFT)
             v = reg(m, None, total, f"adc{a}_v")

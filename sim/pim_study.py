@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import bert_int as bi
+from .accuracy import _cos
 from .bert_float import BertWeights, Tokenized, embed, encode, mean_pool
 from .pim import PimMatrix, gain_for_range, rate_code, sigma_code
 
@@ -156,11 +157,6 @@ def _collect_inputs(enc: bi.IntEncoder, w: BertWeights, toks: list[Tokenized]
     for t in toks:
         bi.run(enc, embed(w, t), matmul=tap)
     return xs
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
 
 
 def run_sweep(w: BertWeights, enc: bi.IntEncoder, toks: list[Tokenized],
