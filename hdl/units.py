@@ -14,10 +14,12 @@ from amaranth.lib import wiring
 from .gelu import Gelu
 from .gemm import GemmEngine
 from .layernorm import LayerNorm
+from .mesh import Mesh
 from .params import Param, ParamError, check, defaults, parse_value
 from .pim import PimTile
 from .requantizer import Requantizer
 from .residual import ResidualAdd
+from .router import Router
 from .softmax import Softmax
 from .systolic import SystolicArray
 
@@ -122,6 +124,20 @@ UNITS: dict[str, Unit] = {
             testbench="heterotron.tb.pim",
             summary="analog PiM crossbar: bit-sliced weights, bit-serial inputs, low-ENOB ADC "
                     "with noise and faults, zero-plane skipping",
+        ),
+        Unit(
+            name="router",
+            component=Router,
+            testbench="heterotron.tb.router",
+            summary="one NoC router: input buffers, dimension-order routing, wormhole, "
+                    "round-robin output arbitration",
+        ),
+        Unit(
+            name="mesh",
+            component=Mesh,
+            testbench="heterotron.tb.mesh",
+            summary="2D/3D mesh NoC of routers with network interfaces (stream <-> packets), "
+                    "deadlock check at construction",
         ),
     ]
 }

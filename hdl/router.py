@@ -1,0 +1,198 @@
+"""Router: one node of the mesh: an input buffer per port, dimension-order routing, wormhole
+switching and a round-robin arbiter per output."""
+
+from __future__ import annotations
+
+from amaranth.hdl import C, Cat, Module, Mux, Signal
+from amaranth.lib import data, fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from .noc import MESH_PARAMS, Topology, check_mesh_params, header_layout, link_signature
+from .params import Param, ParamError, check, validating
+
+__all__ = ["Router", "rr_pick"]
+
+
+def rr_pick(m: Module, reqs: list, last, name: str):
+    """Round-robin choice among ``reqs``: the first requester after index ``last``, cyclically.
+    Returns ``(any, index)``; ``index`` is meaningful only while ``any`` is high."""
+    n = len(reqs)
+    req = Signal(n, name=f"{name}_req")
+    m.d.comb += req.eq(Cat(*reqs))
+    after = Signal(n, name=f"{name}_after")  # requesters with an index above last
+    m.d.comb += after.eq(Cat(C(0, 1), *(r & (last < k) for k, r in enumerate(reqs) if k)))
+
+    def lowest(bits):
+        idx = n - 1
+        for k in reversed(range(n - 1)):
+            idx = Mux(bits[k], k, idx)
+        return idx
+
+    pick = Signal(range(n), name=f"{name}_pick")
+    m.d.comb += pick.eq(Mux(after.any(), lowest(after), lowest(req)))
+    return req.any(), pick
+
+
+class Router(wiring.Component):
+    """A wormhole router at ``(x, y, z)`` of an ``nx x ny x nz`` mesh.
+
+    Parameters
+    ----------
+    nx, ny, nz, flit_width, buffer_depth, order, wrap :
+        The network's (see :data:`heterotron.hdl.noc.MESH_PARAMS`).
+    x, y, z : int
+        This router's position, in ``[0, n - 1]`` along each axis.
+
+    Members
+    -------
+    i_<port> : In(link), o_<port> : Out(link)
+        One pair per port in :meth:`Topology.ports` (``local`` always; a neighbour port only
+        where the neighbour exists). Flow control is valid/ready on every link: a flit moves
+        on a rising edge where both are high; a receiver's ``ready`` is its input buffer not
+        being full, so no flit is ever dropped and a full buffer back-pressures the sender.
+
+    Each input port has a ``buffer_depth`` flit FIFO. An output is free until a head flit is
+    granted to it; it then belongs to that input until the packet's tail has passed
+    (wormhole switching: packets are never interleaved on a link). A free output grants the
+    waiting head flits round-robin, starting after the input it granted last, so a waiting
+    input is passed over by at most ``ports - 2`` other packets. A flit spends one cycle in a
+    router with no contention: written into the buffer at one edge, it can leave at the next.
+    """
+
+    PARAMS = MESH_PARAMS + (
+        Param("x", int, 1, "router position along x", 0, 7),
+        Param("y", int, 1, "router position along y", 0, 7),
+        Param("z", int, 0, "router position along z", 0, 3),
+    )
+
+    def __init__(self, *, nx=4, ny=4, nz=1, flit_width=32, buffer_depth=4, order="xyz",
+                 wrap=False, x=1, y=1, z=0):
+        p = dict(nx=nx, ny=ny, nz=nz, flit_width=flit_width, buffer_depth=buffer_depth,
+                 order=order, wrap=wrap, x=x, y=y, z=z)
+        with validating(self):
+            check(self.PARAMS, **p)
+            for axis, n in zip("xyz", (nx, ny, nz)):
+                if p[axis] >= n:
+                    raise ParamError(f"{axis} must be in [0, n{axis} - 1] = [0, {n - 1}], "
+                                     f"not {p[axis]}")
+            self.topology = check_mesh_params(p)
+        self._p = p
+        self.pos = (x, y, z)
+        self.ports = self.topology.ports(self.pos)
+        link = link_signature(flit_width)
+        members = {}
+        for port in self.ports:
+            members[f"i_{port}"] = In(link)
+            members[f"o_{port}"] = Out(link)
+        super().__init__(members)
+        # Filled in by elaborate(), for the formal harness: per input its buffer and routed
+        # output, per output its state.
+        self.buffers: dict[str, fifo.SyncFIFO] = {}
+        self.routes: dict[str, Signal] = {}
+        self.candidates: dict[str, list[str]] = {}
+        self.owner: dict[str, tuple[Signal, Signal, Signal]] = {}
+
+    @property
+    def parameters(self) -> dict:
+        return dict(self._p)
+
+    @property
+    def latency(self) -> int:
+        """Cycles a flit spends in the router with no contention."""
+        return 1
+
+    def candidates_of(self, out: str) -> list[str]:
+        """The inputs that may ask for output ``out``: all but the one from the same neighbour
+        (dimension-order routing never turns a packet back)."""
+        return [i for i in self.ports if i == "local" or i != out]
+
+    def route_signal(self, m: Module, dest, name: str) -> Signal:
+        """The output port index (into ``self.ports``) for a head flit bound for ``dest``."""
+        topo = self.topology
+        port = Signal(range(len(self.ports)), name=name)
+        # Built from the last axis to the first: the first axis that differs decides.
+        choice = self.ports.index("local")
+        for axis in reversed(topo.axes):
+            field = dest[("x", "y", "z")[axis]]
+            cur = self.pos[axis]
+            n = topo.dims[axis]
+            if n == 1:
+                continue
+            plus_name, minus_name = ("east", "west", "north", "south", "up", "down")[
+                2 * axis: 2 * axis + 2]
+            plus = self._positive(field, cur, n)
+            step = Mux(plus, self.ports.index(plus_name) if plus_name in self.ports else 0,
+                       self.ports.index(minus_name) if minus_name in self.ports else 0)
+            choice = Mux(field != cur, step, choice)
+        m.d.comb += port.eq(choice)
+        return port
+
+    def _positive(self, field, cur: int, n: int):
+        if not self.topology.wrap:
+            return field > cur
+        # 1 <= (field - cur) mod n <= n // 2
+        terms = [field == (cur + d) % n for d in range(1, n // 2 + 1)]
+        out = terms[0]
+        for t in terms[1:]:
+            out = out | t
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        hdr = header_layout(p["nx"], p["ny"], p["nz"])
+        width = p["flit_width"] + 2
+        heads = {}
+        valid = {}
+        flit = {}
+        for port in self.ports:
+            buf = fifo.SyncFIFO(width=width, depth=p["buffer_depth"])
+            m.submodules[f"buf_{port}"] = buf
+            self.buffers[port] = buf
+            i = getattr(self, f"i_{port}")
+            m.d.comb += [buf.w_data.eq(i.payload.as_value()), buf.w_en.eq(i.valid),
+                         i.ready.eq(buf.w_rdy)]
+            f = data.View(self.i_local.payload.shape(), buf.r_data)
+            flit[port] = f
+            valid[port] = buf.r_rdy
+            heads[port] = Signal(name=f"head_{port}")
+            m.d.comb += heads[port].eq(buf.r_rdy & f.head)
+            dest = data.View(hdr, f.data[:hdr.size])["dest"]
+            self.routes[port] = self.route_signal(m, dest, f"route_{port}")
+
+        pops = {port: [] for port in self.ports}
+        for out in self.ports:
+            o = getattr(self, f"o_{out}")
+            cands = self.candidates_of(out)
+            self.candidates[out] = cands
+            n = len(cands)
+            oi = self.ports.index(out)
+            locked = Signal(name=f"{out}_locked")
+            owner = Signal(range(n), name=f"{out}_owner")
+            last = Signal(range(n), name=f"{out}_last", init=n - 1)
+            self.owner[out] = (locked, owner, last)
+            reqs = [heads[c] & (self.routes[c] == oi) for c in cands]
+            any_req, pick = rr_pick(m, reqs, last, f"{out}_rr")
+            sel = Signal(range(n), name=f"{out}_sel")
+            m.d.comb += sel.eq(Mux(locked, owner, pick))
+            sel_valid = Signal(name=f"{out}_sel_valid")
+            m.d.comb += sel_valid.eq(Cat(*(valid[c] for c in cands)).bit_select(sel, 1))
+            m.d.comb += o.valid.eq((locked | any_req) & sel_valid)
+            payload = flit[cands[-1]].as_value()
+            for k in reversed(range(n - 1)):
+                payload = Mux(sel == k, flit[cands[k]].as_value(), payload)
+            m.d.comb += o.payload.eq(payload)
+            fire = Signal(name=f"{out}_fire")
+            m.d.comb += fire.eq(o.valid & o.ready)
+            with m.If(fire):
+                m.d.sync += [locked.eq(~o.payload.tail), owner.eq(sel)]
+                with m.If(~locked):
+                    m.d.sync += last.eq(sel)
+            for k, c in enumerate(cands):
+                pops[c].append(fire & (sel == k))
+        for port in self.ports:
+            r_en = pops[port][0]
+            for term in pops[port][1:]:
+                r_en = r_en | term
+            m.d.comb += self.buffers[port].r_en.eq(r_en)
+        return m
