@@ -3,7 +3,7 @@ that turns its tile's stream into packets and back."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import C, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -66,7 +66,10 @@ class NetworkInterface(wiring.Component):
         in_packet = Signal()  # head flit sent, tail not yet
         dropping = Signal()  # discarding a packet with a bad destination
         d = tx.payload.dest
-        dest_ok = (d.x < nx) & (d.y < ny) & (d.z < nz)
+        dest_ok = C(1, 1)
+        for field, n in ((d.x, nx), (d.y, ny), (d.z, nz)):
+            if n < 1 << len(field):  # a code that names no router
+                dest_ok = dest_ok & (field < n)
         starting = ~in_packet & ~dropping
         bad = Signal()
         m.d.comb += bad.eq(starting & tx.valid & ~dest_ok)

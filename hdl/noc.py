@@ -24,7 +24,7 @@ from amaranth.lib import data, stream
 from .params import Param, ParamError
 
 __all__ = ["PORTS", "ORDERS", "MESH_PARAMS", "Topology", "flit_layout", "coord_layout",
-           "header_layout", "link_signature", "DeadlockError"]
+           "header_layout", "link_signature", "DeadlockError", "coord_bits"]
 
 #: Port names, in the order routers list them; (axis, step) for the neighbour ports.
 PORTS = ("local", "east", "west", "north", "south", "up", "down")
@@ -50,13 +50,15 @@ class DeadlockError(ParamError):
     """The routing function's channel-dependency graph has a cycle on this network."""
 
 
-def _bits(n: int) -> int:
-    return max(0, (n - 1).bit_length())
+def coord_bits(n: int) -> int:
+    """Bits of a coordinate along an axis of ``n`` routers (at least one: no zero-width
+    fields in the Verilog)."""
+    return max(1, (n - 1).bit_length())
 
 
 def coord_layout(nx: int, ny: int, nz: int) -> data.StructLayout:
-    return data.StructLayout({"x": unsigned(_bits(nx)), "y": unsigned(_bits(ny)),
-                              "z": unsigned(_bits(nz))})
+    return data.StructLayout({"x": unsigned(coord_bits(nx)), "y": unsigned(coord_bits(ny)),
+                              "z": unsigned(coord_bits(nz))})
 
 
 def header_layout(nx: int, ny: int, nz: int) -> data.StructLayout:
@@ -210,7 +212,7 @@ def check_mesh_params(p: dict) -> Topology:
     if p["nx"] * p["ny"] * p["nz"] < 2:
         raise ParamError("nx * ny * nz must be at least 2 (a network of one router has no "
                          "links)")
-    need = 2 * sum(_bits(n) for n in (p["nx"], p["ny"], p["nz"]))
+    need = 2 * sum(coord_bits(n) for n in (p["nx"], p["ny"], p["nz"]))
     if p["flit_width"] < need:
         raise ParamError(f"flit_width must be at least {need} for a {p['nx']}x{p['ny']}x"
                          f"{p['nz']} mesh (the head flit carries dest and src coordinates), "
