@@ -40,7 +40,8 @@ MESH_PARAMS = (
     Param("nz", int, 1, "routers along z (tiers; 1 is a 2D mesh)", 1, 4),
     Param("flit_width", int, 32, "data bits per flit (the head flit carries dest and src)",
           4, 256),
-    Param("buffer_depth", int, 4, "flits of input buffer per router port", 1, 32),
+    Param("buffer_depth", int, 4, "flits of input buffer per router port (2 or more: one "
+          "entry would pass a flit every other cycle)", 2, 32),
     Param("order", str, "xyz", "dimension order of the routing function", choices=ORDERS),
     Param("wrap", bool, False, "wrap-around links (a torus); refused where it can deadlock"),
 )

@@ -28,7 +28,7 @@ def rr_pick(m: Module, reqs: list, last, name: str):
             idx = Mux(bits[k], k, idx)
         return idx
 
-    pick = Signal(range(n), name=f"{name}_pick")
+    pick = Signal(range(max(n, 2)), name=f"{name}_pick")  # never zero bits wide
     m.d.comb += pick.eq(Mux(after.any(), lowest(after), lowest(req)))
     return req.any(), pick
 
@@ -55,7 +55,7 @@ class Router(wiring.Component):
     granted to it; it then belongs to that input until the packet's tail has passed
     (wormhole switching: packets are never interleaved on a link). A free output grants the
     waiting head flits round-robin, starting after the input it granted last, so a waiting
-    input is passed over by at most ``ports - 2`` other packets. A flit spends one cycle in a
+    input is passed over by at most one packet from each other input. A flit spends one cycle in a
     router with no contention: written into the buffer at one edge, it can leave at the next.
     """
 
@@ -127,6 +127,14 @@ class Router(wiring.Component):
         m.d.comb += port.eq(choice)
         return port
 
+    arbiter = staticmethod(rr_pick)
+
+    @staticmethod
+    def select(locked, owner, pick):
+        """The input an output takes from: its owner while locked (wormhole), else the
+        arbiter's pick."""
+        return Mux(locked, owner, pick)
+
     def _positive(self, field, cur: int, n: int):
         if not self.topology.wrap:
             # at an edge the direction is known (for a destination in the mesh); comparing
@@ -166,6 +174,19 @@ class Router(wiring.Component):
             dest = data.View(hdr, f.data[:hdr.size])["dest"]
             self.routes[port] = self.route_signal(m, dest, f"route_{port}")
 
+        # An input that an output is locked to asks for no other output, whatever its buffer
+        # holds: a flit can only ever leave by one output (malformed input, a head flit inside
+        # a packet, goes on with that packet instead of being sent twice).
+        locks = {out: (Signal(name=f"{out}_locked"),
+                       Signal(range(max(2, len(self.candidates_of(out)))), name=f"{out}_owner"))
+                 for out in self.ports}
+        owned = {}
+        for port in self.ports:
+            terms = [lk & (ow == self.candidates_of(out).index(port))
+                     for out, (lk, ow) in locks.items() if port in self.candidates_of(out)]
+            owned[port] = Signal(name=f"owned_{port}")
+            m.d.comb += owned[port].eq(Cat(*terms).any())
+
         pops = {port: [] for port in self.ports}
         for out in self.ports:
             o = getattr(self, f"o_{out}")
@@ -173,14 +194,13 @@ class Router(wiring.Component):
             self.candidates[out] = cands
             n = len(cands)
             oi = self.ports.index(out)
-            locked = Signal(name=f"{out}_locked")
-            owner = Signal(range(n), name=f"{out}_owner")
-            last = Signal(range(n), name=f"{out}_last", init=n - 1)
+            locked, owner = locks[out]
+            last = Signal(range(max(n, 2)), name=f"{out}_last", init=n - 1)
             self.owner[out] = (locked, owner, last)
-            reqs = [heads[c] & (self.routes[c] == oi) for c in cands]
-            any_req, pick = rr_pick(m, reqs, last, f"{out}_rr")
-            sel = Signal(range(n), name=f"{out}_sel")
-            m.d.comb += sel.eq(Mux(locked, owner, pick))
+            reqs = [heads[c] & ~owned[c] & (self.routes[c] == oi) for c in cands]
+            any_req, pick = self.arbiter(m, reqs, last, f"{out}_rr")
+            sel = Signal(range(max(n, 2)), name=f"{out}_sel")
+            m.d.comb += sel.eq(self.select(locked, owner, pick))
             sel_valid = Signal(name=f"{out}_sel_valid")
             m.d.comb += sel_valid.eq(Cat(*(valid[c] for c in cands)).bit_select(sel, 1))
             m.d.comb += o.valid.eq((locked | any_req) & sel_valid)
