@@ -111,7 +111,7 @@ def cmd_bench_sfu(args) -> int:
     return 0
 
 
-def add_parser(sub) -> None:
+def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks measured in RTL simulation")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     p = bsub.add_parser("gemm", help="GEMM cycles and utilisation on the systolic array")
@@ -133,3 +133,4 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=1, help="stimulus seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_bench_sfu)
+    return bsub

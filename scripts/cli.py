@@ -302,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from heterotron.scripts.bench_cmd import add_parser as add_bench
 
-    add_bench(sub)
+    bench_sub = add_bench(sub)
+
+    from heterotron.scripts.noc_cmd import add_parsers as add_noc
+
+    add_noc(sub, bench_sub)
 
     from heterotron.scripts.pim_cmd import add_parser as add_pim_sweep
 

@@ -102,3 +102,30 @@ def zero_load_latency(topo: Topology, src, dest, beats: int) -> int:
 
 def percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else 0.0
+
+
+def mean_zero_load(pattern: str, topo: Topology, beats: int) -> float:
+    """The analytic zero-load latency averaged over a pattern's traffic (exact expectation
+    over its destinations; nodes a pattern leaves silent do not count)."""
+    coords = list(topo.coords())
+    every = [(s, d) for s in coords for d in coords]
+    if pattern == "uniform":
+        pairs = [(s, d, 1.0) for s, d in every]
+    elif pattern in ("transpose", "bitcomp"):
+        rng = np.random.default_rng(0)  # unused: these patterns are deterministic
+        pairs = [(s, destination(pattern, topo, s, rng), 1.0) for s in coords]
+        pairs = [(s, d, w) for s, d, w in pairs if d is not None]
+    elif pattern == "hotspot":
+        h = hotspot(topo)
+        n = topo.nodes
+        pairs = [(s, h, HOTSPOT_SHARE) for s in coords]
+        pairs += [(s, d, (1 - HOTSPOT_SHARE) / n) for s, d in every]
+    elif pattern == "neighbour":
+        pairs = []
+        for s in coords:
+            ports = topo.ports(s)[1:]
+            pairs += [(s, topo.neighbour(s, q), 1.0 / len(ports)) for q in ports]
+    else:
+        raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, not {pattern!r}")
+    total = sum(w for *_, w in pairs)
+    return sum(w * zero_load_latency(topo, s, d, beats) for s, d, w in pairs) / total
