@@ -7,8 +7,7 @@ from amaranth.hdl import C, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .noc import (MESH_PARAMS, PORTS, check_mesh_params, coord_layout, header_layout,
-                  link_signature)
+from .noc import MESH_PARAMS, PORTS, check_mesh_params, coord_layout, header_layout, link_signature
 from .params import check, validating
 from .router import Router
 

@@ -170,7 +170,7 @@ class Topology:
         for src in coords:
             for dest in coords:
                 hops = self.path(src, dest)
-                for a, b in zip(hops, hops[1:]):
+                for a, b in zip(hops, hops[1:], strict=False):
                     edges.setdefault(a, set()).add(b)
         state: dict[tuple, int] = {}  # 1: on the stack, 2: done
         for root in edges:

@@ -3,14 +3,54 @@ switching and a round-robin arbiter per output."""
 
 from __future__ import annotations
 
-from amaranth.hdl import C, Cat, Module, Mux, Signal
-from amaranth.lib import data, fifo, wiring
+from amaranth.hdl import C, Cat, Elaboratable, Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .noc import MESH_PARAMS, Topology, check_mesh_params, header_layout, link_signature
+from .noc import MESH_PARAMS, check_mesh_params, header_layout, link_signature
 from .params import Param, ParamError, check, validating
 
-__all__ = ["Router", "rr_pick"]
+__all__ = ["Router", "FlitBuffer", "rr_pick"]
+
+
+class FlitBuffer(Elaboratable):
+    """A first-word-fall-through FIFO of ``depth`` flits, with the ports of Amaranth's
+    ``SyncFIFO`` (``w_data/w_en/w_rdy``, ``r_data/r_en/r_rdy``, ``level``) and its read and
+    write pointers visible, so the formal proof can state how they relate to ``level``.
+    A write when full or a read when empty is ignored; ``w_rdy`` does not depend on ``r_en``
+    (no path from an output's ready back to the sender's)."""
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.w_rdy = Signal()
+        self.r_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+        self.level = Signal(range(depth + 1))
+        self.rp = Signal(range(max(depth, 2)))
+        self.wp = Signal(range(max(depth, 2)))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port(domain="comb")
+        do_w = self.w_en & self.w_rdy
+        do_r = self.r_en & self.r_rdy
+        m.d.comb += [self.w_rdy.eq(self.level != self.depth), self.r_rdy.eq(self.level != 0),
+                     wr.addr.eq(self.wp), wr.data.eq(self.w_data), wr.en.eq(do_w),
+                     rd.addr.eq(self.rp), self.r_data.eq(rd.data)]
+
+        def step(p):
+            return Mux(p == self.depth - 1, 0, p + 1)
+
+        m.d.sync += [self.level.eq(self.level + do_w - do_r),
+                     self.wp.eq(Mux(do_w, step(self.wp), self.wp)),
+                     self.rp.eq(Mux(do_r, step(self.rp), self.rp))]
+        return m
 
 
 def rr_pick(m: Module, reqs: list, last, name: str):
@@ -71,7 +111,7 @@ class Router(wiring.Component):
                  order=order, wrap=wrap, x=x, y=y, z=z)
         with validating(self):
             check(self.PARAMS, **p)
-            for axis, n in zip("xyz", (nx, ny, nz)):
+            for axis, n in zip("xyz", (nx, ny, nz), strict=True):
                 if p[axis] >= n:
                     raise ParamError(f"{axis} must be in [0, n{axis} - 1] = [0, {n - 1}], "
                                      f"not {p[axis]}")
@@ -87,10 +127,11 @@ class Router(wiring.Component):
         super().__init__(members)
         # Filled in by elaborate(), for the formal harness: per input its buffer and routed
         # output, per output its state.
-        self.buffers: dict[str, fifo.SyncFIFO] = {}
+        self.buffers: dict[str, FlitBuffer] = {}
         self.routes: dict[str, Signal] = {}
         self.candidates: dict[str, list[str]] = {}
-        self.owner: dict[str, tuple[Signal, Signal, Signal]] = {}
+        self.owner: dict[str, tuple[Signal, Signal, Signal, Signal]] = {}
+        self.selects: dict[str, Signal] = {}
 
     @property
     def parameters(self) -> dict:
@@ -130,10 +171,10 @@ class Router(wiring.Component):
     arbiter = staticmethod(rr_pick)
 
     @staticmethod
-    def select(locked, owner, pick):
-        """The input an output takes from: its owner while locked (wormhole), else the
-        arbiter's pick."""
-        return Mux(locked, owner, pick)
+    def select(keep, owner, pick):
+        """The input an output takes from: its owner while locked (wormhole) or while its
+        offered head waits, else the arbiter's pick."""
+        return Mux(keep, owner, pick)
 
     def _positive(self, field, cur: int, n: int):
         if not self.topology.wrap:
@@ -160,7 +201,7 @@ class Router(wiring.Component):
         valid = {}
         flit = {}
         for port in self.ports:
-            buf = fifo.SyncFIFO(width=width, depth=p["buffer_depth"])
+            buf = FlitBuffer(width, p["buffer_depth"])
             m.submodules[f"buf_{port}"] = buf
             self.buffers[port] = buf
             i = getattr(self, f"i_{port}")
@@ -196,24 +237,32 @@ class Router(wiring.Component):
             oi = self.ports.index(out)
             locked, owner = locks[out]
             last = Signal(range(max(n, 2)), name=f"{out}_last", init=n - 1)
-            self.owner[out] = (locked, owner, last)
+            # a head flit offered and not yet taken: the choice stands (a stream's payload
+            # must not change while it waits), even if another input's turn comes up
+            hold = Signal(name=f"{out}_hold")
+            self.owner[out] = (locked, owner, last, hold)
+            self.selects[out] = sel = Signal(range(max(n, 2)), name=f"{out}_sel")
             reqs = [heads[c] & ~owned[c] & (self.routes[c] == oi) for c in cands]
             any_req, pick = self.arbiter(m, reqs, last, f"{out}_rr")
-            sel = Signal(range(max(n, 2)), name=f"{out}_sel")
-            m.d.comb += sel.eq(self.select(locked, owner, pick))
+            keep = Signal(name=f"{out}_keep")
+            m.d.comb += keep.eq(locked | hold)
+            m.d.comb += sel.eq(self.select(keep, owner, pick))
             sel_valid = Signal(name=f"{out}_sel_valid")
             m.d.comb += sel_valid.eq(Cat(*(valid[c] for c in cands)).bit_select(sel, 1))
-            m.d.comb += o.valid.eq((locked | any_req) & sel_valid)
+            m.d.comb += o.valid.eq((keep | any_req) & sel_valid)
             payload = flit[cands[-1]].as_value()
             for k in reversed(range(n - 1)):
                 payload = Mux(sel == k, flit[cands[k]].as_value(), payload)
             m.d.comb += o.payload.eq(payload)
             fire = Signal(name=f"{out}_fire")
             m.d.comb += fire.eq(o.valid & o.ready)
+            chosen = o.valid & ~keep  # the arbiter's choice is made this cycle
+            with m.If(chosen):
+                m.d.sync += last.eq(sel)
             with m.If(fire):
-                m.d.sync += [locked.eq(~o.payload.tail), owner.eq(sel)]
-                with m.If(~locked):
-                    m.d.sync += last.eq(sel)
+                m.d.sync += [locked.eq(~o.payload.tail), owner.eq(sel), hold.eq(0)]
+            with m.Elif(chosen):
+                m.d.sync += [hold.eq(1), owner.eq(sel)]
             for k, c in enumerate(cands):
                 pops[c].append(fire & (sel == k))
         for port in self.ports:

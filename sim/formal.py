@@ -121,8 +121,12 @@ class RouterProof(wiring.Component):
                 m.d.sync += open_rd.eq(~flit.tail)
             route, in_mesh = self._spec_route(m, r, data.View(hdr, flit.data[:hdr.size]).dest,
                                               f"asm_rd_{q}")
-            m.d.comb += Assume(buf.level <= buf.depth)
-            m.d.comb += Assume(buf.r_rdy == (buf.level != 0))
+            # the buffer's pointers agree with its level (proved, not assumed)
+            d = buf.depth
+            m.d.comb += Assert(buf.level <= d)
+            m.d.comb += Assert(buf.rp < d)
+            m.d.comb += Assert(buf.wp == Mux(buf.rp + buf.level >= d, buf.rp + buf.level - d,
+                                             buf.rp + buf.level))
             with m.If(buf.r_rdy):
                 m.d.comb += Assume(flit.head == ~open_rd)
                 with m.If(flit.head):
@@ -153,7 +157,7 @@ class RouterProof(wiring.Component):
         # -- per output: routing, no interleaving, bounded grant
         for o in ports:
             out = getattr(self, f"o_{o}")
-            locked, owner, last = r.owner[o]
+            locked, owner, last, hold = r.owner[o]
             cands = r.candidates[o]
             n = len(cands)
             grant = out_fire[o] & ~locked
@@ -190,12 +194,22 @@ class RouterProof(wiring.Component):
             for o2 in ports:
                 if o2 <= o:
                     continue
-                l2, w2, _ = r.owner[o2]
+                l2, w2, _, _ = r.owner[o2]
                 for k, q in enumerate(cands):
                     if q in r.candidates[o2]:
                         k2 = r.candidates[o2].index(q)
                         m.d.comb += Assert(~(locked & l2 & (owner == k) & (w2 == k2)))
             m.d.comb += Assert(last < n)
+            with m.If(hold):
+                m.d.comb += Assert(~locked & (last == owner))
+            # stream rule: an offered flit stays offered until it is taken, from the same
+            # input (whose buffer is not read meanwhile, so with the buffer trusted the
+            # payload is unchanged; the testbenches check the payload itself)
+            offered = Signal(name=f"obs_offered_{o}")
+            offer_sel = Signal.like(r.selects[o], name=f"obs_offer_sel_{o}")
+            m.d.sync += [offered.eq(out.valid & ~out.ready), offer_sel.eq(r.selects[o])]
+            with m.If(offered):
+                m.d.comb += Assert(out.valid & (r.selects[o] == offer_sel) & (locked | hold))
         # an input is mid-packet at its buffer's read side exactly when an output is locked
         # to it
         for q in ports:
@@ -204,7 +218,7 @@ class RouterProof(wiring.Component):
             m.d.comb += Assert(open_rd_of[q] == Cat(*owners).any())
         for o in ports:
             out = getattr(self, f"o_{o}")
-            locked, owner, last = r.owner[o]
+            locked, owner, last, hold = r.owner[o]
             cands = r.candidates[o]
             n = len(cands)
             grant = out_fire[o] & ~locked
@@ -225,9 +239,15 @@ class RouterProof(wiring.Component):
                              passed.eq(Mux(pops[q], 0, cur + grant))]
                 # round-robin distance from the last grant to this input: 1..n
                 dist = Mux(last < k, k - last, k + n - last)
+                with m.If(hold & (owner == k)):
+                    m.d.comb += Assert(waiting)  # a held choice is a waiting head
                 with m.If(waiting):
                     m.d.comb += Assert(cur <= n - 1)  # the property
-                    m.d.comb += Assert(cur + dist <= n)  # why it holds
+                    # why it holds: each choice of another input moves the pointer closer;
+                    # a held choice of another input counts as granted already (unless this
+                    # input is the one chosen and held)
+                    with m.If(~(hold & (owner == k))):
+                        m.d.comb += Assert(cur + dist + hold <= n)
         return m
 
 

@@ -24,8 +24,15 @@ from heterotron.hdl.noc import Topology
 from heterotron.hdl.params import defaults
 from heterotron.sim.noc import PATTERNS, destination, percentile, zero_load_latency
 
-from .common import (ClockedBench, StreamSink, StreamSource, make_rng, params_from_env,
-                     stalls_from_env, vectors_from_env)
+from .common import (
+    ClockedBench,
+    StreamSink,
+    StreamSource,
+    make_rng,
+    params_from_env,
+    stalls_from_env,
+    vectors_from_env,
+)
 
 DEFAULT_PACKETS = 40  # per node and pattern
 MAX_BEATS = 6

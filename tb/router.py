@@ -19,8 +19,15 @@ from heterotron.hdl.params import defaults
 from heterotron.hdl.router import Router
 from heterotron.sim.noc import header_word
 
-from .common import (ClockedBench, StreamSink, StreamSource, make_rng, params_from_env,
-                     stalls_from_env, vectors_from_env)
+from .common import (
+    ClockedBench,
+    StreamSink,
+    StreamSource,
+    make_rng,
+    params_from_env,
+    stalls_from_env,
+    vectors_from_env,
+)
 from .mesh import WATCHDOG, Fields
 
 DEFAULT_PACKETS = 40  # per input

@@ -76,6 +76,14 @@ def test_lint_edge_parameters_clean():
     ("pim", {"rows": "24", "cols": "3", "input_bits": "16", "weight_bits": "16",
              "cell_bits": "4", "enob": "10", "adc_range": "fixed", "adc_max": "7",
              "adc_share": "3"}),
+    ("router", {}),
+    ("router", {"nx": "2", "ny": "1", "x": "0", "y": "0", "flit_width": "6",
+                "buffer_depth": "2"}),
+    ("router", {"nx": "3", "ny": "3", "nz": "3", "x": "1", "y": "1", "z": "1",
+                "order": "zyx"}),
+    ("router", {"nx": "3", "ny": "3", "wrap": "true", "x": "2", "y": "0"}),
+    ("mesh", {"nx": "2", "ny": "2", "nz": "2", "flit_width": "6", "buffer_depth": "2"}),
+    ("mesh", {"nx": "3", "ny": "1", "wrap": "true", "order": "yxz"}),
 ])
 def test_units_lint_clean(unit_name, overrides):
     """Edge sizes (a 1x1 array, buffers of one word, one lane, the narrowest and widest
@@ -89,7 +97,7 @@ def test_units_lint_clean(unit_name, overrides):
 
 
 @pytest.mark.parametrize("unit_name", ["requantizer", "softmax", "gelu", "layernorm", "residual",
-                                       "pim"])
+                                       "pim", "mesh", "router"])
 def test_default_config_file_is_the_unit_default(unit_name):
     _, config = load_config("default")
     unit = get_unit(unit_name)
