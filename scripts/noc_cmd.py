@@ -82,7 +82,9 @@ def cmd_bench_noc(args) -> int:
         print(f"  {'pattern':<10}{'saturation':>11}{'zero-load measured':>20}"
               f"{'analytic':>10}")
         for p in res["patterns"]:
-            print(f"  {p['pattern']:<10}{p['saturation_throughput']:>11.3f}"
+            sat = f"{p['saturation_throughput']:.3f}" if p["saturated"] else \
+                f">{p['saturation_throughput']:.3f}"
+            print(f"  {p['pattern']:<10}{sat:>11}"
                   f"{p['zero_load_measured']:>20.2f}{p['zero_load_analytic']:>10.2f}")
         print(f"  analytic zero-load latency = (hops + 1) x {res['per_hop']} cycle per router "
               f"+ {res['beats']} beats, averaged over each pattern's pairs")
@@ -91,7 +93,7 @@ def cmd_bench_noc(args) -> int:
                   f"{r['params']['buffer_depth']}-flit buffers) on {r['device']}: "
                   f"{r['luts']} LUT4, {r['ffs']} FF, Fmax {r['fmax_mhz']} MHz")
         print(f"  plot: {plot}")
-    rates = ",".join(f"{r:g}" for r in args.rates)
+    rates = ",".join(f"{r:g}" for r in res["rates"])
     print(f"  reproduce: heterotron bench noc --mesh {args.mesh} --rates {rates} "
           f"--beats {args.beats} --cycles {args.cycles} --seed {args.seed}"
           + (" --no-fpga" if args.no_fpga else "") + (" --json" if args.json else ""),
@@ -131,9 +133,8 @@ def add_parsers(sub, bench_sub) -> None:
     p = bench_sub.add_parser("noc", help="NoC latency against load per traffic pattern, "
                                          "saturation, zero-load vs analytic, router on ECP5")
     p.add_argument("--mesh", type=_mesh, default="4x4", help="nx x ny [x nz] (default: 4x4)")
-    p.add_argument("--rates", type=_rates,
-                   default=[0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                   help="offered loads, flits/node/cycle (default: 0.02,0.1,...,0.6)")
+    p.add_argument("--rates", type=_rates, default=None,
+                   help="offered loads, flits/node/cycle (default: 0.02,0.1,...,0.6,0.8)")
     p.add_argument("--patterns", type=_patterns, default=None,
                    help=f"comma-separated subset of {PATTERN_HELP} (default: all)")
     p.add_argument("--beats", type=int, default=4, help="data beats per packet (default: 4)")

@@ -20,6 +20,7 @@ from .toolchain import ToolError
 __all__ = ["bench_noc", "plot_noc"]
 
 WARMUP = 300
+DEFAULT_RATES = [0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]
 
 
 def _log(msg: str) -> None:
@@ -38,7 +39,7 @@ def bench_noc(mesh: str = "4x4", rates: list[float] | None = None,
         raise ValueError(f"beats must be in [1, 64], not {beats}")
     if not 100 <= cycles <= 100000:
         raise ValueError(f"cycles must be in [100, 100000], not {cycles}")
-    rates = sorted(rates or [0.02, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    rates = sorted(rates or DEFAULT_RATES)
     patterns = patterns or list(PATTERNS)
     topo = Topology.of(params)
     points = []
@@ -62,7 +63,9 @@ def bench_noc(mesh: str = "4x4", rates: list[float] | None = None,
         lowest = min(mine, key=lambda p: p["offered"])
         summary.append({
             "pattern": pattern,
+            # the most it accepted; a saturation figure only if some load was refused
             "saturation_throughput": max(p["accepted"] for p in mine),
+            "saturated": any(p["saturated"] for p in mine),
             "zero_load_measured": lowest["avg_latency"],
             "zero_load_offered": lowest["offered"],
             "zero_load_analytic": round(mean_zero_load(pattern, topo, beats), 2),
@@ -81,7 +84,7 @@ def bench_noc(mesh: str = "4x4", rates: list[float] | None = None,
     return {"mesh": {k: params[k] for k in ("nx", "ny", "nz", "flit_width", "buffer_depth",
                                             "order")},
             "beats": beats, "per_hop": PER_HOP, "warmup": WARMUP, "cycles": cycles,
-            "seed": seed, "points": points, "patterns": summary, "fpga": resources}
+            "seed": seed, "rates": rates, "points": points, "patterns": summary, "fpga": resources}
 
 
 def plot_noc(res: dict[str, Any], path: Path) -> Path:
