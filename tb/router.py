@@ -129,7 +129,10 @@ async def test_contention(dut):
     await tb.bench.start()
     rounds = 4
     for out in tb.ports:
-        dest = next(c for c in tb.topo.coords() if tb.topo.route(tb.pos, c) == out)
+        dest = next((c for c in tb.topo.coords() if tb.topo.route(tb.pos, c) == out), None)
+        if dest is None:  # a wrap link of a 2-router ring: the routing always takes the other
+            dut._log.info("no destination routes by %s: skipped", out)
+            continue
         senders = [q for q in tb.ports if q == "local" or q != out]
         heads = []
 

@@ -165,7 +165,7 @@ def test_mesh_testbench_2d_default():
 @pytest.mark.parametrize("overrides", [
     {"nx": "3", "ny": "3", "wrap": "true", "buffer_depth": "2", "flit_width": "10"},
     {"nx": "2", "ny": "2", "nz": "3", "order": "zyx"},
-    {"nx": "5", "ny": "1", "flit_width": "8"},
+    {"nx": "5", "ny": "1", "flit_width": "10"},
 ])
 def test_mesh_testbench_edges(overrides):
     unit = get_unit("mesh")
