@@ -6,6 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..sim.intops import GELU_MIN_ONE_BITS
 from .params import Param, check, validating
 from .rowstream import (
     REQUANT_EXTRA,
@@ -48,8 +49,10 @@ class Gelu(wiring.Component):
         Constants ``b``, ``c``, ``one`` (from :func:`heterotron.sim.intops.gelu_consts`) and
         the requantisation ``m`` (31 bits), ``e`` (0..63). A write is taken between rows, once
         every beat in the pipeline has left; while one waits no new row is accepted. A write
-        with ``b >= 0``, ``c > 0`` or ``one > 0`` (impossible for a real scale) is refused and
-        sets ``SfuError.CONFIG``.
+        with ``b >= 0``, ``c > 0`` (impossible for a real scale) or ``one > -2^8`` (a scale
+        coarser than about 1.3e-3, where the fixed ``2^14`` shift is too coarse for the
+        documented error bound; :func:`heterotron.sim.intops.gelu_consts_problem`) is refused
+        and sets ``SfuError.CONFIG``.
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
 
@@ -128,7 +131,7 @@ class Gelu(wiring.Component):
         m.d.comb += self.cfg.ready.eq(~busy)
         with m.If(self.cfg.valid & self.cfg.ready):
             p = self.cfg.payload
-            with m.If((p.b >= 0) | (p.c > 0) | (p.one > 0)):
+            with m.If((p.b >= 0) | (p.c > 0) | (p.one > -(1 << GELU_MIN_ONE_BITS))):
                 m.d.sync += self.error.eq(self.error | SfuError.CONFIG)
             with m.Else():
                 m.d.sync += [k.eq(p), nb.eq(-p.b)]

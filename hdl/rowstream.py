@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data
 
 __all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "delay", "mul_pipe",
            "mul_stages", "requant_stages", "REQUANT_EXTRA", "tree_stages", "tree_pipe",
-           "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest", "RowIssuer"]
+           "bit_length", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest", "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
@@ -162,18 +162,29 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Sig
     return out, mstages + REQUANT_EXTRA
 
 
+def bit_length(value):
+    """``value``'s bit length (0 for 0): the leading-one detector, a priority chain."""
+    out = Const(0, range(len(value) + 1))
+    for b in range(len(value)):
+        out = Mux(value[b], b + 1, out)
+    return out
+
+
 class SeqDivider(Elaboratable):
     """``quot = floor(num / den)`` for an unsigned ``num`` below ``2^num_width`` and
     ``1 <= den < 2^den_width``: restoring division, ``steps`` quotient bits per cycle, so a
     result takes ``ceil(num_width / steps)`` cycles. Operands are taken when ``start`` is high
     (and the divider is not ``busy``); ``done`` is high for one cycle with ``quot`` valid, and
     ``quot`` holds until the next start. A zero ``den`` gives all ones (callers never pass
-    one)."""
+    one). ``num_hi`` (0 unless driven) extends the numerator above its padded width
+    ``w = cycles * steps``: the quotient is ``floor((num_hi * 2^w + num) / den)``, which needs
+    ``num_hi < den`` so that it fits ``w`` bits."""
 
     def __init__(self, num_width: int, den_width: int, steps: int = 1):
         self.num_width, self.den_width, self.steps = num_width, den_width, steps
         self.start = Signal()
         self.num = Signal(num_width)
+        self.num_hi = Signal(den_width)
         self.den = Signal(den_width)
         self.busy = Signal()
         self.done = Signal()
@@ -204,7 +215,7 @@ class SeqDivider(Elaboratable):
             with m.If(count == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.Elif(self.start):
-            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den), quot.eq(0),
+            m.d.sync += [rem.eq(self.num_hi), num.eq(self.num), den.eq(self.den), quot.eq(0),
                          count.eq(self.cycles), self.busy.eq(1)]
         m.d.comb += self.quot.eq(quot)
         return m

@@ -8,6 +8,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..sim.intops import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM
 from .params import Param, ParamError, check, validating
 from .rowstream import (
     RowIngest,
@@ -15,6 +16,7 @@ from .rowstream import (
     SeqDivider,
     SfuError,
     bank_depth,
+    bit_length,
     delay,
     lane_valid,
     mul_pipe,
@@ -53,13 +55,14 @@ class Softmax(wiring.Component):
     2. **exp pass**: reads the row back, ``e = i_exp(x - max)`` per element (the quotient
        ``q = floor((x - max) / x0)`` by a five-step restoring division against the constant,
        pipelined), stores ``e`` and sums it;
-    3. **reciprocal**: ``floor(2^32 / sum)`` by a sequential divider (``ibert``, two quotient
-       bits a cycle, 17 cycles) or the division-free Newton reciprocal (``divfree``: leading-one
-       normalisation and seven products on one pipelined multiplier, 37 cycles; no divider
-       circuit);
-    4. **output**: ``min(e * recip >> (32 - out_width), 2^out_width - 1)`` per element,
-       ``lanes`` per cycle; the top corner (one element taking the whole mass, which would be
-       ``2^out_width``) saturates.
+    3. **reciprocal**: the row sum's normalisation ``sh = max(0, bitlen(sum) - 16)``, then
+       ``floor(2^(32 + sh) / sum)`` by a sequential divider (``ibert``, a cycle for ``sh``, two
+       quotient bits a cycle, 18 cycles) or the division-free Newton reciprocal (``divfree``:
+       leading-one normalisation and seven products on one pipelined multiplier, 37 cycles; no
+       divider circuit); the reciprocal keeps 17 or more significant bits for any row sum;
+    4. **output**: ``min(round(e * recip / 2^(32 + sh - out_width)), 2^out_width - 1)`` per
+       element (round half up), ``lanes`` per cycle; the top corner (one element taking the
+       whole mass, which would be ``2^out_width``) saturates.
 
     A row of ``L`` elements costs ``ceil(L / lanes)`` cycles in stages 1, 2 and 4 and the
     reciprocal's cycles in stage 3; the stages overlap, so the row rate is set by the slowest.
@@ -74,7 +77,10 @@ class Softmax(wiring.Component):
     in_width : int
         Signed input width, 2 to 32 (int32 attention scores).
     exp_width : int
-        Width of i-exp's output, 4 to 30: the constant ``c`` must be below ``2^exp_width``.
+        Width of i-exp's output, 17 to 30: the constant ``c`` must be below ``2^exp_width``.
+        ``c = floor(2.79 / S^2)`` for input scale ``S`` (:func:`heterotron.sim.intops.
+        exp_width_for` gives the width a scale needs): 28 bits hold scales down to 1.02e-4
+        (all-MiniLM-L6-v2's attention scores need 27).
     variant : str
         ``ibert`` or ``divfree`` (the reciprocal, see above).
     out_width : int
@@ -88,8 +94,10 @@ class Softmax(wiring.Component):
     cfg : In(stream.Signature(...))
         i-exp's ``x0``, ``b``, ``c`` (:func:`heterotron.sim.intops.exp_consts`). A write is
         taken once no row is being computed; while one waits no new row starts. It is refused
-        (``SfuError.CONFIG``) unless ``x0 < 0``, ``b >= -x0`` and ``c >= 1`` -- the conditions
-        under which ``0 <= e <= c`` and every row sum is at least 1.
+        (``SfuError.CONFIG``) unless ``x0 < 0``, ``b >= -x0`` and ``c >= 2^16``
+        (:func:`heterotron.sim.intops.exp_consts_problem`): the first two make
+        ``0 <= e <= c`` and every row sum at least 1, the last refuses scales coarser than
+        0.0065, where i-exp is too coarse for the documented error bound.
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
     """
@@ -98,15 +106,16 @@ class Softmax(wiring.Component):
         Param("lanes", int, 4, "elements per beat", 1, 16),
         Param("max_len", int, 512, "longest row in elements", 1, 4096, multiple_of="lanes"),
         Param("in_width", int, 32, "signed input width", 2, 32),
-        Param("exp_width", int, 24, "width of i-exp's output (c < 2^exp_width)", 4, 30),
+        Param("exp_width", int, 28, "width of i-exp's output (c < 2^exp_width)",
+              EXP_MIN_BITS + 1, EXP_MAX_WIDTH),
         Param("variant", str, "ibert", "reciprocal circuit", choices=("ibert", "divfree")),
         Param("out_width", int, 8, "unsigned output width", 2, 16),
     )
 
     EXP_STAGES = 10  # exp pass: read, clamp, 5 division steps, multiply, shift, write/sum
-    OUT_STAGES = 3  # output pass: read, multiply, shift/saturate
+    OUT_STAGES = 4  # output pass: read, multiply, normalising shift, round/saturate
 
-    def __init__(self, *, lanes=4, max_len=512, in_width=32, exp_width=24, variant="ibert",
+    def __init__(self, *, lanes=4, max_len=512, in_width=32, exp_width=28, variant="ibert",
                  out_width=8):
         with validating(self):
             check(self.PARAMS, lanes=lanes, max_len=max_len, in_width=in_width,
@@ -153,11 +162,11 @@ class Softmax(wiring.Component):
 
     @property
     def recip_cycles(self) -> int:
-        """Cycles of the reciprocal circuit per row: the divider's 33 quotient bits, two a
-        cycle, or the Newton sequence (bit length, normalisation, seed, three steps of two
-        products)."""
+        """Cycles of the reciprocal circuit per row: the normalisation and the divider's 34
+        quotient bits, two a cycle, or the Newton sequence (bit length, normalisation, seed,
+        three steps of two products)."""
         if self._variant == "ibert":
-            return -(-33 // DIV_STEPS)
+            return 1 + -(-34 // DIV_STEPS)
         return 4 + 4 * DF_ITERS + (1 + 2 * DF_ITERS) * self.df_wait
 
     def _plan(self) -> dict:
@@ -176,7 +185,7 @@ class Softmax(wiring.Component):
         pipelined product), reciprocal, output pass (pipelined product); measured in
         ``tests/test_sfu.py``. See :meth:`row_latency` for longer rows."""
         plan = self._plan()
-        return (22 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
+        return (23 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
                 + self.recip_cycles)
 
     @property
@@ -209,7 +218,7 @@ class Softmax(wiring.Component):
         m.d.comb += self.cfg.ready.eq((x_held == 0) & (e_held == 0))
         with m.If(self.cfg.valid & self.cfg.ready):
             p = self.cfg.payload
-            with m.If((p.x0 >= 0) | (p.b + p.x0 < 0) | (p.c == 0)):
+            with m.If((p.x0 >= 0) | (p.b + p.x0 < 0) | (p.c < (1 << EXP_MIN_BITS))):
                 m.d.sync += self.error.eq(self.error | SfuError.CONFIG)
             with m.Else():
                 m.d.sync += [k.eq(p), x0_30.eq(p.x0 * 30), nx0.eq(-p.x0)]
@@ -327,8 +336,9 @@ class Softmax(wiring.Component):
                      d2.sum.eq(total), f23.w_data.eq(d2), f23.w_en.eq(t.valid & t.last)]
 
         # -- stage 3: reciprocal ------------------------------------------------------------
+        sh_shape = range(max(2, sw - RECIP_NORM + 1))
         desc3 = data.StructLayout({"bank": range(E_BANKS), "last": idx_shape,
-                                   "n": len(beat.n), "recip": unsigned(34)})
+                                   "n": len(beat.n), "recip": unsigned(34), "sh": sh_shape})
         cur3 = Signal(desc3, name="s3_desc")
         busy3 = Signal()
         done3 = Signal()
@@ -343,14 +353,30 @@ class Softmax(wiring.Component):
             m.d.sync += done3.eq(0)
         finish = Signal()
         recip = Signal(34)
+        sh = Signal(sh_shape)
         with m.If(finish):
-            m.d.sync += [busy3.eq(0), done3.eq(1), cur3.recip.eq(recip)]
+            m.d.sync += [busy3.eq(0), done3.eq(1), cur3.recip.eq(recip), cur3.sh.eq(sh)]
         if self._variant == "ibert":
-            m.submodules.div = div = SeqDivider(33, sw, DIV_STEPS)
-            m.d.comb += [div.start.eq(start3), div.num.eq(1 << 32), div.den.eq(d2r.sum),
-                         finish.eq(div.done), recip.eq(div.quot)]
+            # a cycle to normalise: sh from the latched sum's bit length, then the divider on
+            # 2^(32 + sh) (its top part through num_hi, below the sum)
+            m.submodules.div = div = SeqDivider(34, sw, DIV_STEPS)
+            sum3 = Signal(sw, name="s3_sum")
+            pre3 = Signal(name="s3_pre")
+            sh3 = Signal(sh_shape, name="s3_sh")
+            blen = bit_length(sum3)
+            sh_now = Signal(sh_shape, name="s3_sh_now")
+            m.d.comb += sh_now.eq(Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0))
+            num = Signal(34 + sh_shape.stop, name="s3_num")  # 2^(32 + sh) for sh <= sw - 16
+            m.d.sync += pre3.eq(start3)
+            with m.If(start3):
+                m.d.sync += sum3.eq(d2r.sum)
+            with m.If(pre3):
+                m.d.sync += sh3.eq(sh_now)
+            m.d.comb += [num.eq(Const(1 << 32, 33) << sh_now), div.start.eq(pre3),
+                         div.num.eq(num[:34]), div.num_hi.eq(num[34:]), div.den.eq(sum3),
+                         finish.eq(div.done), recip.eq(div.quot), sh.eq(sh3)]
         else:
-            self._divfree(m, start3, d2r.sum, finish, recip)
+            self._divfree(m, start3, d2r.sum, finish, recip, sh)
 
         # -- stage 4: output ----------------------------------------------------------------
         advance = Signal()
@@ -360,27 +386,31 @@ class Softmax(wiring.Component):
                      e_rd.en.eq(advance)]
         m.d.sync += e_held.eq(e_held + s2.start - s4.done)
         o_tag = Signal(data.StructLayout({"valid": 1, "n": len(beat.n), "last": 1,
-                                          "recip": unsigned(34)}))
+                                          "recip": unsigned(34), "sh": sh_shape}))
         m.d.comb += [o_tag.valid.eq(s4.active), o_tag.n.eq(s4.cur.n), o_tag.last.eq(s4.last),
-                     o_tag.recip.eq(s4.cur.recip)]
+                     o_tag.recip.eq(s4.cur.recip), o_tag.sh.eq(s4.cur.sh)]
         o_tag = reg(m, advance, o_tag, "s4_t1")  # the buffer read lands with it
         e_val = [reg(m, advance, e_rd.data[j], f"s4_e{j}") for j in range(L)]
         o_tag = reg(m, advance, o_tag, "s4_t2")
         prods = [mul_pipe(m, advance, e_val[j], o_tag.recip, f"s4_mul{j}") for j in range(L)]
         o_tag = delay(m, advance, o_tag, self._plan()["out"], "s4_tm")
+        # e * recip / 2^(31 + sh - out_width): one bit more than the output, for the rounding
+        halves = [reg(m, advance, (prods[j] >> (31 - self._out_width)) >> o_tag.sh,
+                      f"s4_half{j}") for j in range(L)]
+        o_tag = reg(m, advance, o_tag, "s4_t3")
         top = (1 << self._out_width) - 1
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(o_tag.valid), self.o.payload.n.eq(o_tag.n),
                          self.o.payload.last.eq(o_tag.last)]
             for j in range(L):
-                scaled = prods[j] >> (32 - self._out_width)
+                scaled = (halves[j] + 1) >> 1  # round half up
                 m.d.sync += self.o.payload.data[j].eq(Mux(scaled > top, top, scaled))
         return m
 
-    def _divfree(self, m, start, s, finish, recip):
+    def _divfree(self, m, start, s, finish, recip, sh):
         """:func:`heterotron.sim.intops.reciprocal_divfree` on one pipelined multiplier: bit
         length, normalisation, the linear seed, three Newton steps of two products each,
-        final shift. ``finish`` pulses with ``recip`` valid."""
+        final shift. ``finish`` pulses with ``recip`` and its normalisation ``sh`` valid."""
         sw = len(s)
         sval = Signal(sw, name="df_s")
         klen = Signal(range(sw + 1), name="df_k")
@@ -392,10 +422,7 @@ class Softmax(wiring.Component):
         ma = Signal(signed(DF_W), name="df_ma")
         mb = Signal(signed(DF_W), name="df_mb")
         prod = mul_pipe(m, None, ma, mb, "df_mul")
-        # bit length of s: the leading-one detector
-        blen = Const(0, range(sw + 1))
-        for b in range(sw):
-            blen = Mux(sval[b], b + 1, blen)
+        blen = bit_length(sval)
         norm = Mux(klen >= DF_F, sval >> (klen - DF_F).as_unsigned(),
                    sval << (DF_F - klen).as_unsigned())
         # the schedule: one action per cycle; a product is ready DF_WAIT cycles after its
@@ -409,8 +436,12 @@ class Softmax(wiring.Component):
         step = Signal(range(len(steps) + 1), name="df_step")
         running = Signal()
         final = Signal(unsigned(DF_W))
-        m.d.comb += [final.eq(Mux(klen >= 2, y >> (klen - 2).as_unsigned(), y << 1)),
-                     recip.eq(final)]
+        # 2^(32 + sh) / s = y 2^(32 + sh - klen - F): with sh = max(0, klen - 16) the shift
+        # is 14 for long sums and klen - 2 below
+        m.d.comb += [final.eq(Mux(klen >= RECIP_NORM, y >> (RECIP_NORM - 2),
+                                  Mux(klen >= 2, y >> (klen - 2).as_unsigned(), y << 1))),
+                     recip.eq(final),
+                     sh.eq(Mux(klen > RECIP_NORM, klen - RECIP_NORM, 0))]
         with m.If(start):
             m.d.sync += [sval.eq(s), step.eq(0), running.eq(1)]
         with m.Elif(running):

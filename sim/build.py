@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from amaranth.lib import data, wiring
 from heterotron.hdl.params import defaults
 from heterotron.hdl.units import Unit
 
-__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest", "locked"]
+__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest", "generator_sources", "locked"]
 
 
 def build_root() -> Path:
@@ -35,13 +37,54 @@ def _version() -> str:
         return "0+unknown"
 
 
-def source_digest() -> str:
-    """Hash of the generator's HDL sources: a changed component invalidates every cache entry."""
+def _imports(path: Path, module: str) -> set[str]:
+    """The ``heterotron.*`` modules a source file imports (relative imports resolved)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else node.module
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # names that are submodules
+    return {name for name in found if name.startswith("heterotron.")}
+
+
+def generator_sources() -> list[Path]:
+    """Every file the generator's output can depend on: the ``heterotron.hdl`` package (all
+    of it, subpackages too) and, transitively, every ``heterotron`` module it imports (the
+    golden constants the RTL takes from ``heterotron.sim``, say)."""
     import heterotron.hdl as hdl
 
+    root = Path(next(iter(hdl.__path__)))
+    todo = [(p, "heterotron.hdl." + ".".join(p.relative_to(root).with_suffix("").parts)
+             .removesuffix(".__init__").removesuffix("__init__"))
+            for p in sorted(root.rglob("*.py"))]
+    todo = [(p, m.rstrip(".")) for p, m in todo]
+    seen: dict[Path, str] = {}
+    while todo:
+        path, module = todo.pop()
+        if path in seen:
+            continue
+        seen[path] = module
+        for name in _imports(path, module):
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                continue
+            if spec is not None and spec.origin and spec.origin.endswith(".py"):
+                todo.append((Path(spec.origin), name))
+    return sorted(seen)
+
+
+def source_digest() -> str:
+    """Hash of the generator's sources (:func:`generator_sources`): a changed component, or a
+    changed golden constant a component imports, invalidates every cache entry."""
     h = hashlib.sha256()
-    for path in sorted(Path(next(iter(hdl.__path__))).glob("*.py")):
-        h.update(path.name.encode())
+    for path in generator_sources():
+        h.update(f"{path.parent.name}/{path.name}".encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 

@@ -117,16 +117,19 @@ def requantize(z, m, e, out_bits: int = 8, *, y=None, m_y=None, e_y=None) -> np.
     return saturate(acc, out_bits)
 
 
-def dyadic(ratio: float, m_bits: int = M_BITS, max_shift: int | None = None) -> tuple[int, int]:
+def dyadic(ratio: float, m_bits: int = M_BITS, max_shift: int | None = None,
+           min_bits: int = 1) -> tuple[int, int]:
     """Fold a positive real scale ratio into ``(m, e)`` with ``ratio ~= m / 2^e``.
 
     ``frexp(ratio) = (mant, e2)`` with ``mant`` in [0.5, 1); ``m = round(mant * 2^m_bits)``
     (half up), ``e = m_bits - e2``. When ``mant`` rounds up to ``2^m_bits`` the pair is
     renormalised. When ``max_shift`` is given and ``e`` exceeds it, ``m`` is shifted right (with
-    rounding) until ``e == max_shift``, giving up low mantissa bits.
+    rounding) until ``e == max_shift``, giving up low mantissa bits; fewer than ``min_bits``
+    left (``m < 2^(min_bits - 1)``, a relative error that can pass ``2^-min_bits``) is refused.
 
     Raises :class:`ValueError` when ``ratio`` is not a positive finite number, when it is too
-    large for a right shift (``e < 0``), or too small to keep any mantissa bit.
+    large for a right shift (``e < 0``: ratios from ``2^m_bits - 0.5`` up, whose mantissa rounds
+    to ``2^m_bits``), or too small to keep ``min_bits`` mantissa bits.
     """
     if not 1 <= m_bits <= M_BITS:
         raise ValueError(f"m_bits must be in [1, {M_BITS}], not {m_bits}")
@@ -141,15 +144,18 @@ def dyadic(ratio: float, m_bits: int = M_BITS, max_shift: int | None = None) -> 
     if e < 0:
         raise ValueError(
             f"scale ratio {ratio!r} is too large: needs a left shift of {-e} bits "
-            f"(with m_bits={m_bits}, ratios below 2^{m_bits} work)"
+            f"(with m_bits={m_bits}, ratios below 2^{m_bits} - 0.5 work)"
         )
     if max_shift is not None and e > max_shift:
         drop = e - max_shift
         m = (m + (1 << (drop - 1))) >> drop
         e = max_shift
-        if m == 0:
+        if m < 1 << (min_bits - 1):
             raise ValueError(
-                f"scale ratio {ratio!r} is too small for max_shift={max_shift}: it rounds to 0"
+                f"scale ratio {ratio!r} is too small for max_shift={max_shift}: "
+                + ("it rounds to 0" if m == 0 else
+                   f"m = {m} keeps {m.bit_length()} mantissa bits, fewer than {min_bits}")
+                + f" (ratios from 2^-{max_shift - min_bits + 1} keep {min_bits})"
             )
         if m == 1 << m_bits:  # rounding carried into a new top bit; the value is exact
             m >>= 1

@@ -12,18 +12,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intops import ExpConsts, GeluConsts, LayerNormConsts, i_gelu, layernorm_int, softmax_int
+from .intops import (
+    EXP_MAX_WIDTH,
+    ExpConsts,
+    GeluConsts,
+    LayerNormConsts,
+    check_exp_consts,
+    i_gelu,
+    layernorm_int,
+    softmax_int,
+)
 from .requantizer import requantize
 
 __all__ = ["softmax_row", "gelu_values", "layernorm_row", "residual_values", "float_errors"]
 
 
 def softmax_row(row, x0: int, b: int, c: int, *, variant: str = "ibert", out_bits: int = 8,
-                max_len: int | None = None) -> np.ndarray:
-    """One row through the Softmax unit (``x0, b, c`` of :func:`~.intops.exp_consts`)."""
+                max_len: int | None = None, exp_width: int = EXP_MAX_WIDTH) -> np.ndarray:
+    """One row through the Softmax unit (``x0, b, c`` of :func:`~.intops.exp_consts`);
+    constants the unit of ``exp_width`` refuses raise :class:`ValueError` with the rule's
+    message (:func:`~.intops.exp_consts_problem`)."""
     row = np.asarray(row, dtype=np.int64)[:max_len]
-    return softmax_int(row[None, :], ExpConsts(int(x0), int(b), int(c), 0.0), variant=variant,
-                       out_bits=out_bits)[0]
+    k = ExpConsts(int(x0), int(b), int(c), 0.0)
+    check_exp_consts(k, exp_width)
+    return softmax_int(row[None, :], k, variant=variant, out_bits=out_bits)[0]
 
 
 def gelu_values(x, b: int, c: int, one: int, m: int, e: int, out_bits: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from heterotron.hdl.gelu import Gelu
 from heterotron.hdl.params import defaults
 from heterotron.hdl.rowstream import SfuError
-from heterotron.sim.intops import gelu_consts
+from heterotron.sim.intops import GELU_MAX_SCALE, gelu_consts, gelu_consts_problem
 from heterotron.sim.requantizer import dyadic
 from heterotron.sim.sfu import gelu_values
 
@@ -34,15 +34,16 @@ class GeluBench(RowBench):
         def ok(name, v):
             w = self.field[name].shape.width
             return -(1 << (w - 1)) <= v < (1 << (w - 1))
-        return (all(ok(n, k[n]) for n in ("b", "c", "one")) and k["b"] < 0 and k["c"] <= 0
-                and k["one"] <= 0)
+        return (all(ok(n, k[n]) for n in ("b", "c", "one"))
+                and gelu_consts_problem(k["b"], k["c"], k["one"]) is None)
 
     def rand_consts(self) -> dict:
-        """A real input scale (fields permitting) and an output scale that uses the output
-        range, or now and then any multiplier and shift."""
+        """A real input scale the unit accepts (fields permitting) and an output scale that
+        uses the output range, or now and then any multiplier and shift."""
         rng = self.rng
+        hi = np.log2(GELU_MAX_SCALE * 0.999)
         while True:
-            s = 2.0 ** rng.uniform(np.log2(0.3 / 2**self.W), np.log2(max(0.05, 2.0 / 2**self.W)))
+            s = 2.0 ** rng.uniform(min(np.log2(0.3 / 2**self.W), hi - 2), hi)
             g = gelu_consts(s)
             k = {"b": g.b, "c": g.c, "one": g.one}
             if rng.random() < 0.8:

@@ -13,7 +13,7 @@ import numpy as np
 from heterotron.hdl.params import defaults
 from heterotron.hdl.rowstream import SfuError
 from heterotron.hdl.softmax import Softmax
-from heterotron.sim.intops import EXP_C, exp_consts
+from heterotron.sim.intops import EXP_C, EXP_MIN_BITS, exp_consts, exp_consts_problem
 from heterotron.sim.sfu import softmax_row
 
 from .common import make_rng, params_from_env, vectors_from_env
@@ -32,23 +32,25 @@ class SoftmaxBench(RowBench):
         self.consts = None
 
     def fits(self, x0: int, b: int, c: int) -> bool:
+        """Accepted by the unit (the golden rule) and within the port's field widths."""
         h = self.field["x0"].shape.width - 1
-        return -(1 << h) <= x0 < 0 and -x0 <= b < (1 << (h + 1)) and 1 <= c < (1 << self.E)
+        return (exp_consts_problem(x0, b, c, self.E) is None and -(1 << h) <= x0
+                and b < (1 << (h + 1)))
 
     def rand_consts(self) -> tuple[int, int, int]:
-        """From a real scale (c between 2^(E/2) and 2^E) most of the time; otherwise any
-        constants the port accepts."""
+        """From a real scale (c between 2^16 or 2^(E/2) and 2^E) most of the time; otherwise
+        any constants the port accepts."""
         rng = self.rng
         while True:
             if rng.random() < 0.7:
-                c_target = 2.0 ** rng.uniform(max(2.0, self.E / 2), self.E - 0.01)
+                c_target = 2.0 ** rng.uniform(max(EXP_MIN_BITS, self.E / 2), self.E - 0.01)
                 k = exp_consts(math.sqrt(EXP_C / c_target))
                 x0, b, c = k.x0, k.b, k.c
             else:
                 h = self.field["x0"].shape.width - 1
                 x0 = -int(rng.integers(1, 1 << h, endpoint=True))
                 b = int(rng.integers(-x0, (1 << (h + 1)) - 1, endpoint=True))
-                c = int(rng.integers(1, (1 << self.E) - 1, endpoint=True))
+                c = int(rng.integers(1 << EXP_MIN_BITS, (1 << self.E) - 1, endpoint=True))
             if self.fits(x0, b, c):
                 return x0, b, c
 
@@ -72,7 +74,7 @@ class SoftmaxBench(RowBench):
     def row(self, values, context: str) -> None:
         x0, b, c = self.consts
         want = softmax_row(values, x0, b, c, variant=self.p["variant"],
-                           out_bits=self.p["out_width"], max_len=self.N)
+                           out_bits=self.p["out_width"], max_len=self.N, exp_width=self.E)
         self.send_row({"i": values}, want, context)
 
 
@@ -116,7 +118,7 @@ async def test_corners(dut):
 
     # A refused write (x0 >= 0) flags CONFIG and keeps the constants.
     kept = tb.consts
-    await tb.set_consts((1, 5, 7))
+    await tb.set_consts((1, 5, 1 << EXP_MIN_BITS))
     tb.row(tb.rand_row(tb.N), "after a refused configuration")
     await tb.drain()
     assert tb.consts == kept
@@ -127,6 +129,30 @@ async def test_corners(dut):
     await tb.drain()
     assert tb.error_flags() == SfuError.CONFIG | SfuError.LENGTH
     dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+
+
+@cocotb.test()
+async def test_refuses_coarse_scales(dut):
+    """Constants of a scale coarser than the unit computes within its bound (c < 2^16, the
+    golden rule of exp_consts_problem) are refused: CONFIG, and the old constants stay."""
+    tb = SoftmaxBench(dut, make_rng(4))
+    await tb.bench.start()
+    await tb.set_consts(tb.rand_consts())
+    kept = tb.consts
+    k = exp_consts(math.sqrt(EXP_C / (1 << EXP_MIN_BITS)) * 0.999)  # the coarsest accepted
+    assert k.c >= 1 << EXP_MIN_BITS
+    coarse = (k.x0, k.b, (1 << EXP_MIN_BITS) - 1)
+    assert exp_consts_problem(*coarse, tb.E) is not None
+    await tb.set_consts(coarse)
+    tb.row(tb.rand_row(tb.N), "after a refused coarse scale")
+    await tb.drain()
+    assert tb.consts == kept
+    assert tb.error_flags() == SfuError.CONFIG
+    await tb.set_consts((k.x0, k.b, k.c))
+    assert tb.consts == (k.x0, k.b, k.c)
+    for n in (1, tb.lanes, tb.N):
+        tb.row(tb.rand_row(n), f"coarsest accepted scale, length {n}")
+    await tb.drain()
 
 
 @cocotb.test(skip=not BENCH)

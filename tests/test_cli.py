@@ -156,3 +156,23 @@ def test_unchanged_builds_are_reused(tmp_path, monkeypatch):
     runs = [run_sim(unit, params, seed=s, vectors=200) for s in (1, 2)]
     assert all(r.ok for r in runs)
     assert runs[0].build_seconds > 0 and runs[1].build_seconds == 0.0
+
+
+def test_cache_sees_the_golden_constants_the_rtl_imports(monkeypatch):
+    """The generator's digest covers every file its output depends on: all of hdl/ and the
+    golden modules the components import constants from (a changed Softmax normalisation or
+    PiM ADC constant must not hand back stale Verilog)."""
+    from pathlib import Path
+
+    from heterotron.sim import build
+
+    names = {f"{p.parent.name}/{p.name}" for p in build.generator_sources()}
+    assert {"hdl/softmax.py", "hdl/rowstream.py", "sim/intops.py", "sim/requantizer.py",
+            "sim/pim.py"} <= names
+    assert not any(n.startswith("tb/") or n.startswith("scripts/") for n in names)
+    before = build.source_digest()
+    intops = next(p for p in build.generator_sources() if p.name == "intops.py")
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda self: real(self) + (b"# edited" if self == intops else b""))
+    assert build.source_digest() != before
