@@ -140,6 +140,26 @@ def test_softmax_within_documented_bound(c_bits, length, kind, out_bits, seed):
         assert np.all(np.abs(total - (1 << out_bits)) <= length / 2 + 1), total
 
 
+@pytest.mark.parametrize("scale", [S_FINEST * 1.0001, S_COARSEST * 0.9999])
+@pytest.mark.parametrize("length", [1, 2, 4095, 4096])
+def test_softmax_at_the_edges_of_the_accepted_range(scale, length):
+    """The finest scale (c just below 2^30, the widest exp_width) and the coarsest (c just
+    above 2^16), the shortest and the longest rows: within the bound, both variants."""
+    k = exp_consts(scale)
+    assert (1 << EXP_MIN_BITS) <= k.c < (1 << EXP_MAX_WIDTH)
+    rng = np.random.default_rng(length)
+    for kind in range(5):
+        x = _rows(rng, kind, 2, length, scale)
+        want = softmax(x * scale)
+        for variant in ("ibert", "divfree"):
+            p = softmax_int(x, k, variant=variant)
+            assert np.abs(p / 256 - want).max() <= softmax_error_bound(k.c), (kind, variant)
+    with pytest.raises(ValueError):
+        exp_consts(S_FINEST * 0.999)
+    with pytest.raises(ValueError):
+        exp_consts(S_COARSEST * 1.001)
+
+
 def test_softmax_keeps_its_precision_on_long_rows_at_minilm_scales():
     """all-MiniLM-L6-v2's score constants are 23 to 27 bits wide: at those scales, rows of
     every length from 1 to 512 and long ones to 4096 stay within the bound (the unnormalised
