@@ -176,15 +176,12 @@ class SeqDivider(Elaboratable):
     result takes ``ceil(num_width / steps)`` cycles. Operands are taken when ``start`` is high
     (and the divider is not ``busy``); ``done`` is high for one cycle with ``quot`` valid, and
     ``quot`` holds until the next start. A zero ``den`` gives all ones (callers never pass
-    one). ``num_hi`` (0 unless driven) extends the numerator above its padded width
-    ``w = cycles * steps``: the quotient is ``floor((num_hi * 2^w + num) / den)``, which needs
-    ``num_hi < den`` so that it fits ``w`` bits."""
+    one)."""
 
     def __init__(self, num_width: int, den_width: int, steps: int = 1):
         self.num_width, self.den_width, self.steps = num_width, den_width, steps
         self.start = Signal()
         self.num = Signal(num_width)
-        self.num_hi = Signal(den_width)
         self.den = Signal(den_width)
         self.busy = Signal()
         self.done = Signal()
@@ -215,7 +212,7 @@ class SeqDivider(Elaboratable):
             with m.If(count == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.Elif(self.start):
-            m.d.sync += [rem.eq(self.num_hi), num.eq(self.num), den.eq(self.den), quot.eq(0),
+            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den), quot.eq(0),
                          count.eq(self.cycles), self.busy.eq(1)]
         m.d.comb += self.quot.eq(quot)
         return m

@@ -56,8 +56,9 @@ class Softmax(wiring.Component):
        ``q = floor((x - max) / x0)`` by a five-step restoring division against the constant,
        pipelined), stores ``e`` and sums it;
     3. **reciprocal**: the row sum's normalisation ``sh = max(0, bitlen(sum) - 16)``, then
-       ``floor(2^(32 + sh) / sum)`` by a sequential divider (``ibert``, a cycle for ``sh``, two
-       quotient bits a cycle, 18 cycles) or the division-free Newton reciprocal (``divfree``:
+       ``floor(2^32 / (sum >> sh))`` by a sequential divider on a 16-bit divisor (``ibert``,
+       two cycles for the normalisation, two quotient bits a cycle: 19 cycles) or the
+       division-free Newton reciprocal (``divfree``:
        leading-one normalisation and seven products on one pipelined multiplier, 37 cycles; no
        divider circuit); the reciprocal keeps 17 or more significant bits for any row sum;
     4. **output**: ``min(round(e * recip / 2^(32 + sh - out_width)), 2^out_width - 1)`` per
@@ -162,11 +163,11 @@ class Softmax(wiring.Component):
 
     @property
     def recip_cycles(self) -> int:
-        """Cycles of the reciprocal circuit per row: the normalisation and the divider's 34
-        quotient bits, two a cycle, or the Newton sequence (bit length, normalisation, seed,
-        three steps of two products)."""
+        """Cycles of the reciprocal circuit per row: the normalisation (bit length, then the
+        shifted divisor) and the divider's 33 quotient bits, two a cycle, or the Newton
+        sequence (bit length, normalisation, seed, three steps of two products)."""
         if self._variant == "ibert":
-            return 1 + -(-34 // DIV_STEPS)
+            return 2 + -(-33 // DIV_STEPS)
         return 4 + 4 * DF_ITERS + (1 + 2 * DF_ITERS) * self.df_wait
 
     def _plan(self) -> dict:
@@ -357,23 +358,20 @@ class Softmax(wiring.Component):
         with m.If(finish):
             m.d.sync += [busy3.eq(0), done3.eq(1), cur3.recip.eq(recip), cur3.sh.eq(sh)]
         if self._variant == "ibert":
-            # a cycle to normalise: sh from the latched sum's bit length, then the divider on
-            # 2^(32 + sh) (its top part through num_hi, below the sum)
-            m.submodules.div = div = SeqDivider(34, sw, DIV_STEPS)
+            # two cycles to normalise: sh from the latched sum's bit length, then the divisor
+            # sum >> sh (at most RECIP_NORM bits); then the divider on it
+            m.submodules.div = div = SeqDivider(33, RECIP_NORM, DIV_STEPS)
             sum3 = Signal(sw, name="s3_sum")
-            pre3 = Signal(name="s3_pre")
+            pre3 = Signal(2, name="s3_pre")
             sh3 = Signal(sh_shape, name="s3_sh")
             blen = bit_length(sum3)
-            sh_now = Signal(sh_shape, name="s3_sh_now")
-            m.d.comb += sh_now.eq(Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0))
-            num = Signal(34 + sh_shape.stop, name="s3_num")  # 2^(32 + sh) for sh <= sw - 16
-            m.d.sync += pre3.eq(start3)
+            m.d.sync += pre3.eq(Cat(start3, pre3[0]))
             with m.If(start3):
                 m.d.sync += sum3.eq(d2r.sum)
-            with m.If(pre3):
-                m.d.sync += sh3.eq(sh_now)
-            m.d.comb += [num.eq(Const(1 << 32, 33) << sh_now), div.start.eq(pre3),
-                         div.num.eq(num[:34]), div.num_hi.eq(num[34:]), div.den.eq(sum3),
+            with m.If(pre3[0]):
+                m.d.sync += sh3.eq(Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0))
+            m.d.comb += [div.start.eq(pre3[1]), div.num.eq(1 << 32),
+                         div.den.eq((sum3 >> sh3)[:RECIP_NORM]),
                          finish.eq(div.done), recip.eq(div.quot), sh.eq(sh3)]
         else:
             self._divfree(m, start3, d2r.sum, finish, recip, sh)

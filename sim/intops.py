@@ -124,10 +124,11 @@ EXP_MIN_BITS = 16
 #: uniform and narrow rows in ``tests/test_intops.py``; ``docs/number-formats.md`` has the
 #: table). The ``2^-out_bits`` is the output's rounding and its saturation at ``p = 1``.
 SOFTMAX_ERROR_BOUND = {16: 0.0065, 18: 0.0025, 20: 0.0010}
-#: Row sums of more than ``RECIP_NORM`` bits are normalised before the reciprocal: the
-#: reciprocal is ``floor(2^(32 + sh) / sum)`` with ``sh = max(0, bitlen(sum) - RECIP_NORM)``,
-#: so it keeps at least ``33 - RECIP_NORM`` significant bits for any row sum (without the
-#: shift, ``floor(2^32 / sum)`` keeps fewer than 8 once the sum passes 2^24 and is 0 past
+#: Row sums of more than ``RECIP_NORM`` bits are normalised before the reciprocal: with
+#: ``sh = max(0, bitlen(sum) - RECIP_NORM)`` the reciprocal is ``floor(2^32 / (sum >> sh))``
+#: (``~2^(32 + sh) / sum``), so it keeps at least ``33 - RECIP_NORM`` significant bits for any
+#: row sum and the divider's divisor is at most ``RECIP_NORM`` bits wide (without the shift,
+#: ``floor(2^32 / sum)`` keeps fewer than 8 bits once the sum passes 2^24 and is 0 past
 #: 2^32); the output shift grows by ``sh``.
 RECIP_NORM = 16
 
@@ -246,12 +247,13 @@ def recip_shift(s: np.ndarray) -> np.ndarray:
 
 
 def reciprocal_ibert(s: np.ndarray) -> np.ndarray:
-    """``floor(2^(32 + sh) / s)`` for ``s >= 1``, ``sh`` from :func:`recip_shift` (the
-    ``ibert`` unit's divider)."""
+    """``floor(2^32 / (s >> sh))`` for ``s >= 1``, ``sh`` from :func:`recip_shift` (the
+    ``ibert`` unit's divider, on a divisor of at most ``RECIP_NORM`` bits): within
+    ``2^-(RECIP_NORM - 1)`` relative of ``2^(32 + sh) / s``."""
     s = np.asarray(s, dtype=I64)
     if np.any(s < 1):
         raise ValueError("reciprocal of a non-positive sum")
-    return (I64(1) << (32 + recip_shift(s))) // s
+    return (I64(1) << 32) // (s >> recip_shift(s))
 
 
 def reciprocal_divfree(s: np.ndarray, frac_bits: int = 30, iters: int = 3) -> np.ndarray:
@@ -287,7 +289,7 @@ def softmax_int(x: np.ndarray, k: ExpConsts, *, variant: str = "ibert",
 
     ``x`` (scale S, integers below 2^31 in magnitude: the unit's widest input) minus its row
     max -> i-exp -> row sum -> normalisation ``sh = max(0, bitlen(sum) - 16)`` -> reciprocal
-    ``floor(2^(32 + sh) / sum)`` (``ibert``) or the division-free Newton reciprocal
+    ``floor(2^32 / (sum >> sh))`` (``ibert``) or the division-free Newton reciprocal
     (``divfree``) -> ``e * recip / 2^(32 + sh - out_bits)`` rounded half up. A row whose max
     element takes (nearly) all the mass would give ``2^out_bits``: it **saturates** to ``2^out_bits - 1`` so the output
     stays ``out_bits`` wide. ``mask`` (bool, True = keep) removes elements: they get 0 and do

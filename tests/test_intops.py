@@ -270,9 +270,15 @@ def test_softmax_refuses_inputs_it_cannot_take():
 
 
 @given(st.integers(1, 1 << 45))
-def test_divfree_reciprocal_close_to_floor_division(s):
-    exact = int(reciprocal_ibert(np.array([s]))[0])
-    assert exact == (1 << (32 + max(0, s.bit_length() - RECIP_NORM))) // s
+def test_both_reciprocals_close_to_the_normalised_quotient(s):
+    """Both variants approximate 2^(32 + sh) / s: ibert's divisor s >> sh drops bits below
+    its top 16 (2^-15 relative), divfree's Newton steps are within 2^-24 (plus 2 LSB)."""
+    sh = max(0, s.bit_length() - RECIP_NORM)
+    exact = (1 << (32 + sh)) // s
+    ibert = int(reciprocal_ibert(np.array([s]))[0])
+    assert ibert == (1 << 32) // (s >> sh)
+    assert exact <= ibert <= exact * (1 + 2.0**-15) + 1
+    assert ibert >= 1 << (32 - RECIP_NORM)  # 17 significant bits or more
     got = int(reciprocal_divfree(np.array([s]))[0])
     assert abs(got - exact) <= exact * 2.0**-24 + 2
 
