@@ -113,7 +113,8 @@ class Softmax(wiring.Component):
         Param("out_width", int, 8, "unsigned output width", 2, 16),
     )
 
-    EXP_STAGES = 10  # exp pass: read, clamp, 5 division steps, multiply, shift, write/sum
+    EXP_STAGES = 11  # exp pass: read, clamp (compare, negate), 5 division steps, multiply,
+    # shift, write/sum
     OUT_STAGES = 4  # output pass: read, multiply, normalising shift, round/saturate
 
     def __init__(self, *, lanes=4, max_len=512, in_width=32, exp_width=28, variant="ibert",
@@ -186,7 +187,7 @@ class Softmax(wiring.Component):
         pipelined product), reciprocal, output pass (pipelined product); measured in
         ``tests/test_sfu.py``. See :meth:`row_latency` for longer rows."""
         plan = self._plan()
-        return (23 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
+        return (24 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
                 + self.recip_cycles)
 
     @property
@@ -284,7 +285,12 @@ class Softmax(wiring.Component):
         t = reg(m, None, t, "s2_t2")
         # 0 <= a <= 30 |x0| < 2^(h + 5): kept at that width through the division
         aw = len(k.x0) + 4
-        a = [reg(m, None, (-Mux(d[j] < x0_30, x0_30, d[j]))[:aw], f"s2_a{j}") for j in range(L)]
+        # the wide compare in one stage, the negation (narrow: a < 2^aw) in the next
+        clamp = [reg(m, None, d[j] < x0_30, f"s2_clamp{j}") for j in range(L)]
+        d = [reg(m, None, d[j][:aw], f"s2_dn{j}") for j in range(L)]
+        t = reg(m, None, t, "s2_tc")
+        a = [reg(m, None, (-Mux(clamp[j], x0_30[:aw], d[j]))[:aw], f"s2_a{j}")
+             for j in range(L)]
         t = reg(m, None, t, "s2_t3")
         q = [Const(0, 5)] * L
         for bit in reversed(range(5)):  # restoring division of a by -x0, five quotient bits
