@@ -79,8 +79,17 @@ def quantize_per_channel(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.n
 
 
 def linear_int(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """``x @ w.T + b``: int8 x int8 -> int32 accumulate (exact in int64), int32 bias."""
-    acc = np.asarray(x, dtype=I64) @ np.asarray(w, dtype=I64).T
+    """``x @ w.T + b``: int8 x int8 -> int32 accumulate, int32 bias; exact. When no partial sum
+    can reach 2^53 (``K max|x| max|w| < 2^53``: every matmul of the encoder, whose 12-bit
+    inputs, 8-bit weights and K = 1536 stay below 2^29) the product is taken in float64 by
+    BLAS, where every partial sum is an integer held exactly whatever the summation order
+    (about 5x faster than int64); otherwise in int64."""
+    x, w = _int_input(x, "linear input"), _int_input(w, "linear weights")
+    bound = int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0)) * x.shape[-1]
+    if bound < 1 << 53:
+        acc = (x.astype(np.float64) @ w.astype(np.float64).T).astype(I64)
+    else:
+        acc = x @ w.T
     if b is not None:
         acc = acc + np.asarray(b, dtype=I64)
     return acc

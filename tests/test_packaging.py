@@ -28,7 +28,9 @@ def test_normal_install_has_every_package_and_the_configs(tmp_path):
                     "--target", str(target), str(REPO)], check=True)
     for rel in ("heterotron/hdl/requantizer.py", "heterotron/sim/runner.py",
                 "heterotron/tb/requantizer.py", "heterotron/scripts/cli.py",
-                "heterotron/configs/default.toml", "heterotron/sim/data/sentences.txt"):
+                "heterotron/configs/default.toml", "heterotron/sim/data/sentences.txt",
+                "heterotron/sim/data/paragraphs.txt",
+                "heterotron/sim/data/calibration_paragraphs.txt"):
         assert (target / rel).is_file(), rel
     # Run from the installed copy, not the checkout, and use a built-in configuration.
     env = dict(os.environ, PYTHONPATH=str(target))
