@@ -81,7 +81,8 @@ class Softmax(wiring.Component):
         Width of i-exp's output, 17 to 30: the constant ``c`` must be below ``2^exp_width``.
         ``c = floor(2.79 / S^2)`` for input scale ``S`` (:func:`heterotron.sim.intops.
         exp_width_for` gives the width a scale needs): 28 bits hold scales down to 1.02e-4
-        (all-MiniLM-L6-v2's attention scores need 27).
+        (all-MiniLM-L6-v2's calibrated score scales need 22 to 25 bits, 27 when calibrated on
+        short sentences only).
     variant : str
         ``ibert`` or ``divfree`` (the reciprocal, see above).
     out_width : int

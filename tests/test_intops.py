@@ -163,12 +163,13 @@ def test_softmax_at_the_edges_of_the_accepted_range(scale, length):
 
 
 def test_softmax_keeps_its_precision_on_long_rows_at_minilm_scales():
-    """all-MiniLM-L6-v2's score constants are 23 to 27 bits wide: at those scales, rows of
+    """all-MiniLM-L6-v2's score constants are 22 to 27 bits wide (22-25 calibrated on short
+    and long inputs, up to 27 on short sentences only): at those scales, rows of
     every length from 1 to 512 and long ones to 4096 stay within the bound (the unnormalised
     floor(2^32 / sum) returned all zeros here once the sum passed 2^32)."""
     rng = np.random.default_rng(5)
     lengths = list(range(1, 513)) + sorted(rng.integers(513, 4097, 40).tolist()) + [4096]
-    for c_bits in (23, 25, 26.9):
+    for c_bits in (22, 25, 26.9):
         scale = math.sqrt(EXP_C / 2.0**c_bits)
         k = exp_consts(scale)
         bound = softmax_error_bound(k.c)
