@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..sim.intops import GELU_MIN_ONE_BITS
+from ..sim.intops import GELU_MIN_ONE_BITS, gelu_field_bits
 from .params import Param, check, validating
 from .rowstream import (
     REQUANT_EXTRA,
@@ -81,11 +81,13 @@ class Gelu(wiring.Component):
 
     @staticmethod
     def cfg_layout(in_width: int) -> data.StructLayout:
-        """Constant fields: wide enough for every scale that leaves ``x`` representable."""
+        """Constant fields: wide enough for every scale that leaves ``x`` representable
+        (:func:`heterotron.sim.intops.gelu_field_bits`)."""
+        f = gelu_field_bits(in_width)
         return data.StructLayout({
-            "b": signed(in_width + 5),
-            "c": signed(2 * in_width + 9),
-            "one": signed(2 * in_width + 9),
+            "b": signed(f["b"]),
+            "c": signed(f["c"]),
+            "one": signed(f["one"]),
             "m": unsigned(31),
             "e": unsigned(6),
         })

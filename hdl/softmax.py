@@ -8,7 +8,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..sim.intops import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM
+from ..sim.intops import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM, exp_field_bits
 from .params import Param, ParamError, check, validating
 from .rowstream import (
     RowIngest,
@@ -136,9 +136,9 @@ class Softmax(wiring.Component):
 
     @staticmethod
     def cfg_layout(exp_width: int) -> data.StructLayout:
-        """``|x0| < 2^h`` and ``b < 2^(h+1)`` with ``h = ceil(exp_width / 2) + 2``: real
-        constants have ``|x0| ~ 0.42 sqrt(c)`` and ``b ~ 1.62 sqrt(c)``."""
-        h = (exp_width + 1) // 2 + 2
+        """``|x0| <= 2^h`` and ``b < 2^(h+1)`` with ``h`` of
+        :func:`heterotron.sim.intops.exp_field_bits`."""
+        h = exp_field_bits(exp_width)
         return data.StructLayout({"x0": signed(h + 1), "b": unsigned(h + 1),
                                   "c": unsigned(exp_width)})
 
@@ -286,12 +286,12 @@ class Softmax(wiring.Component):
         t = reg(m, None, t, "s2_t2")
         # 0 <= a <= 30 |x0| < 2^(h + 5): kept at that width through the division
         aw = len(k.x0) + 4
-        # the wide compare in one stage, the negation (narrow: a < 2^aw) in the next
+        # the wide compare in one stage, the negation in the next (only its low aw bits are
+        # kept, so synthesis keeps an aw-bit carry chain: a < 2^aw)
         clamp = [reg(m, None, d[j] < x0_30, f"s2_clamp{j}") for j in range(L)]
-        d = [reg(m, None, d[j][:aw], f"s2_dn{j}") for j in range(L)]
+        d = [reg(m, None, d[j], f"s2_dn{j}") for j in range(L)]
         t = reg(m, None, t, "s2_tc")
-        a = [reg(m, None, (-Mux(clamp[j], x0_30[:aw], d[j]))[:aw], f"s2_a{j}")
-             for j in range(L)]
+        a = [reg(m, None, (-Mux(clamp[j], x0_30, d[j]))[:aw], f"s2_a{j}") for j in range(L)]
         t = reg(m, None, t, "s2_t3")
         q = [Const(0, 5)] * L
         for bit in reversed(range(5)):  # restoring division of a by -x0, five quotient bits

@@ -22,7 +22,8 @@ from amaranth.lib import data, wiring
 from heterotron.hdl.params import defaults
 from heterotron.hdl.units import Unit
 
-__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest", "generator_sources", "locked"]
+__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest",
+           "generator_sources", "locked"]
 
 
 def build_root() -> Path:
@@ -76,6 +77,7 @@ def generator_sources() -> list[Path]:
                 continue
             if spec is not None and spec.origin and spec.origin.endswith(".py"):
                 todo.append((Path(spec.origin), name))
+    _module_names.update(seen)
     return sorted(seen)
 
 
@@ -84,9 +86,12 @@ def source_digest() -> str:
     changed golden constant a component imports, invalidates every cache entry."""
     h = hashlib.sha256()
     for path in generator_sources():
-        h.update(f"{path.parent.name}/{path.name}".encode())
+        h.update(_module_names.get(path, path.name).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+_module_names: dict[Path, str] = {}  # generator_sources() fills it: the digest keys by module
 
 
 def cache_key(unit: Unit, params: dict[str, Any]) -> str:

@@ -25,11 +25,13 @@ __all__ = [
     "ExpConsts",
     "EXP_MAX_WIDTH",
     "EXP_MIN_BITS",
-    "SOFTMAX_ERROR_BOUND",
+    "SOFTMAX_FIT_ERROR",
+    "SOFTMAX_X0_FACTOR",
     "softmax_error_bound",
     "RECIP_NORM",
     "exp_consts",
     "exp_consts_problem",
+    "exp_field_bits",
     "check_exp_consts",
     "exp_width_for",
     "i_exp",
@@ -45,6 +47,7 @@ __all__ = [
     "GELU_ERROR_BOUND",
     "gelu_consts",
     "gelu_consts_problem",
+    "gelu_field_bits",
     "i_gelu",
     "isqrt",
     "LayerNormConsts",
@@ -128,11 +131,14 @@ EXP_MAX_WIDTH = 30
 #: (13 LSB at S = 0.1, 200 at S = 1); the unit refuses them instead (``SfuError.CONFIG``).
 EXP_MIN_BITS = 16
 #: Softmax's documented error against float, for constants from :func:`exp_consts` and rows
-#: of any length up to 4096: ``|out / 2^out_bits - p| <= 2^-out_bits + bound`` with ``bound``
-#: the entry of the largest ``c`` bits not above ``c``'s (measured over random, peaked,
-#: uniform and narrow rows in ``tests/test_intops.py``; ``docs/number-formats.md`` has the
-#: table). The ``2^-out_bits`` is the output's rounding and its saturation at ``p = 1``.
-SOFTMAX_ERROR_BOUND = {16: 0.0065, 18: 0.0025, 20: 0.0010}
+#: of ``L`` elements up to 4096 (:func:`softmax_error_bound`):
+#: ``|out / 2^out_bits - p| <= 2^-out_bits + FIT + X0 * delta + L / c``. ``2^-out_bits``: the
+#: output's rounding and its saturation at ``p = 1``; ``FIT``: I-BERT's second-order fit;
+#: ``delta = |x0 S + ln 2| <= S``: ``x0``'s floor, which errs by ``q delta`` relative on an
+#: element ``q`` halvings down and adds up over a row's tail; ``L / c``: the floors of the
+#: exps, one LSB of ``c`` each. Measured over random, peaked, uniform and narrow rows and
+#: "one peak and L - 1 equal scores" rows at every offset (``tests/test_intops.py``).
+SOFTMAX_FIT_ERROR, SOFTMAX_X0_FACTOR = 0.001, 3.0
 #: Row sums of more than ``RECIP_NORM`` bits are normalised before the reciprocal: with
 #: ``sh = max(0, bitlen(sum) - RECIP_NORM)`` the reciprocal is ``floor(2^32 / (sum >> sh))``
 #: (``~2^(32 + sh) / sum``), so it keeps at least ``33 - RECIP_NORM`` significant bits for any
@@ -153,15 +159,22 @@ class ExpConsts:
     out_scale: float
 
 
+def exp_field_bits(exp_width: int) -> int:
+    """``h`` of the Softmax unit's constant fields (``x0`` signed ``h + 1`` bits, ``b`` unsigned
+    ``h + 1``): ``ceil(exp_width / 2) + 2``, since real constants have ``|x0| ~ 0.42 sqrt(c)``
+    and ``b ~ 1.62 sqrt(c)``."""
+    return (exp_width + 1) // 2 + 2
+
+
 def exp_consts_problem(x0: int, b: int, c: int, exp_width: int = EXP_MAX_WIDTH) -> str | None:
     """Why the Softmax unit refuses i-exp constants (``SfuError.CONFIG``), or ``None``.
 
     The rule the RTL checks at its configuration port, written once for the golden model, the
     testbench and the host: ``x0 < 0``, ``b >= -x0`` (so ``0 <= e <= c`` and every row sum
     is at least 1) and ``2^16 <= c < 2^exp_width`` (:data:`EXP_MIN_BITS`: coarser scales are
-    refused, not computed badly; ``exp_width`` is the unit's). The field widths of
-    :meth:`heterotron.hdl.softmax.Softmax.cfg_layout` hold every constant set that meets
-    them."""
+    refused, not computed badly; ``exp_width`` is the unit's), and constants that fit the
+    port's fields (:func:`exp_field_bits`: ``-2^h <= x0``, ``b < 2^(h+1)``; a wider value would
+    be cut by the field, so the host must not write it)."""
     if not all(isinstance(v, (int, np.integer)) for v in (x0, b, c)):
         return f"i-exp constants must be integers, not x0={x0!r}, b={b!r}, c={c!r}"
     if x0 >= 0:
@@ -171,6 +184,10 @@ def exp_consts_problem(x0: int, b: int, c: int, exp_width: int = EXP_MAX_WIDTH) 
     if not (1 << EXP_MIN_BITS) <= c < (1 << exp_width):
         return (f"i-exp constant c must be in [2^{EXP_MIN_BITS}, 2^{exp_width} - 1] "
                 f"(exp_width = {exp_width}), not {c}")
+    h = exp_field_bits(exp_width)
+    if x0 < -(1 << h) or b >= 1 << (h + 1):
+        return (f"i-exp constants x0 = {x0}, b = {b} do not fit the port's fields (exp_width = "
+                f"{exp_width}: x0 >= -2^{h}, b < 2^{h + 1})")
     return None
 
 
@@ -204,12 +221,14 @@ def exp_consts(scale: float, exp_width: int = EXP_MAX_WIDTH) -> ExpConsts:
     return k
 
 
-def softmax_error_bound(c: int, out_bits: int = 8) -> float:
-    """The documented bound on ``|out / 2^out_bits - p|`` (:data:`SOFTMAX_ERROR_BOUND`)."""
-    if c < (1 << EXP_MIN_BITS):
-        raise ValueError(f"no bound for c = {c}: the Softmax unit refuses c < 2^{EXP_MIN_BITS}")
-    bits = max(b for b in SOFTMAX_ERROR_BOUND if c >= (1 << b))
-    return 2.0**-out_bits + SOFTMAX_ERROR_BOUND[bits]
+def softmax_error_bound(k: ExpConsts, length: int, out_bits: int = 8) -> float:
+    """The documented bound on ``|out / 2^out_bits - p|`` for a row of ``length`` elements
+    (:data:`SOFTMAX_FIT_ERROR`): ``2^-out_bits + 0.001 + 3 |x0 S + ln 2| + length / c``, with
+    ``S = sqrt(EXP_C / c)`` the scale the constants come from."""
+    if k.c < (1 << EXP_MIN_BITS):
+        raise ValueError(f"no bound for c = {k.c}: the Softmax unit refuses c < 2^{EXP_MIN_BITS}")
+    delta = abs(k.x0 * math.sqrt(EXP_C / k.c) + math.log(2))
+    return 2.0**-out_bits + SOFTMAX_FIT_ERROR + SOFTMAX_X0_FACTOR * delta + length / k.c
 
 
 def _int_input(x, name: str) -> np.ndarray:
@@ -223,6 +242,8 @@ def _int_input(x, name: str) -> np.ndarray:
         return a.astype(I64)
     if a.size and not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
         raise TypeError(f"{name} must be an integer array, not {a.dtype}")
+    if a.size and a.dtype.kind == "u" and int(a.max()) >= 2**63:
+        raise ValueError(f"{name} must be below 2^63")
     return a.astype(I64)
 
 
@@ -300,9 +321,10 @@ def softmax_int(x: np.ndarray, k: ExpConsts, *, variant: str = "ibert",
     max -> i-exp -> row sum -> normalisation ``sh = max(0, bitlen(sum) - 16)`` -> reciprocal
     ``floor(2^32 / (sum >> sh))`` (``ibert``) or the division-free Newton reciprocal
     (``divfree``) -> ``e * recip / 2^(32 + sh - out_bits)`` rounded half up. A row whose max
-    element takes (nearly) all the mass would give ``2^out_bits``: it **saturates** to ``2^out_bits - 1`` so the output
-    stays ``out_bits`` wide. ``mask`` (bool, True = keep) removes elements: they get 0 and do
-    not enter the sum or the max; a row with every element masked is all 0 in both variants.
+    element takes (nearly) all the mass would give ``2^out_bits``: it **saturates** to
+    ``2^out_bits - 1`` so the output stays ``out_bits`` wide. ``mask`` (bool, True = keep)
+    removes elements: they get 0 and do not enter the sum or the max; a row with every element
+    masked is all 0 in both variants.
     Constants the unit refuses (:func:`exp_consts_problem`) raise :class:`ValueError`.
     """
     if variant not in ("ibert", "divfree"):
@@ -356,10 +378,10 @@ GELU_SHIFT = 14
 #: :data:`GELU_ERROR_BOUND`.
 GELU_MIN_ONE_BITS = 8
 #: i-GELU's documented error against float GELU, in real units, over inputs in [-8, 8], for
-#: constants from :func:`gelu_consts` at any accepted scale (0.018 at 5e-4 and finer, 0.030
+#: constants from :func:`gelu_consts` at any accepted scale (0.019 at 5e-4 and finer, 0.0312
 #: at the coarsest; measured in the tests). Beyond 8, where GELU(x) = x, the relative error
 #: is below ``1 / |one| <= 2^-8``.
-GELU_ERROR_BOUND = 0.03
+GELU_ERROR_BOUND = 0.032
 
 
 @dataclass(frozen=True)
@@ -374,10 +396,17 @@ class GeluConsts:
     out_scale: float  # positive: i_gelu negates once to undo A < 0
 
 
-def gelu_consts_problem(b: int, c: int, one: int) -> str | None:
+def gelu_field_bits(in_width: int) -> dict:
+    """Signed widths of the Gelu unit's constant fields for ``in_width``: wide enough for any
+    input scale that still represents the data."""
+    return {"b": in_width + 5, "c": 2 * in_width + 9, "one": 2 * in_width + 9}
+
+
+def gelu_consts_problem(b: int, c: int, one: int, in_width: int | None = None) -> str | None:
     """Why the Gelu unit refuses i-GELU constants (``SfuError.CONFIG``), or ``None``: the
     rule its configuration port checks, written once (``b < 0``, ``c <= 0``,
-    ``one <= -2^8``)."""
+    ``one <= -2^8``); with ``in_width``, also whether they fit the port's fields
+    (:func:`gelu_field_bits`)."""
     if not all(isinstance(v, (int, np.integer)) for v in (b, c, one)):
         return f"i-GELU constants must be integers, not b={b!r}, c={c!r}, one={one!r}"
     if b >= 0:
@@ -386,7 +415,13 @@ def gelu_consts_problem(b: int, c: int, one: int) -> str | None:
         return f"i-GELU constant c must be <= 0, not {c}"
     if one > -(1 << GELU_MIN_ONE_BITS):
         return (f"i-GELU constant one must be at most -2^{GELU_MIN_ONE_BITS} (an input scale of "
-                f"{GELU_MAX_SCALE:.3g} or finer), not {one}")
+                f"below {GELU_MAX_SCALE:.4g}), not {one}")
+    if in_width is not None:
+        for name, v in (("b", b), ("c", c), ("one", one)):
+            w = gelu_field_bits(in_width)[name]
+            if not -(1 << (w - 1)) <= v < 1 << (w - 1):
+                return (f"i-GELU constant {name} = {v} does not fit the port's {w}-bit field "
+                        f"(in_width = {in_width})")
     return None
 
 
@@ -400,14 +435,16 @@ def gelu_consts(scale: float) -> GeluConsts:
     k = GeluConsts(math.floor(GELU_B / s_in), math.floor(1.0 / (GELU_A * s_in**2)),
                    math.floor(1.0 / s_erf), -scale * s_erf / 2)
     if gelu_consts_problem(k.b, k.c, k.one):
-        raise ValueError(f"i-GELU input scale {scale!r} is too coarse: the scale must be at most "
+        raise ValueError(f"i-GELU input scale {scale!r} is too coarse: the scale must be below "
                          f"{GELU_MAX_SCALE:.4g} (one = floor(1 / S_erf) <= "
                          f"-2^{GELU_MIN_ONE_BITS}); feed GELU the wide value")
     return k
 
 
-#: The coarsest input scale :func:`gelu_consts` accepts (``one = -2^8`` there).
-GELU_MAX_SCALE = GELU_K * math.sqrt(-1.0 / (GELU_A * 2**GELU_SHIFT * (1 << GELU_MIN_ONE_BITS)))
+#: The input scale :func:`gelu_consts` accepts up to (not included): ``one = floor(1 / S_erf)``
+#: is at most ``-2^8`` while ``1 / S_erf < 1 - 2^8``.
+GELU_MAX_SCALE = GELU_K * math.sqrt(
+    -1.0 / (GELU_A * 2**GELU_SHIFT * ((1 << GELU_MIN_ONE_BITS) - 1)))
 
 
 def i_gelu(x: np.ndarray, k: GeluConsts) -> np.ndarray:

@@ -148,13 +148,15 @@ def dyadic(ratio: float, m_bits: int = M_BITS, max_shift: int | None = None,
         )
     if max_shift is not None and e > max_shift:
         drop = e - max_shift
+        kept = mant * 2.0 ** (m_bits - drop)  # the mantissa the capped shift leaves, unrounded
         m = (m + (1 << (drop - 1))) >> drop
         e = max_shift
-        if m < 1 << (min_bits - 1):
+        if kept < 1 << (min_bits - 1):
             raise ValueError(
                 f"scale ratio {ratio!r} is too small for max_shift={max_shift}: "
                 + ("it rounds to 0" if m == 0 else
-                   f"m = {m} keeps {m.bit_length()} mantissa bits, fewer than {min_bits}")
+                   f"the mantissa left, {kept:.4g}, is below 2^{min_bits - 1} (more than "
+                   f"2^-{min_bits} off)")
                 + f" (ratios from 2^-{max_shift - min_bits + 1} keep {min_bits})"
             )
         if m == 1 << m_bits:  # rounding carried into a new top bit; the value is exact

@@ -17,6 +17,7 @@ from .intops import (
     ExpConsts,
     GeluConsts,
     LayerNormConsts,
+    _int_input,
     check_exp_consts,
     i_gelu,
     layernorm_int,
@@ -32,7 +33,7 @@ def softmax_row(row, x0: int, b: int, c: int, *, variant: str = "ibert", out_bit
     """One row through the Softmax unit (``x0, b, c`` of :func:`~.intops.exp_consts`);
     constants the unit of ``exp_width`` refuses raise :class:`ValueError` with the rule's
     message (:func:`~.intops.exp_consts_problem`)."""
-    row = np.asarray(row, dtype=np.int64)[:max_len]
+    row = _int_input(row, "Softmax row")[:max_len]
     k = ExpConsts(int(x0), int(b), int(c), 0.0)
     check_exp_consts(k, exp_width)
     return softmax_int(row[None, :], k, variant=variant, out_bits=out_bits)[0]
@@ -40,7 +41,7 @@ def softmax_row(row, x0: int, b: int, c: int, *, variant: str = "ibert", out_bit
 
 def gelu_values(x, b: int, c: int, one: int, m: int, e: int, out_bits: int) -> np.ndarray:
     """Elements through the Gelu unit: i-GELU, then the requantisation ``(m, e)``."""
-    x = np.asarray(np.asarray(x, dtype=np.int64), dtype=object)
+    x = np.asarray(_int_input(x, "GELU input"), dtype=object)
     g = i_gelu(x, GeluConsts(int(b), int(c), int(one), 0.0))
     return requantize(g, int(m), int(e), out_bits)
 
@@ -49,7 +50,7 @@ def layernorm_row(row, shift: int, bias, sign, m, e, *, out_bits: int,
                   max_len: int | None = None) -> np.ndarray:
     """One row through the LayerNorm unit; the per-channel tables are indexed by channel
     (element position in the row) and only their first ``len(row)`` entries are used."""
-    row = np.asarray(row, dtype=np.int64)[:max_len]
+    row = _int_input(row, "LayerNorm row")[:max_len]
     d = len(row)
     k = LayerNormConsts(int(shift), np.asarray(bias, dtype=np.int64)[:d],
                         np.asarray(sign, dtype=np.int64)[:d], np.asarray(m, dtype=np.int64)[:d],

@@ -31,11 +31,8 @@ class GeluBench(RowBench):
         self.consts = None
 
     def fits(self, k: dict) -> bool:
-        def ok(name, v):
-            w = self.field[name].shape.width
-            return -(1 << (w - 1)) <= v < (1 << (w - 1))
-        return (all(ok(n, k[n]) for n in ("b", "c", "one"))
-                and gelu_consts_problem(k["b"], k["c"], k["one"]) is None)
+        """Accepted by the unit and within its port's fields: the golden rule."""
+        return gelu_consts_problem(k["b"], k["c"], k["one"], self.W) is None
 
     def rand_consts(self) -> dict:
         """A real input scale the unit accepts (fields permitting) and an output scale that
