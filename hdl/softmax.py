@@ -45,6 +45,12 @@ DF_C15 = round(32 / 17 * 2**15)
 DF_W = 34  # register width of the Newton sequence's y and t
 
 
+def _norm_shift(blen):
+    """The reciprocal's normalisation from the sum's bit length:
+    :func:`heterotron.sim.intops.recip_shift`, ``max(0, blen - RECIP_NORM)``."""
+    return Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0)
+
+
 class Softmax(wiring.Component):
     """Integer Softmax of each row, :func:`heterotron.sim.intops.softmax_int` bit for bit.
 
@@ -376,7 +382,7 @@ class Softmax(wiring.Component):
             with m.If(start3):
                 m.d.sync += sum3.eq(d2r.sum)
             with m.If(pre3[0]):
-                m.d.sync += sh3.eq(Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0))
+                m.d.sync += sh3.eq(_norm_shift(blen))
             m.d.comb += [div.start.eq(pre3[1]), div.num.eq(1 << 32),
                          div.den.eq((sum3 >> sh3)[:RECIP_NORM]),
                          finish.eq(div.done), recip.eq(div.quot), sh.eq(sh3)]
@@ -446,7 +452,7 @@ class Softmax(wiring.Component):
         m.d.comb += [final.eq(Mux(klen >= RECIP_NORM, y >> (RECIP_NORM - 2),
                                   Mux(klen >= 2, y >> (klen - 2).as_unsigned(), y << 1))),
                      recip.eq(final),
-                     sh.eq(Mux(klen > RECIP_NORM, klen - RECIP_NORM, 0))]
+                     sh.eq(_norm_shift(klen))]
         with m.If(start):
             m.d.sync += [sval.eq(s), step.eq(0), running.eq(1)]
         with m.Elif(running):

@@ -53,17 +53,18 @@ def _imports(path: Path, module: str) -> set[str]:
     return {name for name in found if name.startswith("heterotron.")}
 
 
-def generator_sources() -> list[Path]:
-    """Every file the generator's output can depend on: the ``heterotron.hdl`` package (all
-    of it, subpackages too) and, transitively, every ``heterotron`` module it imports (the
-    golden constants the RTL takes from ``heterotron.sim``, say)."""
+def _generator_modules() -> dict[Path, str]:
+    """Every file the generator's output can depend on, with its module name: the
+    ``heterotron.hdl`` package (all of it, subpackages too) and, transitively, every
+    ``heterotron`` module it imports (the golden constants the RTL takes from
+    ``heterotron.sim``, say)."""
     import heterotron.hdl as hdl
 
     root = Path(next(iter(hdl.__path__)))
-    todo = [(p, "heterotron.hdl." + ".".join(p.relative_to(root).with_suffix("").parts)
-             .removesuffix(".__init__").removesuffix("__init__"))
+    todo = [(p, ".".join(["heterotron.hdl", *(part for part in
+                                               p.relative_to(root).with_suffix("").parts
+                                               if part != "__init__")]))
             for p in sorted(root.rglob("*.py"))]
-    todo = [(p, m.rstrip(".")) for p, m in todo]
     seen: dict[Path, str] = {}
     while todo:
         path, module = todo.pop()
@@ -77,21 +78,23 @@ def generator_sources() -> list[Path]:
                 continue
             if spec is not None and spec.origin and spec.origin.endswith(".py"):
                 todo.append((Path(spec.origin), name))
-    _module_names.update(seen)
-    return sorted(seen)
+    return seen
+
+
+def generator_sources() -> list[Path]:
+    """The files of :func:`_generator_modules`, sorted."""
+    return sorted(_generator_modules())
 
 
 def source_digest() -> str:
-    """Hash of the generator's sources (:func:`generator_sources`): a changed component, or a
-    changed golden constant a component imports, invalidates every cache entry."""
+    """Hash of the generator's sources (:func:`generator_sources`), each keyed by its module
+    name: a changed component, or a changed golden constant a component imports, invalidates
+    every cache entry."""
     h = hashlib.sha256()
-    for path in generator_sources():
-        h.update(_module_names.get(path, path.name).encode())
+    for path, module in sorted(_generator_modules().items()):
+        h.update(module.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
-
-
-_module_names: dict[Path, str] = {}  # generator_sources() fills it: the digest keys by module
 
 
 def cache_key(unit: Unit, params: dict[str, Any]) -> str:

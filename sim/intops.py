@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .requantizer import dyadic, requantize
+from .requantizer import _as_int_array, dyadic, requantize
 
 __all__ = [
     "quantize_sym",
@@ -232,16 +232,13 @@ def softmax_error_bound(k: ExpConsts, length: int, out_bits: int = 8) -> float:
 
 
 def _int_input(x, name: str) -> np.ndarray:
-    """``x`` as an int64 array; refuses floats (which would be truncated silently)."""
+    """``x`` as an int64 array: :func:`~heterotron.sim.requantizer._as_int_array`'s check
+    (floats would be truncated silently), then refuses values int64 would wrap."""
     a = np.asarray(x)
-    if a.dtype == object:
-        if not all(isinstance(v, (int, np.integer)) for v in a.flat):
-            raise TypeError(f"{name} must hold integers")
-        if a.size and max(abs(int(a.max())), abs(int(a.min()))) >= 2**62:
-            raise ValueError(f"{name} must be below 2^62 in magnitude")
-        return a.astype(I64)
-    if a.size and not np.issubdtype(a.dtype, np.integer) and a.dtype != bool:
-        raise TypeError(f"{name} must be an integer array, not {a.dtype}")
+    if a.size and a.dtype != bool:
+        a = _as_int_array(a, name)
+    if a.size and a.dtype == object and max(abs(int(a.max())), abs(int(a.min()))) >= 2**62:
+        raise ValueError(f"{name} must be below 2^62 in magnitude")
     if a.size and a.dtype.kind == "u" and int(a.max()) >= 2**63:
         raise ValueError(f"{name} must be below 2^63")
     return a.astype(I64)
@@ -459,12 +456,9 @@ def i_gelu(x: np.ndarray, k: GeluConsts) -> np.ndarray:
     if why:
         raise ValueError(why)
     x = np.asarray(x)
-    if x.dtype == object:
-        if not all(isinstance(v, (int, np.integer)) for v in x.flat):
-            raise TypeError("i-GELU input must hold integers")
-    elif x.size and not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"i-GELU input must be an integer array, not {x.dtype}")
-    else:
+    if x.size:
+        x = _as_int_array(x, "i-GELU input")
+    if x.dtype != object:
         xmax = max(abs(int(x.max())), abs(int(x.min()))) if x.size else 0
         ymax = (abs(k.b) ** 2 + abs(k.c)) // (1 << GELU_SHIFT) + 1 + abs(k.one)
         x = x.astype(I64) if xmax * ymax < 2**62 and abs(k.b) ** 2 + abs(k.c) < 2**62 \
