@@ -6,9 +6,9 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..sim.intops import GELU_MIN_ONE_BITS, gelu_field_bits
-from .params import Param, check, validating
-from .rowstream import (
+from heterotron.hdl.contract.numerics import GELU_MIN_ONE_BITS, gelu_field_bits
+from heterotron.hdl.contract.params import Param, check, validating
+from heterotron.hdl.rowstream import (
     REQUANT_EXTRA,
     SfuError,
     delay,
@@ -25,8 +25,8 @@ __all__ = ["Gelu"]
 class Gelu(wiring.Component):
     """``out = requantize(i_gelu(x), m, e, out_width)``, ``lanes`` elements per cycle.
 
-    The arithmetic is :func:`heterotron.sim.intops.i_gelu` followed by
-    :func:`heterotron.sim.requantizer.requantize`, bit for bit (``docs/number-formats.md``):
+    The arithmetic is :func:`heterotron.sim.golden.intops.i_gelu` followed by
+    :func:`heterotron.sim.golden.requantizer.requantize`, bit for bit (``docs/number-formats.md``):
     ``erf = sign(x) * ((min(|x|, -b) + b)^2 + c)``, floored by ``2^14``, ``g = -(x * (erf +
     one))``, then ``sat(round_half_up(g * m / 2^e))``. Every intermediate keeps its full width.
 
@@ -46,12 +46,12 @@ class Gelu(wiring.Component):
     o : Out(stream.Signature(row beat of signed(out_width)))
         One output beat per input beat, ``n`` and ``last`` passed through.
     cfg : In(stream.Signature(...))
-        Constants ``b``, ``c``, ``one`` (from :func:`heterotron.sim.intops.gelu_consts`) and
+        Constants ``b``, ``c``, ``one`` (from :func:`heterotron.sim.golden.intops.gelu_consts`) and
         the requantisation ``m`` (31 bits), ``e`` (0..63). A write is taken between rows, once
         every beat in the pipeline has left; while one waits no new row is accepted. A write
         with ``b >= 0``, ``c > 0`` (impossible for a real scale) or ``one > -2^8`` (a scale
         coarser than about 1.3e-3, where the fixed ``2^14`` shift is too coarse for the
-        documented error bound; :func:`heterotron.sim.intops.gelu_consts_problem`) is refused
+        documented error bound; :func:`heterotron.sim.golden.intops.gelu_consts_problem`) is refused
         and sets ``SfuError.CONFIG``.
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
@@ -82,7 +82,7 @@ class Gelu(wiring.Component):
     @staticmethod
     def cfg_layout(in_width: int) -> data.StructLayout:
         """Constant fields: wide enough for every scale that leaves ``x`` representable
-        (:func:`heterotron.sim.intops.gelu_field_bits`)."""
+        (:func:`heterotron.sim.golden.intops.gelu_field_bits`)."""
         f = gelu_field_bits(in_width)
         return data.StructLayout({
             "b": signed(f["b"]),

@@ -8,9 +8,9 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, ParamError, check, validating
-from .requantizer import Requantizer
-from .systolic import SystolicArray, array_params, operand_range
+from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.requantizer import Requantizer
+from heterotron.hdl.systolic import SystolicArray, array_params, operand_range
 
 __all__ = ["GemmEngine", "Op", "Error"]
 

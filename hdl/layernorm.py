@@ -8,8 +8,8 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, ParamError, check, validating
-from .rowstream import (
+from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.rowstream import (
     REQUANT_EXTRA,
     RowIngest,
     RowIssuer,
@@ -35,7 +35,7 @@ __all__ = ["LayerNorm"]
 #: flowing at one per ``beats`` cycles whenever ``beats`` covers the reciprocal stage.
 X_BANKS = 5
 #: Bits of the reciprocal ``floor(2^RECIP_BITS / std)``
-#: (:data:`heterotron.sim.intops.LN_RECIP_BITS`).
+#: (:data:`heterotron.sim.golden.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15
 #: Quotient bits per cycle of the two dividers (mean, reciprocal).
@@ -43,7 +43,8 @@ DIV_STEPS = 2
 
 
 class LayerNorm(wiring.Component):
-    """Integer LayerNorm over each row, :func:`heterotron.sim.intops.layernorm_int` bit for bit.
+    """Integer LayerNorm over each row,
+    :func:`heterotron.sim.golden.intops.layernorm_int` bit for bit.
 
     Five stages work on different rows at once; a row's elements sit in a bank of on-chip
     buffer from ingest to output:
@@ -79,7 +80,7 @@ class LayerNorm(wiring.Component):
     cfg : In(stream.Signature(...))
         ``kind = 0``: the deviation pre-shift ``shift`` (0..15). ``kind = 1``: the entry of
         channel ``group * lanes + lane``: ``bias``, ``neg`` (gamma < 0), ``m``, ``e`` (from
-        :func:`heterotron.sim.intops.layernorm_consts`). A write is taken once no row is in
+        :func:`heterotron.sim.golden.intops.layernorm_consts`). A write is taken once no row is in
         flight; while one waits no new row starts.
     error : Out(3)
         Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.

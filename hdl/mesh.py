@@ -7,9 +7,16 @@ from amaranth.hdl import C, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .noc import MESH_PARAMS, PORTS, check_mesh_params, coord_layout, header_layout, link_signature
-from .params import check, validating
-from .router import Router
+from heterotron.hdl.contract.noc import (
+    MESH_PARAMS,
+    PORTS,
+    check_mesh_params,
+    coord_layout,
+    header_layout,
+    link_signature,
+)
+from heterotron.hdl.contract.params import check, validating
+from heterotron.hdl.router import Router
 
 __all__ = ["Mesh", "NetworkInterface", "tx_layout", "rx_layout"]
 
@@ -33,7 +40,8 @@ class NetworkInterface(wiring.Component):
     """Packetiser and depacketiser between a tile and its router's local port.
 
     Outgoing: a packet of ``L`` beats on ``tx`` becomes ``L + 1`` flits: a head flit with the
-    destination and this node's coordinates (:func:`~heterotron.hdl.noc.header_layout`), then
+    destination and this node's coordinates
+    (:func:`~heterotron.hdl.contract.noc.header_layout`), then
     one flit per beat, the last one marked ``tail``. A packet whose destination is outside the
     mesh is consumed and dropped, and sets ``bad_dest`` (sticky): it never enters the network.
 
@@ -107,7 +115,8 @@ class Mesh(wiring.Component):
     Parameters
     ----------
     nx, ny, nz, flit_width, buffer_depth, order, wrap :
-        See :data:`heterotron.hdl.noc.MESH_PARAMS`. A configuration whose routing can deadlock
+        See :data:`heterotron.hdl.contract.noc.MESH_PARAMS`. A configuration whose routing can
+        deadlock
         (a channel-dependency cycle, e.g. a torus ring of 4) is refused at construction.
 
     Members

@@ -1,7 +1,8 @@
 """PimTile: an analog processing-in-memory crossbar with bit-sliced weights, bit-serial inputs,
 a low-ENOB ADC model (clip range, offset, LFSR noise), stuck-at faults and zero-plane skipping.
 
-The numerics are :class:`heterotron.sim.pim.PimTileModel`'s, bit for bit; the module docstring
+The numerics are :class:`heterotron.sim.golden.pim.PimTileModel`'s, bit for bit; the module
+docstring
 there is the specification and ``docs/number-formats.md`` explains each parameter next to those
 of NeuroSim and CrossSim.
 """
@@ -15,21 +16,23 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from ..sim.pim import (
+from heterotron.hdl.contract.params import validating
+from heterotron.hdl.contract.pim import (
     ADC_FRAC,
     FAULT_MIX,
     M32,
     NOISE_SHIFT,
+    PIM_PARAMS,
     RATE_BITS,
     SEED_MIX,
     SIGMA_BITS,
+    check_pim_params,
     gain_for_range,
     slices_of,
 )
-from .params import Param, ParamError, check, validating
-from .rowstream import delay, mul_pipe, mul_stages, reg
+from heterotron.hdl.rowstream import delay, mul_pipe, mul_stages, reg
 
-__all__ = ["PimTile", "PimFlag", "PimReg", "check_pim_params"]
+__all__ = ["PimTile", "PimFlag", "PimReg"]
 
 STAT_BITS = 48  # the cycle counters: 2^48 cycles is 32 days at 100 MHz
 Z_SHAPE = signed(12)  # the noise sample z, +-1020
@@ -51,22 +54,6 @@ class PimReg(enum.IntEnum):
     NOISE_SEED = 3  # restarts every ADC's LFSR
     FAULT_RATE = 4  # stuck cells per 2^16, drawn when a weight is written
     FAULT_SEED = 5
-
-
-def check_pim_params(p: dict) -> None:
-    """The rules between a tile's parameters (each one's range is in ``PimTile.PARAMS``)."""
-    check(PimTile.PARAMS, **p)
-    if p["cell_bits"] not in (1, 2, 4):
-        raise ParamError(f"cell_bits must be 1, 2 or 4, not {p['cell_bits']}")
-    full = p["rows"] * ((1 << p["cell_bits"]) - 1)
-    if p["adc_max"] > full:
-        raise ParamError(f"adc_max must be 0 (the full range) or in [1, rows * (2^cell_bits - 1)"
-                         f" = {full}], not {p['adc_max']}")
-    lines = p["cols"] * 2 * slices_of(p["weight_bits"], p["cell_bits"])
-    if lines % p["adc_share"]:
-        divisors = [d for d in range(1, lines + 1) if lines % d == 0]
-        raise ParamError(f"adc_share must divide the tile's {lines} bit-lines (cols * 2 * "
-                         f"slices), one of {divisors}, not {p['adc_share']}")
 
 
 def _xorshift32(m: Module, x, name: str) -> Signal:
@@ -104,7 +91,7 @@ def _lowest(m: Module, mask, width: int, name: str) -> Signal:
 
 class PimTile(wiring.Component):
     """A ``rows`` x ``cols`` crossbar tile computing ``x @ w.T`` on int inputs, as
-    :class:`heterotron.sim.pim.PimTileModel` does.
+    :class:`heterotron.sim.golden.pim.PimTileModel` does.
 
     Parameters
     ----------
@@ -158,26 +145,7 @@ class PimTile(wiring.Component):
     A vector waits while a ``wr`` or ``cfg`` write is pending: writes land between vectors.
     """
 
-    PARAMS = (
-        Param("lanes", int, 8, "input elements per beat", 1, 64),
-        Param("rows", int, 64, "crossbar rows (input vector length)", 1, 256,
-              multiple_of="lanes"),
-        Param("cols", int, 8, "output columns", 1, 64),
-        Param("input_bits", int, 8, "signed input width (bit-planes)", 2, 16),
-        Param("weight_bits", int, 8, "signed weight width", 2, 16),
-        Param("cell_bits", int, 2, "bits per cell: 1, 2 or 4", 1, 4),
-        Param("enob", int, 6, "ADC bits", 1, 10),
-        Param("adc_range", str, "calibrated", "ADC clip range: run-time register or constant",
-              choices=("calibrated", "fixed")),
-        Param("adc_max", int, 0, "ADC range at reset in column-sum units; 0 = full range",
-              0, 256 * 15),
-        Param("adc_share", int, 8, "bit-lines per ADC (conversion cycles per plane)", 1, 1920),
-        Param("noise", bool, True, "LFSR noise on the ADC"),
-        Param("faults", bool, True, "stuck-at fault injection when weights are written"),
-        Param("skip_zero", bool, True, "skip all-zero input bit-planes"),
-        Param("input_code", str, "twos", "input bit-planes: two's complement, or sign-magnitude "
-              "(positive then negative elements' magnitudes)", choices=("twos", "signmag")),
-    )
+    PARAMS = PIM_PARAMS
 
     def __init__(self, *, lanes=8, rows=64, cols=8, input_bits=8, weight_bits=8, cell_bits=2,
                  enob=6, adc_range="calibrated", adc_max=0, adc_share=8, noise=True,
@@ -539,5 +507,5 @@ class PimTile(wiring.Component):
 
 
 def noise_seed_mix(seed, a: int):
-    """ADC ``a``'s LFSR start for a seed (:func:`heterotron.sim.pim.adc_seed_states`)."""
+    """ADC ``a``'s LFSR start for a seed (:func:`heterotron.sim.golden.pim.adc_seed_states`)."""
     return (seed ^ ((SEED_MIX * (a + 1)) & M32)) | 1

@@ -7,7 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, check, validating
+from heterotron.hdl.contract.params import Param, check, validating
 
 __all__ = ["Requantizer"]
 
@@ -15,7 +15,7 @@ __all__ = ["Requantizer"]
 class Requantizer(wiring.Component):
     """Requantise ``lanes`` integers per cycle: ``out = sat(round_shift(z * m, e))``.
 
-    The arithmetic is :func:`heterotron.sim.requantizer.requantize`, bit for bit: the product
+    The arithmetic is :func:`heterotron.sim.golden.requantizer.requantize`, bit for bit: the product
     ``z * m`` is shifted right by ``e`` rounding half up (ties towards +infinity), then
     saturated to ``out_width`` signed bits. With ``residual`` the input beat also carries ``y``
     with its own ``(m_y, e_y)``; both terms are rounded, added, then saturated.

@@ -7,8 +7,16 @@ from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, check, validating
-from .rowstream import REQUANT_EXTRA, SfuError, delay, mul_stages, reg, requant_stages, row_layout
+from heterotron.hdl.contract.params import Param, check, validating
+from heterotron.hdl.rowstream import (
+    REQUANT_EXTRA,
+    SfuError,
+    delay,
+    mul_stages,
+    reg,
+    requant_stages,
+    row_layout,
+)
 
 __all__ = ["ResidualAdd"]
 
@@ -16,7 +24,7 @@ __all__ = ["ResidualAdd"]
 class ResidualAdd(wiring.Component):
     """``out = sat(round_shift(a * m, e) + round_shift(r * m_r, e_r))``, ``lanes`` per cycle.
 
-    The arithmetic is :func:`heterotron.sim.requantizer.requantize` with a residual operand,
+    The arithmetic is :func:`heterotron.sim.golden.requantizer.requantize` with a residual operand,
     bit for bit: each term is rounded half up on its own, the two are added, the sum saturates
     to ``out_width`` signed bits.
 

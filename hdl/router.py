@@ -8,8 +8,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .noc import MESH_PARAMS, check_mesh_params, header_layout, link_signature
-from .params import Param, ParamError, check, validating
+from heterotron.hdl.contract.noc import (
+    MESH_PARAMS,
+    check_mesh_params,
+    header_layout,
+    link_signature,
+)
+from heterotron.hdl.contract.params import Param, ParamError, check, validating
 
 __all__ = ["Router", "FlitBuffer", "rr_pick"]
 
@@ -79,7 +84,7 @@ class Router(wiring.Component):
     Parameters
     ----------
     nx, ny, nz, flit_width, buffer_depth, order, wrap :
-        The network's (see :data:`heterotron.hdl.noc.MESH_PARAMS`).
+        The network's (see :data:`heterotron.hdl.contract.noc.MESH_PARAMS`).
     x, y, z : int
         This router's position, in ``[0, n - 1]`` along each axis.
 

@@ -136,7 +136,8 @@ REQUANT_EXTRA = 3
 
 def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Signal, int]:
     """``sat(sum(round_shift(z * mul, e)))`` -- the contract of
-    :func:`heterotron.sim.requantizer.requantize` -- pipelined: the product (:func:`mul_pipe`),
+    :func:`heterotron.sim.golden.requantizer.requantize` -- pipelined: the product
+    (:func:`mul_pipe`),
     the shift kept one bit wide, round half up and add, saturate. ``terms`` is a list of
     ``(z, mul, e)``; every register loads when ``en`` is high. Returns the output register
     (``signed(out_width)``) and the number of stages."""

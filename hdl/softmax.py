@@ -8,9 +8,9 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..sim.intops import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM, exp_field_bits
-from .params import Param, ParamError, check, validating
-from .rowstream import (
+from heterotron.hdl.contract.numerics import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM, exp_field_bits
+from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.rowstream import (
     RowIngest,
     RowIssuer,
     SeqDivider,
@@ -35,7 +35,7 @@ __all__ = ["Softmax"]
 #: follow each other without a gap.
 X_BANKS, E_BANKS = 3, 4
 #: Division-free reciprocal: fraction bits, Newton steps and the seed's constants, exactly as
-#: :func:`heterotron.sim.intops.reciprocal_divfree`.
+#: :func:`heterotron.sim.golden.intops.reciprocal_divfree`.
 DF_F, DF_ITERS = 30, 3
 #: Quotient bits per cycle of the ``ibert`` divider: 17 cycles for 33 bits, so rows of 128
 #: scores over 4 lanes (32 beats) are not held up by it.
@@ -47,12 +47,12 @@ DF_W = 34  # register width of the Newton sequence's y and t
 
 def _norm_shift(blen):
     """The reciprocal's normalisation from the sum's bit length:
-    :func:`heterotron.sim.intops.recip_shift`, ``max(0, blen - RECIP_NORM)``."""
+    :func:`heterotron.sim.golden.intops.recip_shift`, ``max(0, blen - RECIP_NORM)``."""
     return Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0)
 
 
 class Softmax(wiring.Component):
-    """Integer Softmax of each row, :func:`heterotron.sim.intops.softmax_int` bit for bit.
+    """Integer Softmax of each row, :func:`heterotron.sim.golden.intops.softmax_int` bit for bit.
 
     Four stages work on four rows at once, each row's elements in a bank of on-chip buffer:
 
@@ -85,7 +85,7 @@ class Softmax(wiring.Component):
         Signed input width, 2 to 32 (int32 attention scores).
     exp_width : int
         Width of i-exp's output, 17 to 30: the constant ``c`` must be below ``2^exp_width``.
-        ``c = floor(2.79 / S^2)`` for input scale ``S`` (:func:`heterotron.sim.intops.
+        ``c = floor(2.79 / S^2)`` for input scale ``S`` (:func:`heterotron.sim.golden.intops.
         exp_width_for` gives the width a scale needs): 28 bits hold scales down to 1.02e-4
         (all-MiniLM-L6-v2's calibrated score scales need 22 to 25 bits, 27 when calibrated on
         short sentences only).
@@ -100,10 +100,10 @@ class Softmax(wiring.Component):
     o : Out(stream.Signature(row beat of unsigned(out_width)))
         Each row comes out with the same beat structure (``n``, ``last``) it went in with.
     cfg : In(stream.Signature(...))
-        i-exp's ``x0``, ``b``, ``c`` (:func:`heterotron.sim.intops.exp_consts`). A write is
+        i-exp's ``x0``, ``b``, ``c`` (:func:`heterotron.sim.golden.intops.exp_consts`). A write is
         taken once no row is being computed; while one waits no new row starts. It is refused
         (``SfuError.CONFIG``) unless ``x0 < 0``, ``b >= -x0`` and ``c >= 2^16``
-        (:func:`heterotron.sim.intops.exp_consts_problem`): the first two make
+        (:func:`heterotron.sim.golden.intops.exp_consts_problem`): the first two make
         ``0 <= e <= c`` and every row sum at least 1, the last refuses scales coarser than
         0.0065, where i-exp is too coarse for the documented error bound.
     error : Out(3)
@@ -143,7 +143,7 @@ class Softmax(wiring.Component):
     @staticmethod
     def cfg_layout(exp_width: int) -> data.StructLayout:
         """``|x0| <= 2^h`` and ``b < 2^(h+1)`` with ``h`` of
-        :func:`heterotron.sim.intops.exp_field_bits`."""
+        :func:`heterotron.sim.golden.intops.exp_field_bits`."""
         h = exp_field_bits(exp_width)
         return data.StructLayout({"x0": signed(h + 1), "b": unsigned(h + 1),
                                   "c": unsigned(exp_width)})
@@ -419,7 +419,7 @@ class Softmax(wiring.Component):
         return m
 
     def _divfree(self, m, start, s, finish, recip, sh):
-        """:func:`heterotron.sim.intops.reciprocal_divfree` on one pipelined multiplier: bit
+        """:func:`heterotron.sim.golden.intops.reciprocal_divfree` on one pipelined multiplier: bit
         length, normalisation, the linear seed, three Newton steps of two products each,
         final shift. ``finish`` pulses with ``recip`` and its normalisation ``sh`` valid."""
         sw = len(s)

@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Param, ParamError, check, validating
 
 __all__ = ["SystolicArray", "array_params", "check_accumulator", "operand_range"]
 

@@ -88,7 +88,7 @@ def _tokens(t: dict) -> str:
 
 
 def _print_report(r: dict) -> None:
-    from heterotron.sim.accuracy import TAPS
+    from heterotron.sim.studies.accuracy import TAPS
 
     sets = r["sets"]
     cal = ", ".join(f"{c['inputs']} {name} ({_tokens(c['tokens'])})"
@@ -148,14 +148,14 @@ def _print_report(r: dict) -> None:
 
 def cmd_accuracy(args) -> int:
     from heterotron.scripts.cli import UsageError
-    from heterotron.sim import bert_int as bi
-    from heterotron.sim.accuracy import (
+    from heterotron.sim.golden import bert_int as bi
+    from heterotron.sim.golden.bert_float import ModelMissing, load_minilm
+    from heterotron.sim.studies.accuracy import (
         read_sentences,
         run_accuracy,
         shipped_calibration,
         shipped_sets,
     )
-    from heterotron.sim.bert_float import ModelMissing, load_minilm
 
     try:
         prec = bi.Precision(softmax=args.softmax, ffn_bits=args.ffn_bits)

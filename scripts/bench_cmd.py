@@ -40,7 +40,7 @@ def _dataflows(text: str) -> list[str]:
 
 
 def cmd_bench_gemm(args) -> int:
-    from heterotron.sim.bench import bench_gemm
+    from heterotron.sim.flows.bench import bench_gemm
 
     rows = bench_gemm(args.sizes, args.arrays, args.dataflow, seed=args.seed)
     if args.json:
@@ -67,7 +67,7 @@ def cmd_bench_gemm(args) -> int:
 
 
 def _units(text: str) -> list[str]:
-    from heterotron.sim.bench import SFU_CONFIGS
+    from heterotron.sim.flows.bench import SFU_CONFIGS
 
     known = sorted({c[1] for c in SFU_CONFIGS})
     values = [v.strip().lower() for v in text.split(",") if v.strip()]
@@ -77,7 +77,7 @@ def _units(text: str) -> list[str]:
 
 
 def cmd_bench_sfu(args) -> int:
-    from heterotron.sim.bench import bench_sfu
+    from heterotron.sim.flows.bench import bench_sfu
 
     res = bench_sfu(args.units, fpga=not args.no_fpga, seed=args.seed)
     if args.json:

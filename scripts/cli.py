@@ -17,8 +17,8 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from heterotron.hdl.params import ParamError
-from heterotron.hdl.units import UNITS, UnitError, get_unit
+from heterotron.hdl.contract.params import ParamError
+from heterotron.sim.flows.units import UNITS, UnitError, get_unit
 
 try:
     import tomllib
@@ -125,7 +125,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from heterotron.sim.build import generate
+    from heterotron.sim.flows.build import generate
 
     unit, params = _resolve(args)
     out = generate(unit, params, Path(args.output))
@@ -138,9 +138,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_lint(args) -> int:
-    from heterotron.sim.build import generate
-    from heterotron.sim.lint import verilator_lint, yosys_check
-    from heterotron.sim.toolchain import VERILATOR_WAIVERS
+    from heterotron.sim.flows.build import generate
+    from heterotron.sim.flows.lint import verilator_lint, yosys_check
+    from heterotron.sim.flows.toolchain import VERILATOR_WAIVERS
 
     unit, params = _resolve(args)
     if args.verilog:
@@ -182,7 +182,7 @@ def cmd_lint(args) -> int:
 
 
 def cmd_sim(args) -> int:
-    from heterotron.sim.runner import run_sim
+    from heterotron.sim.flows.runner import run_sim
 
     unit, params = _resolve(args)
     if args.vectors is not None and args.vectors < 1:
@@ -204,8 +204,8 @@ def cmd_sim(args) -> int:
 
 
 def cmd_fpga_synth(args) -> int:
-    from heterotron.sim.build import generate
-    from heterotron.sim.fpga import fpga_synth
+    from heterotron.sim.flows.build import generate
+    from heterotron.sim.flows.fpga import fpga_synth
 
     unit, params = _resolve(args)
     gen = generate(unit, params)
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no random valid gaps or back-pressure")
     p.set_defaults(func=cmd_sim)
 
-    from heterotron.sim.fpga import DEVICES
+    from heterotron.sim.flows.fpga import DEVICES
 
     p = sub.add_parser("fpga", help="FPGA flows")
     fsub = p.add_subparsers(dest="fpga_command", required=True, metavar="FPGA_COMMAND")
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from heterotron.sim.toolchain import ToolError
+    from heterotron.sim.flows.toolchain import ToolError
 
     args = build_parser().parse_args(argv)
     try:

@@ -23,7 +23,7 @@ def _rates(text: str) -> list[float]:
 
 
 def _patterns(text: str) -> list[str]:
-    from heterotron.sim.noc import PATTERNS
+    from heterotron.sim.golden.noc import PATTERNS
 
     values = [v.strip().lower() for v in text.split(",") if v.strip()]
     if not values or any(v not in PATTERNS for v in values):
@@ -33,8 +33,8 @@ def _patterns(text: str) -> list[str]:
 
 def cmd_formal_router(args) -> int:
     from heterotron.scripts.cli import UsageError, _fmt_params, _resolve
-    from heterotron.sim.build import build_root
-    from heterotron.sim.formal import PROPERTIES, prove_router
+    from heterotron.sim.flows.build import build_root
+    from heterotron.sim.flows.formal import PROPERTIES, prove_router
 
     args.unit = "router"
     unit, params = _resolve(args)
@@ -59,7 +59,7 @@ def cmd_formal_router(args) -> int:
 
 
 def cmd_bench_noc(args) -> int:
-    from heterotron.sim.noc_bench import bench_noc, plot_noc
+    from heterotron.sim.flows.noc_bench import bench_noc, plot_noc
 
     res = bench_noc(args.mesh, rates=args.rates, patterns=args.patterns, beats=args.beats,
                     cycles=args.cycles, fpga=not args.no_fpga, seed=args.seed)

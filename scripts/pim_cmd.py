@@ -97,10 +97,10 @@ def _print_report(r: dict) -> None:
 
 def cmd_pim_sweep(args) -> int:
     from heterotron.scripts.cli import UsageError
-    from heterotron.sim import bert_int as bi
-    from heterotron.sim.accuracy import shipped_sentences
-    from heterotron.sim.bert_float import ModelMissing, load_minilm, tokenize
-    from heterotron.sim.pim_study import PimPoint, run_sweep, sweep_points
+    from heterotron.sim.golden import bert_int as bi
+    from heterotron.sim.golden.bert_float import ModelMissing, load_minilm, tokenize
+    from heterotron.sim.studies.accuracy import shipped_sentences
+    from heterotron.sim.studies.pim_study import PimPoint, run_sweep, sweep_points
 
     sentences = shipped_sentences("sentences")
     calibration = shipped_sentences("calibration")

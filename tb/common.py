@@ -20,7 +20,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from heterotron.hdl.params import inspect_only
+from heterotron.hdl.contract.params import inspect_only
 
 __all__ = [
     "params_from_env",
@@ -205,6 +205,8 @@ class ClockedBench:
     async def start(self, reset_cycles: int = 2) -> None:
         Clock(self.dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
         self.dut.rst.value = 1
+        if hasattr(self.dut, "error_clear"):  # the sticky-error convention (hdl/ports.py)
+            self.dut.error_clear.value = 0
         for _ in range(reset_cycles):
             await RisingEdge(self.dut.clk)
         self.dut.rst.value = 0

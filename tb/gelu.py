@@ -1,4 +1,4 @@
-"""cocotb testbench: Gelu against :func:`heterotron.sim.sfu.gelu_values`.
+"""cocotb testbench: Gelu against :func:`heterotron.sim.golden.sfu.gelu_values`.
 
 Run through the runner: ``heterotron sim gelu --param lanes=2 --param in_width=12``.
 """
@@ -8,15 +8,14 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.gelu import Gelu
-from heterotron.hdl.params import defaults
 from heterotron.hdl.rowstream import SfuError
-from heterotron.sim.intops import GELU_MAX_SCALE, gelu_consts, gelu_consts_problem
-from heterotron.sim.requantizer import dyadic
-from heterotron.sim.sfu import gelu_values
-
-from .common import make_rng, params_from_env, vectors_from_env
-from .rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.sim.golden.intops import GELU_MAX_SCALE, gelu_consts, gelu_consts_problem
+from heterotron.sim.golden.requantizer import dyadic
+from heterotron.sim.golden.sfu import gelu_values
+from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 60  # rows per random test
 

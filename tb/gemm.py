@@ -1,4 +1,4 @@
-"""cocotb testbench: GemmEngine against :func:`heterotron.sim.systolic.gemm`, and the GEMM
+"""cocotb testbench: GemmEngine against :func:`heterotron.sim.golden.systolic.gemm`, and the GEMM
 benchmark (``heterotron bench gemm``), for whatever parameters the runner built it with.
 
 The host side is three streams with their own random gaps (commands, operand elements) and a
@@ -16,11 +16,10 @@ import numpy as np
 from amaranth.hdl import Const
 from cocotb.triggers import RisingEdge
 
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.gemm import Error, GemmEngine, Op
-from heterotron.hdl.params import defaults
-from heterotron.sim.systolic import gemm, operand_range, output_order
-
-from .common import (
+from heterotron.sim.golden.systolic import gemm, operand_range, output_order
+from heterotron.tb.common import (
     ClockedBench,
     Scoreboard,
     StreamSink,

@@ -1,4 +1,4 @@
-"""cocotb testbench: LayerNorm against :func:`heterotron.sim.sfu.layernorm_row`.
+"""cocotb testbench: LayerNorm against :func:`heterotron.sim.golden.sfu.layernorm_row`.
 
 Run through the runner: ``heterotron sim layernorm --param lanes=2 --param max_len=64``.
 """
@@ -8,14 +8,13 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.layernorm import LayerNorm
-from heterotron.hdl.params import defaults
 from heterotron.hdl.rowstream import SfuError
-from heterotron.sim.intops import layernorm_consts
-from heterotron.sim.sfu import layernorm_row
-
-from .common import make_rng, params_from_env, vectors_from_env
-from .rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.sim.golden.intops import layernorm_consts
+from heterotron.sim.golden.sfu import layernorm_row
+from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 24  # rows per random test
 

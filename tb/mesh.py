@@ -19,12 +19,11 @@ from collections import deque
 import cocotb
 import numpy as np
 
+from heterotron.hdl.contract.noc import Topology
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.mesh import Mesh, rx_layout, tx_layout
-from heterotron.hdl.noc import Topology
-from heterotron.hdl.params import defaults
-from heterotron.sim.noc import PATTERNS, destination, percentile, zero_load_latency
-
-from .common import (
+from heterotron.sim.golden.noc import PATTERNS, destination, percentile, zero_load_latency
+from heterotron.tb.common import (
     ClockedBench,
     StreamSink,
     StreamSource,

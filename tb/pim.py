@@ -1,4 +1,4 @@
-"""cocotb testbench: PimTile against :class:`heterotron.sim.pim.PimTileModel`, bit for bit.
+"""cocotb testbench: PimTile against :class:`heterotron.sim.golden.pim.PimTileModel`, bit for bit.
 
 Run through the runner: ``heterotron sim pim --param enob=3 --param cell_bits=1``.
 
@@ -15,11 +15,10 @@ import cocotb
 import numpy as np
 from amaranth.hdl import Const
 
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.pim import PimFlag, PimReg, PimTile
-from heterotron.sim.pim import ADC_FRAC, PimError, PimTileModel, gain_for_range
-
-from .common import (
+from heterotron.sim.golden.pim import ADC_FRAC, PimError, PimTileModel, gain_for_range
+from heterotron.tb.common import (
     ClockedBench,
     Scoreboard,
     StreamSink,

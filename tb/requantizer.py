@@ -1,4 +1,4 @@
-"""cocotb testbench: Requantizer against :func:`heterotron.sim.requantizer.requantize`.
+"""cocotb testbench: Requantizer against :func:`heterotron.sim.golden.requantizer.requantize`.
 
 Run through the runner (``heterotron sim requantizer --param lanes=3 --seed 7``), which passes the
 generator parameters, the seed, the vector count and the stall switch in the environment.
@@ -10,11 +10,10 @@ import cocotb
 import numpy as np
 from cocotb.triggers import RisingEdge
 
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.requantizer import Requantizer
-from heterotron.sim.requantizer import requantize
-
-from .common import (
+from heterotron.sim.golden.requantizer import requantize
+from heterotron.tb.common import (
     ClockedBench,
     Scoreboard,
     StreamSink,

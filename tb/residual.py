@@ -1,4 +1,4 @@
-"""cocotb testbench: ResidualAdd against :func:`heterotron.sim.sfu.residual_values`.
+"""cocotb testbench: ResidualAdd against :func:`heterotron.sim.golden.sfu.residual_values`.
 
 Run through the runner: ``heterotron sim residual --param lanes=2 --param out_width=16``.
 """
@@ -8,13 +8,12 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.residual import ResidualAdd
 from heterotron.hdl.rowstream import SfuError
-from heterotron.sim.sfu import residual_values
-
-from .common import make_rng, params_from_env, vectors_from_env
-from .rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.sim.golden.sfu import residual_values
+from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 60  # rows per random test
 

@@ -4,7 +4,7 @@ Run through the runner: ``heterotron sim router --param nz=2 --param z=1``.
 
 Each input sends packets (random lengths, one-flit packets included) to random destinations
 whose route does not turn back the way it came. Every packet must leave by the output the
-routing function (:meth:`heterotron.hdl.noc.Topology.route`) names, intact, contiguous (no
+routing function (:meth:`heterotron.hdl.contract.noc.Topology.route`) names, intact, contiguous (no
 other flit between its head and its tail), in order per (input, output).
 """
 
@@ -14,12 +14,11 @@ from collections import deque
 
 import cocotb
 
-from heterotron.hdl.noc import Topology, flit_layout
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.noc import Topology, flit_layout
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.router import Router
-from heterotron.sim.noc import header_word
-
-from .common import (
+from heterotron.sim.golden.noc import header_word
+from heterotron.tb.common import (
     ClockedBench,
     StreamSink,
     StreamSource,
@@ -28,7 +27,7 @@ from .common import (
     stalls_from_env,
     vectors_from_env,
 )
-from .mesh import WATCHDOG, Fields
+from heterotron.tb.mesh import WATCHDOG, Fields
 
 DEFAULT_PACKETS = 40  # per input
 
@@ -158,7 +157,7 @@ async def test_contention(dut):
 
 
 def decode_src(tb: RouterBench, word: int):
-    from heterotron.sim.noc import depacketize
+    from heterotron.sim.golden.noc import depacketize
     data = tb.flit.get(word, "data")
     src, _, _ = depacketize(tb.topo, [(data, 1, 0), (0, 0, 1)])
     return src

@@ -15,8 +15,13 @@ import numpy as np
 from amaranth.hdl import Const
 
 from heterotron.hdl.rowstream import SfuError
-
-from .common import ClockedBench, StreamSink, StreamSource, port_shapes, stalls_from_env
+from heterotron.tb.common import (
+    ClockedBench,
+    StreamSink,
+    StreamSource,
+    port_shapes,
+    stalls_from_env,
+)
 
 __all__ = ["RowBench", "beats_of", "corner_rows", "bench_rows", "BENCH", "ENV_BENCH"]
 

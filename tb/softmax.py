@@ -1,4 +1,4 @@
-"""cocotb testbench: Softmax against :func:`heterotron.sim.sfu.softmax_row`.
+"""cocotb testbench: Softmax against :func:`heterotron.sim.golden.sfu.softmax_row`.
 
 Run through the runner: ``heterotron sim softmax --param lanes=2 --param variant=divfree``.
 """
@@ -10,14 +10,13 @@ import math
 import cocotb
 import numpy as np
 
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.rowstream import SfuError
 from heterotron.hdl.softmax import Softmax
-from heterotron.sim.intops import EXP_C, EXP_MIN_BITS, exp_consts, exp_consts_problem
-from heterotron.sim.sfu import softmax_row
-
-from .common import make_rng, params_from_env, vectors_from_env
-from .rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.sim.golden.intops import EXP_C, EXP_MIN_BITS, exp_consts, exp_consts_problem
+from heterotron.sim.golden.sfu import softmax_row
+from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
 
 DEFAULT_VECTORS = 40  # rows per random test
 

@@ -1,4 +1,4 @@
-"""cocotb testbench: SystolicArray against :mod:`heterotron.sim.systolic` (``os_tile``,
+"""cocotb testbench: SystolicArray against :mod:`heterotron.sim.golden.systolic` (``os_tile``,
 ``ws_rows``), for whatever parameters the runner built it with.
 
 Run through the runner: ``heterotron sim systolic --param rows=4 --param dataflow=ws``.
@@ -10,11 +10,10 @@ import cocotb
 import numpy as np
 from amaranth.hdl import Const
 
-from heterotron.hdl.params import defaults
+from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.systolic import SystolicArray
-from heterotron.sim.systolic import operand_range, os_tile, product_range, ws_rows
-
-from .common import (
+from heterotron.sim.golden.systolic import operand_range, os_tile, product_range, ws_rows
+from heterotron.tb.common import (
     ClockedBench,
     Scoreboard,
     StreamSink,

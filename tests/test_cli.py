@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from heterotron.hdl.requantizer import Requantizer
-from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import main
+from heterotron.sim.flows.units import get_unit
 
 
 def run_cli(capsys, *argv):
@@ -141,8 +141,8 @@ def test_sim_waves_writes_a_waveform(capsys):
 
 def test_unchanged_builds_are_reused(tmp_path, monkeypatch):
     """Second run with the same parameters: same Verilog file untouched, no simulator build."""
-    from heterotron.sim.build import generate
-    from heterotron.sim.runner import run_sim
+    from heterotron.sim.flows.build import generate
+    from heterotron.sim.flows.runner import run_sim
 
     monkeypatch.setenv("HETEROTRON_BUILD_DIR", str(tmp_path))
     unit = get_unit("requantizer")
@@ -164,14 +164,14 @@ def test_cache_sees_the_golden_constants_the_rtl_imports(monkeypatch):
     PiM ADC constant must not hand back stale Verilog)."""
     from pathlib import Path
 
-    from heterotron.sim import build
+    from heterotron.sim.flows import build
 
     names = {f"{p.parent.name}/{p.name}" for p in build.generator_sources()}
-    assert {"hdl/softmax.py", "hdl/rowstream.py", "sim/intops.py", "sim/requantizer.py",
-            "sim/pim.py"} <= names
+    assert {"hdl/softmax.py", "hdl/rowstream.py", "contract/numerics.py", "contract/pim.py",
+            "contract/params.py"} <= names
     assert not any(n.startswith("tb/") or n.startswith("scripts/") for n in names)
     before = build.source_digest()
-    intops = next(p for p in build.generator_sources() if p.name == "intops.py")
+    intops = next(p for p in build.generator_sources() if p.name == "numerics.py")
     real = Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes",
                         lambda self: real(self) + (b"# edited" if self == intops else b""))

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.gemm import Error, GemmEngine, Op
-from heterotron.hdl.params import ParamError, sample_valid
-from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import main
-from heterotron.sim.amaranth_sim import stream_get, stream_put
-from heterotron.sim.runner import run_sim
-from heterotron.sim.systolic import gemm, output_order
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.systolic import gemm, output_order
+from heterotron.tb.amaranth_sim import stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 
@@ -185,7 +185,7 @@ def test_bench_rejects_bad_arguments(capsys, argv, message):
 
 @pytest.mark.slow
 def test_bench_reports_verified_cycles_and_utilisation():
-    from heterotron.sim.bench import bench_gemm
+    from heterotron.sim.flows.bench import bench_gemm
 
     rows = bench_gemm([12, 20], [(4, 4)], ["os", "ws"])
     assert [(r["dataflow"], r["m"]) for r in rows] == [("os", 12), ("os", 20), ("ws", 12),

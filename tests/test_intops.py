@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotron.sim.bert_float import gelu, layer_norm, softmax
-from heterotron.sim.intops import (
+from heterotron.sim.golden.bert_float import gelu, layer_norm, softmax
+from heterotron.sim.golden.intops import (
     EXP_C,
     EXP_MAX_WIDTH,
     EXP_MIN_BITS,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import load_config, main
-from heterotron.sim.build import generate
-from heterotron.sim.lint import verilator_lint, yosys_check
+from heterotron.sim.flows.build import generate
+from heterotron.sim.flows.lint import verilator_lint, yosys_check
+from heterotron.sim.flows.units import get_unit
 
 
 @pytest.mark.parametrize("config", ["default", "small", "per-channel"])

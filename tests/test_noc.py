@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 from amaranth.hdl import Cat, Mux, Signal
 
+from heterotron.hdl.contract.noc import DeadlockError, Topology
+from heterotron.hdl.contract.params import ParamError, inspect_only, sample_valid
 from heterotron.hdl.mesh import Mesh
-from heterotron.hdl.noc import DeadlockError, Topology
-from heterotron.hdl.params import ParamError, inspect_only, sample_valid
 from heterotron.hdl.router import Router
-from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import main
-from heterotron.sim.formal import prove_router
-from heterotron.sim.noc import (
+from heterotron.sim.flows.formal import prove_router
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import icarus_available
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.noc import (
     PATTERNS,
     depacketize,
     destination,
@@ -25,8 +27,6 @@ from heterotron.sim.noc import (
     packetize,
     zero_load_latency,
 )
-from heterotron.sim.runner import run_sim
-from heterotron.sim.toolchain import icarus_available
 
 SHAPES = [(4, 4, 1), (3, 3, 2), (2, 1, 1), (1, 5, 1), (2, 3, 4), (8, 8, 1), (1, 1, 3)]
 

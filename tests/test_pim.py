@@ -11,10 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.params import ParamError, sample_valid
+from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.pim import PimTile
-from heterotron.hdl.units import get_unit
-from heterotron.sim.pim import (
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import icarus_available
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.pim import (
     NOISE_SHIFT,
     NOISE_STD,
     PimError,
@@ -27,8 +29,6 @@ from heterotron.sim.pim import (
     sigma_code,
     xorshift32,
 )
-from heterotron.sim.runner import run_sim
-from heterotron.sim.toolchain import icarus_available
 
 # -- parameters -------------------------------------------------------------------------------
 

@@ -15,13 +15,13 @@ from amaranth.sim import Simulator
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.params import ParamError, sample
+from heterotron.hdl.contract.params import ParamError, sample
 from heterotron.hdl.requantizer import Requantizer
-from heterotron.hdl.units import get_unit
-from heterotron.sim.amaranth_sim import stream_get, stream_put
-from heterotron.sim.requantizer import dyadic, requantize, round_shift, saturate
-from heterotron.sim.runner import run_sim
-from heterotron.sim.toolchain import icarus_available
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import icarus_available
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.requantizer import dyadic, requantize, round_shift, saturate
+from heterotron.tb.amaranth_sim import stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 

@@ -11,24 +11,24 @@ import pytest
 from amaranth.hdl import Elaboratable, Module
 from amaranth.sim import Simulator
 
+from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.gelu import Gelu
 from heterotron.hdl.layernorm import LayerNorm
-from heterotron.hdl.params import ParamError, sample_valid
 from heterotron.hdl.residual import ResidualAdd
 from heterotron.hdl.rowstream import SeqDivider, SeqIsqrt
 from heterotron.hdl.softmax import Softmax
-from heterotron.hdl.units import get_unit
 from heterotron.scripts.cli import main
-from heterotron.sim.intops import (
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import icarus_available
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.intops import (
     RECIP_NORM,
     exp_consts,
     recip_shift,
     reciprocal_divfree,
     reciprocal_ibert,
 )
-from heterotron.sim.runner import run_sim
-from heterotron.sim.sfu import float_errors
-from heterotron.sim.toolchain import icarus_available
+from heterotron.sim.golden.sfu import float_errors
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -198,8 +198,8 @@ def test_divfree_reciprocal_error_over_the_sum_range():
 def test_gelu_golden_is_exact_where_int64_would_overflow():
     """A coarse-but-accepted GELU constant set (found by a sampled testbench run): x (y + one)
     exceeds 2^63, and the golden model must still be exact, as the RTL is."""
-    from heterotron.sim.intops import GeluConsts, i_gelu
-    from heterotron.sim.sfu import gelu_values
+    from heterotron.sim.golden.intops import GeluConsts, i_gelu
+    from heterotron.sim.golden.sfu import gelu_values
 
     b, c, one, m, e = -120688128, -16116704388639658, -983685570596, 10583864, 63
     x = (1 << 23) - 1

@@ -9,19 +9,19 @@ from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.params import ParamError, sample_valid
+from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.systolic import SystolicArray, check_accumulator
-from heterotron.hdl.units import get_unit
-from heterotron.sim.amaranth_sim import stream_get, stream_put
-from heterotron.sim.runner import run_sim
-from heterotron.sim.systolic import (
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import icarus_available
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.systolic import (
     accumulator_range,
     bits_for_range,
     operand_range,
     os_tile,
     ws_rows,
 )
-from heterotron.sim.toolchain import icarus_available
+from heterotron.tb.amaranth_sim import stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 

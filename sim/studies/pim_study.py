@@ -1,6 +1,6 @@
 """The PiM study behind ``heterotron pim-sweep``: the integer MiniLM encoder with its static
 weights (Q, K, V, O projections, FC1, FC2) on processing-in-memory tiles, every tile the golden
-:class:`~heterotron.sim.pim.PimTileModel`, swept over ADC bits, cell bits, noise and faults.
+:class:`~heterotron.sim.golden.pim.PimTileModel`, swept over ADC bits, cell bits, noise and faults.
 
 Accuracy is the sentence-embedding cosine against the float model (as ``heterotron accuracy``)
 and the cosine against the exact-integer encoder; cycles are the tiles' own counters on the real
@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import bert_int as bi
-from .accuracy import _cos
-from .bert_float import BertWeights, Tokenized, embed, encode, mean_pool
-from .pim import PimMatrix, gain_for_range, rate_code, sigma_code
+from heterotron.sim.golden import bert_int as bi
+from heterotron.sim.golden.bert_float import BertWeights, Tokenized, embed, encode, mean_pool
+from heterotron.sim.golden.pim import PimMatrix, gain_for_range, rate_code, sigma_code
+from heterotron.sim.studies.accuracy import _cos
 
 __all__ = ["PimPoint", "sweep_points", "PimEncoder", "run_sweep", "MATRICES"]
 

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .toolchain import VERILATOR_WAIVERS, find_tool, tool_env
+from heterotron.sim.flows.toolchain import VERILATOR_WAIVERS, find_tool, tool_env
 
 __all__ = ["LintResult", "verilator_lint", "yosys_check"]
 

@@ -39,10 +39,26 @@ runs at NumPy speed; one physical tile is ``tiles=1``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from heterotron.hdl.contract.params import defaults
+from heterotron.hdl.contract.pim import (  # noqa: F401 (re-exported)
+    ADC_FRAC,
+    FAULT_MIX,
+    M32,
+    NOISE_SHIFT,
+    NOISE_STD,
+    PIM_PARAMS,
+    RATE_BITS,
+    SEED_MIX,
+    SIGMA_BITS,
+    PimError,
+    check_pim_params,
+    gain_for_range,
+    slices_of,
+)
 
 __all__ = ["ADC_FRAC", "NOISE_SHIFT", "NOISE_STD", "PimError", "PimTileModel", "PimMatrix",
            "gain_for_range", "sigma_code", "rate_code", "xorshift32", "noise_z", "fault_hash",
@@ -50,35 +66,12 @@ __all__ = ["ADC_FRAC", "NOISE_SHIFT", "NOISE_STD", "PimError", "PimTileModel", "
 
 I64 = np.int64
 U64 = np.uint64
-M32 = 0xFFFFFFFF
-
-#: Fractional bits of the ADC gain and offset.
-ADC_FRAC = 12
-#: ``noise = (z * sigma_q) >> NOISE_SHIFT``.
-NOISE_SHIFT = 8
-#: Standard deviation of ``z``: four independent bytes, each ``2b - 255`` (variance (2^16-1)/3).
-NOISE_STD = math.sqrt(4 * ((1 << 16) - 1) / 3)
-SIGMA_BITS = 16  # sigma_q register
-RATE_BITS = 16  # fault_rate register: probability fault_rate / 2^16
-SEED_MIX = 0x9E3779B9  # ADC a's LFSR starts at (seed ^ (SEED_MIX * (a + 1))) | 1
-FAULT_MIX = 0x6A09E667
-
-
-class PimError(ValueError):
-    """A configuration or weight write the tile refuses (the RTL sets its ``error`` flag)."""
-
-
-def slices_of(weight_bits: int, cell_bits: int) -> int:
-    return -(-(weight_bits - 1) // cell_bits)
 
 
 def tile_params(**given) -> dict:
     """All of a tile's generator parameters, defaults filled in and validated as the RTL's
     constructor validates them (:class:`heterotron.hdl.pim.PimTile`)."""
-    from ..hdl.params import defaults
-    from ..hdl.pim import PimTile, check_pim_params
-
-    p = defaults(PimTile.PARAMS, given)
+    p = defaults(PIM_PARAMS, given)
     check_pim_params(p)
     return p
 
@@ -112,15 +105,6 @@ def fault_hash(seed, addr):
     for _ in range(3):
         h = xorshift32(h)
     return h
-
-
-def gain_for_range(adc_range: float, enob: int) -> int:
-    """The gain register for a clip range of ``adc_range`` column-sum units: ``round(L * 2^F /
-    range)`` (at least 1), so that a sum of ``adc_range`` converts to the top code ``L``."""
-    if adc_range <= 0:
-        raise PimError(f"the ADC range must be positive, not {adc_range}")
-    levels = (1 << enob) - 1
-    return max(1, int(math.floor(levels * (1 << ADC_FRAC) / adc_range + 0.5)))
 
 
 def sigma_code(sigma_lsb: float) -> int:

@@ -11,7 +11,7 @@ Properties (each an ``Assert`` below):
   buffered, always; a buffer is never read empty; every cycle each flit that leaves an input
   buffer leaves by exactly one output, unchanged, and every output flit is such a flit;
 * **routing**: a head flit is granted only to the output that the routing function
-  (:meth:`heterotron.hdl.noc.Topology.route`, tabulated here from Python, not the RTL's
+  (:meth:`heterotron.hdl.contract.noc.Topology.route`, tabulated here from Python, not the RTL's
   comparators) names for its destination;
 * **no interleaving**: between a packet's head and its tail, an output carries flits of the
   input that sent the head only;
@@ -38,10 +38,9 @@ from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume, C, Cat, Module, Mux, ResetSignal, Signal
 from amaranth.lib import data, wiring
 
-from heterotron.hdl.noc import flit_layout, header_layout
+from heterotron.hdl.contract.noc import flit_layout, header_layout
 from heterotron.hdl.router import Router
-
-from .toolchain import ToolError, find_tool, tool_env
+from heterotron.sim.flows.toolchain import ToolError, find_tool, tool_env
 
 __all__ = ["RouterProof", "ProofResult", "prove_router", "PROPERTIES"]
 

@@ -11,17 +11,17 @@ from typing import Any
 
 from amaranth.lib import wiring
 
-from .gelu import Gelu
-from .gemm import GemmEngine
-from .layernorm import LayerNorm
-from .mesh import Mesh
-from .params import Param, ParamError, check, defaults, parse_value
-from .pim import PimTile
-from .requantizer import Requantizer
-from .residual import ResidualAdd
-from .router import Router
-from .softmax import Softmax
-from .systolic import SystolicArray
+from heterotron.hdl.contract.params import Param, ParamError, check, defaults, parse_value
+from heterotron.hdl.gelu import Gelu
+from heterotron.hdl.gemm import GemmEngine
+from heterotron.hdl.layernorm import LayerNorm
+from heterotron.hdl.mesh import Mesh
+from heterotron.hdl.pim import PimTile
+from heterotron.hdl.requantizer import Requantizer
+from heterotron.hdl.residual import ResidualAdd
+from heterotron.hdl.router import Router
+from heterotron.hdl.softmax import Softmax
+from heterotron.hdl.systolic import SystolicArray
 
 __all__ = ["Unit", "UNITS", "get_unit", "UnitError"]
 
@@ -65,8 +65,14 @@ class Unit:
         return defaults(self.params, given)
 
     def validate(self, params: dict[str, Any]) -> None:
-        """Raise :class:`ParamError` for a bad parameter, as construction would."""
-        check(self.params, **params)
+        """Raise :class:`ParamError` for a bad parameter or combination, as construction
+        would (the component's :meth:`~heterotron.hdl.contract.params.Parameterised.validate_params`
+        where it has one)."""
+        validate = getattr(self.component, "validate_params", None)
+        if validate is None:
+            check(self.params, **params)
+        else:
+            validate(params)
 
     def build(self, params: dict[str, Any]) -> wiring.Component:
         """Construct the component; raises :class:`ParamError` on a bad parameter."""

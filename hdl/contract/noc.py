@@ -21,7 +21,7 @@ from itertools import permutations, product
 from amaranth.hdl import unsigned
 from amaranth.lib import data, stream
 
-from .params import Param, ParamError
+from heterotron.hdl.contract.params import Param, ParamError
 
 __all__ = ["PORTS", "ORDERS", "MESH_PARAMS", "Topology", "flit_layout", "coord_layout",
            "header_layout", "link_signature", "DeadlockError", "coord_bits"]

@@ -1,7 +1,7 @@
 """Golden models of the special-function units, row by row, exactly as the RTL sees them.
 
-Each function applies the golden integer op of :mod:`heterotron.sim.intops` (and the
-requantisation of :mod:`heterotron.sim.requantizer`) to the rows a unit receives, with the
+Each function applies the golden integer op of :mod:`heterotron.sim.golden.intops` (and the
+requantisation of :mod:`heterotron.sim.golden.requantizer`) to the rows a unit receives, with the
 unit's own conventions: rows longer than ``max_len`` are cut to their first ``max_len``
 elements (the RTL flags ``SfuError.LENGTH``), and constants are plain integers as written
 through the configuration port. Arithmetic on possibly wide values runs on Python integers
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .intops import (
+from heterotron.sim.golden.intops import (
     EXP_MAX_WIDTH,
     ExpConsts,
     GeluConsts,
@@ -23,7 +23,7 @@ from .intops import (
     layernorm_int,
     softmax_int,
 )
-from .requantizer import requantize
+from heterotron.sim.golden.requantizer import requantize
 
 __all__ = ["softmax_row", "gelu_values", "layernorm_row", "residual_values", "float_errors"]
 
@@ -84,9 +84,9 @@ def _summary(unit: str, got: np.ndarray, ref: np.ndarray, lsb: float, what: str,
 def float_errors(seed: int = 0) -> list[dict]:
     """Max and mean absolute error of each unit's golden model against float arithmetic on the
     dequantised inputs, on synthetic inputs shaped like MiniLM's (scales as in
-    :mod:`heterotron.sim.bert_int`). Errors are in real units and in output LSBs."""
-    from .intops import exp_consts, gelu_consts, layernorm_consts
-    from .requantizer import dyadic
+    :mod:`heterotron.sim.golden.bert_int`). Errors are in real units and in output LSBs."""
+    from heterotron.sim.golden.intops import exp_consts, gelu_consts, layernorm_consts
+    from heterotron.sim.golden.requantizer import dyadic
 
     rng = np.random.default_rng(seed)
     out = []

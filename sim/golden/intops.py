@@ -6,7 +6,7 @@ integer arithmetic in int64 (bounds are noted where they matter). ``docs/number-
 explains every operation; the RTL units match these functions bit for bit.
 
 Rounding conventions, used throughout: ``floor`` is floor (towards -infinity, NumPy's ``//`` and
-``>>``); ``round_shift`` is round half up (see :mod:`heterotron.sim.requantizer`).
+``>>``); ``round_shift`` is round half up (see :mod:`heterotron.sim.golden.requantizer`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .requantizer import _as_int_array, dyadic, requantize
+from heterotron.hdl.contract.numerics import (  # noqa: F401 (re-exported)
+    EXP_A,
+    EXP_B,
+    EXP_C,
+    EXP_MAX_WIDTH,
+    EXP_MIN_BITS,
+    EXP_N,
+    GELU_A,
+    GELU_B,
+    GELU_K,
+    GELU_MAX_SCALE,
+    GELU_MIN_ONE_BITS,
+    GELU_SHIFT,
+    LN2_X0,
+    RECIP_NORM,
+    exp_consts_problem,
+    exp_field_bits,
+    gelu_consts_problem,
+    gelu_field_bits,
+)
+from heterotron.sim.golden.requantizer import _as_int_array, dyadic, requantize
 
 __all__ = [
     "quantize_sym",
@@ -106,7 +126,7 @@ REQUANT_MIN_BITS = 8
 def requant_consts(ratio, m_bits: int = 31, max_shift: int = 63):
     """Per-channel (or scalar) dyadic constants ``(m, e)`` for ``requantize``: ratios from
     ``2^-(max_shift - 7)`` to below ``2^m_bits - 0.5``; outside that :class:`ValueError`
-    (:func:`~heterotron.sim.requantizer.dyadic` with ``min_bits = 8``)."""
+    (:func:`~heterotron.sim.golden.requantizer.dyadic` with ``min_bits = 8``)."""
     r = np.atleast_1d(np.asarray(ratio, dtype=np.float64))
     pairs = [dyadic(float(v), m_bits, max_shift, REQUANT_MIN_BITS) for v in r]
     m = np.array([p[0] for p in pairs], dtype=I64)
@@ -118,18 +138,6 @@ def requant_consts(ratio, m_bits: int = 31, max_shift: int = 63):
 
 # -- i-exp and Softmax ----------------------------------------------------------------------------
 
-#: exp(r) ~ A * (r + B)^2 + C on r in (-ln 2, 0] (I-BERT's second-order fit).
-EXP_A, EXP_B, EXP_C = 0.35815147, 0.96963238 / 0.35815147, 1.0 / 0.35815147
-LN2_X0 = -0.6931
-EXP_N = 30  # clamp: at most 30 halvings
-#: Widest i-exp output (and constant ``c``) any Softmax unit takes: ``Softmax``'s
-#: ``exp_width`` is at most this, and the golden model refuses a wider ``c``.
-EXP_MAX_WIDTH = 30
-#: Smallest ``c`` (as ``2^EXP_MIN_BITS``) a Softmax unit takes, i.e. input scales up to
-#: ``sqrt(EXP_C / 2^16) = 0.0065``: coarser scales leave i-exp so few levels (and floor
-#: ``x0`` so far from ``-ln 2 / S``) that the result is off by more than 2.5 LSB of 8 bits
-#: (13 LSB at S = 0.1, 200 at S = 1); the unit refuses them instead (``SfuError.CONFIG``).
-EXP_MIN_BITS = 16
 #: Softmax's documented error against float, for constants from :func:`exp_consts` and rows
 #: of ``L`` elements up to 4096 (:func:`softmax_error_bound`):
 #: ``|out / 2^out_bits - p| <= 2^-out_bits + FIT + X0 * delta + L / c``. ``2^-out_bits``: the
@@ -139,15 +147,6 @@ EXP_MIN_BITS = 16
 #: exps, one LSB of ``c`` each. Measured over random, peaked, uniform and narrow rows and
 #: "one peak and L - 1 equal scores" rows at every offset (``tests/test_intops.py``).
 SOFTMAX_FIT_ERROR, SOFTMAX_X0_FACTOR = 0.001, 3.0
-#: Row sums of more than ``RECIP_NORM`` bits are normalised before the reciprocal: with
-#: ``sh = max(0, bitlen(sum) - RECIP_NORM)`` the reciprocal is ``floor(2^32 / (sum >> sh))``
-#: (``~2^(32 + sh) / sum``), so it keeps at least ``33 - RECIP_NORM`` significant bits for any
-#: row sum and the divider's divisor is at most ``RECIP_NORM`` bits wide (without the shift,
-#: ``floor(2^32 / sum)`` keeps fewer than 8 bits once the sum passes 2^24 and is 0 past
-#: 2^32); the output shift grows by ``sh``.
-RECIP_NORM = 16
-
-
 @dataclass(frozen=True)
 class ExpConsts:
     """Integer constants of i-exp for an input scale ``S``: ``x0 = floor(-0.6931 / S)``,
@@ -157,38 +156,6 @@ class ExpConsts:
     b: int
     c: int
     out_scale: float
-
-
-def exp_field_bits(exp_width: int) -> int:
-    """``h`` of the Softmax unit's constant fields (``x0`` signed ``h + 1`` bits, ``b`` unsigned
-    ``h + 1``): ``ceil(exp_width / 2) + 2``, since real constants have ``|x0| ~ 0.42 sqrt(c)``
-    and ``b ~ 1.62 sqrt(c)``."""
-    return (exp_width + 1) // 2 + 2
-
-
-def exp_consts_problem(x0: int, b: int, c: int, exp_width: int = EXP_MAX_WIDTH) -> str | None:
-    """Why the Softmax unit refuses i-exp constants (``SfuError.CONFIG``), or ``None``.
-
-    The rule the RTL checks at its configuration port, written once for the golden model, the
-    testbench and the host: ``x0 < 0``, ``b >= -x0`` (so ``0 <= e <= c`` and every row sum
-    is at least 1) and ``2^16 <= c < 2^exp_width`` (:data:`EXP_MIN_BITS`: coarser scales are
-    refused, not computed badly; ``exp_width`` is the unit's), and constants that fit the
-    port's fields (:func:`exp_field_bits`: ``-2^h <= x0``, ``b < 2^(h+1)``; a wider value would
-    be cut by the field, so the host must not write it)."""
-    if not all(isinstance(v, (int, np.integer)) for v in (x0, b, c)):
-        return f"i-exp constants must be integers, not x0={x0!r}, b={b!r}, c={c!r}"
-    if x0 >= 0:
-        return f"i-exp constant x0 must be negative, not {x0}"
-    if b < -x0:
-        return f"i-exp constant b must be at least -x0 = {-x0}, not {b}"
-    if not (1 << EXP_MIN_BITS) <= c < (1 << exp_width):
-        return (f"i-exp constant c must be in [2^{EXP_MIN_BITS}, 2^{exp_width} - 1] "
-                f"(exp_width = {exp_width}), not {c}")
-    h = exp_field_bits(exp_width)
-    if x0 < -(1 << h) or b >= 1 << (h + 1):
-        return (f"i-exp constants x0 = {x0}, b = {b} do not fit the port's fields (exp_width = "
-                f"{exp_width}: x0 >= -2^{h}, b < 2^{h + 1})")
-    return None
 
 
 def check_exp_consts(k: ExpConsts, exp_width: int = EXP_MAX_WIDTH) -> None:
@@ -232,7 +199,7 @@ def softmax_error_bound(k: ExpConsts, length: int, out_bits: int = 8) -> float:
 
 
 def _int_input(x, name: str) -> np.ndarray:
-    """``x`` as an int64 array: :func:`~heterotron.sim.requantizer._as_int_array`'s check
+    """``x`` as an int64 array: :func:`~heterotron.sim.golden.requantizer._as_int_array`'s check
     (floats would be truncated silently), then refuses values int64 would wrap."""
     a = np.asarray(x)
     if a.size and a.dtype != bool:
@@ -366,14 +333,6 @@ def attention_int(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, exp: 
 
 # -- i-GELU ---------------------------------------------------------------------------------------
 
-GELU_K = 1.4142
-GELU_A, GELU_B = -0.2888, -1.769
-GELU_SHIFT = 14
-#: The Gelu unit refuses ``one > -2^GELU_MIN_ONE_BITS``, i.e. input scales coarser than
-#: about 1.3e-3: there the fixed ``2^14`` shift leaves erf so few levels that the result is
-#: off by up to 0.085 at S = 3e-3 and 39 at S = 0.05 (int8 inputs); accepted scales stay within
-#: :data:`GELU_ERROR_BOUND`.
-GELU_MIN_ONE_BITS = 8
 #: i-GELU's documented error against float GELU, in real units, over inputs in [-8, 8], for
 #: constants from :func:`gelu_consts` at any accepted scale (0.019 at 5e-4 and finer, 0.0312
 #: at the coarsest; measured in the tests). Beyond 8, where GELU(x) = x, the relative error
@@ -393,35 +352,6 @@ class GeluConsts:
     out_scale: float  # positive: i_gelu negates once to undo A < 0
 
 
-def gelu_field_bits(in_width: int) -> dict:
-    """Signed widths of the Gelu unit's constant fields for ``in_width``: wide enough for any
-    input scale that still represents the data."""
-    return {"b": in_width + 5, "c": 2 * in_width + 9, "one": 2 * in_width + 9}
-
-
-def gelu_consts_problem(b: int, c: int, one: int, in_width: int | None = None) -> str | None:
-    """Why the Gelu unit refuses i-GELU constants (``SfuError.CONFIG``), or ``None``: the
-    rule its configuration port checks, written once (``b < 0``, ``c <= 0``,
-    ``one <= -2^8``); with ``in_width``, also whether they fit the port's fields
-    (:func:`gelu_field_bits`)."""
-    if not all(isinstance(v, (int, np.integer)) for v in (b, c, one)):
-        return f"i-GELU constants must be integers, not b={b!r}, c={c!r}, one={one!r}"
-    if b >= 0:
-        return f"i-GELU constant b must be negative, not {b}"
-    if c > 0:
-        return f"i-GELU constant c must be <= 0, not {c}"
-    if one > -(1 << GELU_MIN_ONE_BITS):
-        return (f"i-GELU constant one must be at most -2^{GELU_MIN_ONE_BITS} (an input scale of "
-                f"below {GELU_MAX_SCALE:.4g}), not {one}")
-    if in_width is not None:
-        for name, v in (("b", b), ("c", c), ("one", one)):
-            w = gelu_field_bits(in_width)[name]
-            if not -(1 << (w - 1)) <= v < 1 << (w - 1):
-                return (f"i-GELU constant {name} = {v} does not fit the port's {w}-bit field "
-                        f"(in_width = {in_width})")
-    return None
-
-
 def gelu_consts(scale: float) -> GeluConsts:
     """i-GELU's constants for an input scale; refuses scales coarser than
     :data:`GELU_MAX_SCALE` (the unit would refuse their constants)."""
@@ -438,10 +368,7 @@ def gelu_consts(scale: float) -> GeluConsts:
     return k
 
 
-#: The input scale :func:`gelu_consts` accepts up to (not included): ``one = floor(1 / S_erf)``
-#: is at most ``-2^8`` while ``1 / S_erf < 1 - 2^8``.
-GELU_MAX_SCALE = GELU_K * math.sqrt(
-    -1.0 / (GELU_A * 2**GELU_SHIFT * ((1 << GELU_MIN_ONE_BITS) - 1)))
+
 
 
 def i_gelu(x: np.ndarray, k: GeluConsts) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Golden models for the network-on-chip: packet format, traffic patterns, zero-load latency.
 
-The routing function itself is :class:`heterotron.hdl.noc.Topology` (one definition for the
+The routing function itself is :class:`heterotron.hdl.contract.noc.Topology` (one definition for the
 RTL, the deadlock check and these models).
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from heterotron.hdl.noc import Topology, header_layout
+from heterotron.hdl.contract.noc import Topology, header_layout
 
 __all__ = ["PATTERNS", "HOTSPOT_SHARE", "packetize", "depacketize", "destination",
            "zero_load_latency", "PER_HOP", "percentile"]

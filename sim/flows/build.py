@@ -19,8 +19,8 @@ from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import data, wiring
 
-from heterotron.hdl.params import defaults
-from heterotron.hdl.units import Unit
+from heterotron.hdl.contract.params import defaults
+from heterotron.sim.flows.units import Unit
 
 __all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest",
            "generator_sources", "locked"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .requantizer import requantize
+from heterotron.sim.golden.requantizer import requantize
 
 __all__ = [
     "operand_range",

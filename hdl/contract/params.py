@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Param", "ParamError", "check", "parse_value", "defaults", "validating", "sample",
-           "sample_valid", "inspect_only"]
+__all__ = ["Param", "ParamError", "Parameterised", "check", "parse_value", "defaults",
+           "validating", "sample", "sample_valid", "inspect_only"]
 
 
 class ParamError(ValueError):
@@ -165,6 +165,57 @@ def inspect_only(component):
         if hasattr(part, "_MustUse__silence"):
             part._MustUse__silence = True
     return component
+
+
+class Parameterised:
+    """The one way a component holds its generator parameters.
+
+    A component declares them once, in ``PARAMS`` (name, type, default, range, doc), puts the
+    rules *between* parameters in :meth:`check_params`, and starts its ``__init__`` with
+    ``p = self._take_params(given)``. It then has:
+
+    * every default from ``PARAMS`` (a ``follows`` parameter takes the other's value), so no
+      default is written twice;
+    * one validation, :meth:`validate_params` (ranges, then :meth:`check_params`), which the
+      unit catalogue runs too, so ``heterotron generate`` refuses exactly what construction
+      refuses;
+    * a read-only property per parameter (``component.lanes``) and :attr:`parameters`, the
+      whole set as a dict.
+
+    Derived quantities (widths, latencies) stay ordinary properties of the component.
+    """
+
+    PARAMS: tuple[Param, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for p in cls.__dict__.get("PARAMS", ()):
+            if p.name not in cls.__dict__:
+                setattr(cls, p.name, property(lambda self, _n=p.name: self._params[_n],
+                                              doc=p.doc))
+
+    @classmethod
+    def check_params(cls, p: dict[str, Any]) -> None:
+        """Raise :class:`ParamError` for a combination of in-range values the component cannot
+        build (override; each parameter's own range is already checked)."""
+
+    @classmethod
+    def validate_params(cls, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every parameter's value (defaults filled in), validated: ranges, then the rules
+        between parameters; raises :class:`ParamError` naming the parameter."""
+        p = defaults(cls.PARAMS, given)
+        check(cls.PARAMS, **p)
+        cls.check_params(p)
+        return p
+
+    def _take_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        with validating(self):
+            self._params = self.validate_params(given)
+        return dict(self._params)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return dict(self._params)
 
 
 def sample_valid(component_cls, rng, caps: dict[str, int] | None = None,

@@ -8,14 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from heterotron.hdl.noc import Topology
-from heterotron.hdl.units import get_unit
-
-from .build import generate
-from .fpga import fpga_synth
-from .noc import PATTERNS, PER_HOP, mean_zero_load
-from .runner import run_sim
-from .toolchain import ToolError
+from heterotron.hdl.contract.noc import Topology
+from heterotron.sim.flows.build import generate
+from heterotron.sim.flows.fpga import fpga_synth
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import ToolError
+from heterotron.sim.flows.units import get_unit
+from heterotron.sim.golden.noc import PATTERNS, PER_HOP, mean_zero_load
 
 __all__ = ["bench_noc", "plot_noc"]
 

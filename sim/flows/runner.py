@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterotron.hdl.units import Unit
-
-from .build import build_root, generate, locked
-from .toolchain import VERILATOR_WAIVERS, ToolError, apply_tool_env, icarus_available
+from heterotron.sim.flows.build import build_root, generate, locked
+from heterotron.sim.flows.toolchain import (
+    VERILATOR_WAIVERS,
+    ToolError,
+    apply_tool_env,
+    icarus_available,
+)
+from heterotron.sim.flows.units import Unit
 
 __all__ = ["SIMULATORS", "SimResult", "run_sim", "ENV_PARAMS", "ENV_VECTORS", "ENV_STALLS"]
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .toolchain import ToolError, find_tool, tool_env
+from heterotron.sim.flows.toolchain import ToolError, find_tool, tool_env
 
 __all__ = ["DEVICES", "fpga_synth"]
 

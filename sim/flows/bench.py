@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from heterotron.hdl.units import get_unit
-
-from .runner import run_sim
-from .toolchain import ToolError
+from heterotron.sim.flows.runner import run_sim
+from heterotron.sim.flows.toolchain import ToolError
+from heterotron.sim.flows.units import get_unit
 
 __all__ = ["bench_gemm", "GOALS", "bench_sfu", "SFU_CONFIGS"]
 
@@ -84,9 +83,9 @@ def bench_sfu(units: list[str] | None = None, fpga: bool = True, seed: int = 1,
               device: str = "ecp5-85f") -> dict[str, Any]:
     """Cycles per row and elements per cycle (Verilator, results checked), FPGA resources and
     Fmax (out of context), and the golden models' error against float, per unit."""
-    from .build import generate
-    from .fpga import fpga_synth
-    from .sfu import float_errors
+    from heterotron.sim.flows.build import generate
+    from heterotron.sim.flows.fpga import fpga_synth
+    from heterotron.sim.golden.sfu import float_errors
 
     configs = [c for c in SFU_CONFIGS if units is None or c[1] in units]
     throughput, resources = [], []

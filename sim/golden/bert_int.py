@@ -2,7 +2,8 @@
 
 Every scale is folded offline into integers (weights int8 per channel, biases int32, dyadic
 ``(m, e)`` pairs, i-exp/i-GELU/LayerNorm constants); :func:`run_layer` then uses integer
-arithmetic only (the golden ops of :mod:`heterotron.sim.intops`). The integer parameter set is
+arithmetic only (the golden ops of :mod:`heterotron.sim.golden.intops`). The integer parameter
+set is
 what the hardware loads; :func:`save` / :func:`load` write it as a versioned ``.npz``.
 
 Number formats per layer (scales from calibration, ``amax / (2^(bits-1) - 1)``, over short
@@ -46,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bert_float import BertWeights, Tokenized, embed, encoder_layer
-from .intops import (
+from heterotron.sim.golden.bert_float import BertWeights, Tokenized, embed, encoder_layer
+from heterotron.sim.golden.intops import (
     ExpConsts,
     GeluConsts,
     LayerNormConsts,
@@ -63,7 +64,7 @@ from .intops import (
     requant_consts,
     softmax_int,
 )
-from .requantizer import requantize
+from heterotron.sim.golden.requantizer import requantize
 
 __all__ = ["Precision", "IntEncoder", "calibrate", "smoothing_shifts", "build", "input_scales",
            "output_scale", "quantize_input", "run_layer", "run", "save", "load",

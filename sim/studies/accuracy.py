@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bert_int as bi
-from .bert_float import (
+from heterotron.sim.golden import bert_int as bi
+from heterotron.sim.golden.bert_float import (
     BertWeights,
     Tokenized,
     embed,
@@ -31,7 +31,7 @@ from .bert_float import (
     softmax,
     tokenize,
 )
-from .intops import (
+from heterotron.sim.golden.intops import (
     exp_consts,
     gelu_consts,
     i_exp,
@@ -42,7 +42,7 @@ from .intops import (
     requant_consts,
     softmax_int,
 )
-from .requantizer import requantize
+from heterotron.sim.golden.requantizer import requantize
 
 __all__ = ["read_sentences", "shipped_sentences", "shipped_sets", "shipped_calibration",
            "token_lengths", "meets_target", "evaluate", "op_errors", "tap_errors",
@@ -203,7 +203,7 @@ def op_errors(w: BertWeights, enc: bi.IntEncoder, seed: int = 0) -> dict:
 
 
 def _smoothing(enc: bi.IntEncoder) -> dict:
-    """Per layer, the channels :attr:`~heterotron.sim.bert_int.Precision.smooth_ratio` scaled
+    """Per layer, the channels :attr:`~heterotron.sim.golden.bert_int.Precision.smooth_ratio` scaled
     down, ``{channel: shift}``, for the layer input and LayerNorm 1's output."""
     out = {}
     for i in range(enc.layers):
