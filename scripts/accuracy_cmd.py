@@ -6,15 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "cmd_accuracy"]
+__all__ = ["add_commands", "cmd_accuracy"]
 
 MODELS = ("minilm",)
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("accuracy", help="integer encoder vs float all-MiniLM-L6-v2 on short "
-                                        "sentences and paragraphs: per-layer and "
-                                        "sentence-embedding cosine, per-op error")
+def add_commands(commands) -> None:
+    p = commands.command("accuracy", "integer encoder vs float all-MiniLM-L6-v2 on short "
+                         "sentences and paragraphs: per-layer and sentence-embedding cosine, "
+                         "per-op error", cmd_accuracy)
     p.add_argument("--model", choices=MODELS, default="minilm", help="(default: %(default)s)")
     p.add_argument("--sentences", metavar="FILE",
                    help="your own evaluation inputs, one per line, evaluated as one set "
@@ -29,7 +29,6 @@ def add_parser(sub) -> None:
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the all-int8 baseline run (ffn_bits=8)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
-    p.set_defaults(func=cmd_accuracy)
 
 
 def _progress(label: str, done: int, total: int) -> None:
@@ -147,7 +146,7 @@ def _print_report(r: dict) -> None:
 
 
 def cmd_accuracy(args) -> int:
-    from heterotron.scripts.cli import UsageError
+    from heterotron.scripts.common import UsageError
     from heterotron.sim.golden import bert_int as bi
     from heterotron.sim.golden.bert_float import ModelMissing, load_minilm
     from heterotron.sim.studies.accuracy import (

@@ -111,10 +111,10 @@ def cmd_bench_sfu(args) -> int:
     return 0
 
 
-def add_parser(sub):
-    p = sub.add_parser("bench", help="benchmarks measured in RTL simulation")
-    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
-    p = bsub.add_parser("gemm", help="GEMM cycles and utilisation on the systolic array")
+def add_commands(commands) -> None:
+    commands.group("bench", "benchmarks measured in RTL simulation")
+    p = commands.command("gemm", "GEMM cycles and utilisation on the systolic array",
+                         cmd_bench_gemm, group="bench")
     p.add_argument("--sizes", type=_sizes, default=[64, 128, 256],
                    help="M = K = N values (default: 64,128,256)")
     p.add_argument("--arrays", type=_arrays, default=[(8, 8), (16, 16)],
@@ -123,14 +123,11 @@ def add_parser(sub):
                    help="os, ws or both (default: os,ws)")
     p.add_argument("--seed", type=int, default=1, help="operand seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=cmd_bench_gemm)
-    p = bsub.add_parser("sfu", help="Softmax/GELU/LayerNorm/ResidualAdd: cycles per row, "
-                        "FPGA figures, error against float")
+    p = commands.command("sfu", "Softmax/GELU/LayerNorm/ResidualAdd: cycles per row, FPGA "
+                         "figures, error against float", cmd_bench_sfu, group="bench")
     p.add_argument("--units", type=_units, default=None,
                    help="comma-separated subset of softmax,gelu,layernorm,residual (default: all)")
     p.add_argument("--no-fpga", action="store_true",
                    help="skip synthesis and place and route (minutes per unit)")
     p.add_argument("--seed", type=int, default=1, help="stimulus seed (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=cmd_bench_sfu)
-    return bsub

@@ -32,16 +32,15 @@ def _patterns(text: str) -> list[str]:
 
 
 def cmd_formal_router(args) -> int:
-    from heterotron.scripts.cli import UsageError, _fmt_params, _resolve
+    from heterotron.scripts.common import UsageError, fmt_params, resolve_unit
     from heterotron.sim.flows.build import build_root
     from heterotron.sim.flows.formal import PROPERTIES, prove_router
 
-    args.unit = "router"
-    unit, params = _resolve(args)
+    unit, params = resolve_unit(args, "router")
     if args.depth < 0:
         raise UsageError(f"--depth must be 0 (automatic) or positive, not {args.depth}")
     out = Path(args.output) if args.output else build_root() / "formal" / "router"
-    print(f"[heterotron] proving router [{_fmt_params(params)}] with yowasp-sby + yices "
+    print(f"[heterotron] proving router [{fmt_params(params)}] with yowasp-sby + yices "
           f"(k-induction) in {out} ...", file=sys.stderr, flush=True)
     res = prove_router(params, out, depth=args.depth, quiet=True)
     if args.json:
@@ -50,7 +49,7 @@ def cmd_formal_router(args) -> int:
                           "log": str(out / "sby.log")}, indent=2))
     else:
         word = "PROVED" if res.passed else "NOT PROVED"
-        print(f"{word} router [{_fmt_params(res.params)}] in {res.seconds:.1f} s: "
+        print(f"{word} router [{fmt_params(res.params)}] in {res.seconds:.1f} s: "
               f"{', '.join(PROPERTIES)}")
         if not res.passed:
             print(res.summary)
@@ -113,25 +112,21 @@ def _mesh(text: str) -> str:
     return text.lower()
 
 
-def add_parsers(sub, bench_sub) -> None:
-    from heterotron.scripts.cli import DEFAULT_CONFIG
+def add_commands(commands) -> None:
+    from heterotron.scripts.common import add_unit_args
 
-    p = sub.add_parser("formal", help="formal proofs (yowasp-sby + yices)")
-    fsub = p.add_subparsers(dest="formal_command", required=True, metavar="UNIT")
-    p = fsub.add_parser("router", help="prove the router: no flit created or lost, routing, "
-                                       "no interleaving, bounded grant")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="configuration name or TOML file (default: %(default)s)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="override one router parameter (repeatable)")
+    commands.group("formal", "formal proofs (yowasp-sby + yices)")
+    p = commands.command("router", "prove the router: no flit created or lost, routing, no "
+                         "interleaving, bounded grant", cmd_formal_router, group="formal")
+    add_unit_args(p, unit=False)
     p.add_argument("--depth", type=int, default=0,
                    help="induction depth (default: 0, buffer_depth + 4)")
     p.add_argument("-o", "--output", default=None, help="work folder (default: build/formal)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_formal_router)
 
-    p = bench_sub.add_parser("noc", help="NoC latency against load per traffic pattern, "
-                                         "saturation, zero-load vs analytic, router on ECP5")
+    commands.group("bench", "benchmarks measured in RTL simulation")
+    p = commands.command("noc", "NoC latency against load per traffic pattern, saturation, "
+                         "zero-load vs analytic, router on ECP5", cmd_bench_noc, group="bench")
     p.add_argument("--mesh", type=_mesh, default="4x4", help="nx x ny [x nz] (default: 4x4)")
     p.add_argument("--rates", type=_rates, default=None,
                    help="offered loads, flits/node/cycle (default: 0.02,0.1,...,0.6,0.8)")
@@ -144,4 +139,3 @@ def add_parsers(sub, bench_sub) -> None:
     p.add_argument("--seed", type=int, default=1, help="traffic seed (default: %(default)s)")
     p.add_argument("--plot", default="noc-latency.png", help="plot file (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=cmd_bench_noc)

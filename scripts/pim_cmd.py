@@ -8,12 +8,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-__all__ = ["add_parser", "cmd_pim_sweep"]
+__all__ = ["add_commands", "cmd_pim_sweep"]
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("pim-sweep", help="accuracy of MiniLM on PiM tiles against ADC bits, "
-                                         "cell bits, noise and faults; cycles with skipping")
+def add_commands(commands) -> None:
+    p = commands.command("pim-sweep", "accuracy of MiniLM on PiM tiles against ADC bits, cell "
+                         "bits, noise and faults; cycles with skipping", cmd_pim_sweep)
     p.add_argument("--sentences", type=int, default=4, metavar="N",
                    help="evaluation sentences, from the 38 shipped (default: %(default)s)")
     p.add_argument("--calibration", type=int, default=4, metavar="N",
@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default="build/pim-sweep", metavar="DIR",
                    help="where pim-sweep.json and pim-sweep.png go (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
-    p.set_defaults(func=cmd_pim_sweep)
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -96,7 +95,7 @@ def _print_report(r: dict) -> None:
 
 
 def cmd_pim_sweep(args) -> int:
-    from heterotron.scripts.cli import UsageError
+    from heterotron.scripts.common import UsageError
     from heterotron.sim.golden import bert_int as bi
     from heterotron.sim.golden.bert_float import ModelMissing, load_minilm, tokenize
     from heterotron.sim.studies.accuracy import shipped_sentences

@@ -5,6 +5,7 @@ layers below it, and components and golden models, side by side, never import ea
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -92,3 +93,23 @@ def test_the_rule_catches_a_violation(tmp_path):
     found = [layer(name) for _, name in imports("heterotron.sim.golden.bad", bad)]
     assert "components" in found and "components" not in MAY_IMPORT["golden"]
     assert "golden" not in MAY_IMPORT["components"]
+
+
+def test_every_command_module_follows_the_cli_protocol():
+    """Each ``scripts/*_cmd.py`` is listed in ``cli.COMMAND_MODULES``, has ``add_commands``,
+    and imports neither ``cli`` nor another command module nor a private name of ours
+    (what they share lives in ``scripts/common.py``)."""
+    from heterotron.scripts import cli
+
+    found = sorted(p.stem for p in (REPO / "scripts").glob("*_cmd.py"))
+    assert sorted(cli.COMMAND_MODULES) == found
+    for name in found:
+        module = f"heterotron.scripts.{name}"
+        assert callable(getattr(importlib.import_module(module), "add_commands", None)), name
+        tree = ast.parse(ALL[module].read_bytes())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("heterotron"):
+                assert node.module != "heterotron.scripts.cli", f"{name} imports cli"
+                assert not node.module.endswith("_cmd"), f"{name} imports {node.module}"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert private == [], f"{name} imports private {private} from {node.module}"

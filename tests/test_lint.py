@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from heterotron.scripts.cli import load_config, main
+from heterotron.scripts.cli import main
+from heterotron.scripts.common import load_config
 from heterotron.sim.flows.build import generate
 from heterotron.sim.flows.lint import verilator_lint, yosys_check
 from heterotron.sim.flows.units import get_unit

@@ -64,7 +64,7 @@ def test_normal_install_has_every_module_and_imports_it(tmp_path):
             f"for m in {modules!r}:\n"
             f"    mod = importlib.import_module(m)\n"
             f"    assert mod.__file__.startswith({str(target)!r}), mod.__file__\n"
-            "import heterotron.scripts.cli as c; print(len(" f"{modules!r}" "));"
+            "import heterotron.scripts.common as c; print(len(" f"{modules!r}" "));"
             "print(c.load_config('small')[0])")
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           env=dict(os.environ), cwd=tmp_path)
