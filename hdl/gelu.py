@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, wiring
 
 from heterotron.hdl.contract.numerics import GELU_MIN_ONE_BITS, gelu_field_bits
-from heterotron.hdl.contract.params import Param, check, validating
+from heterotron.hdl.contract.params import Param, Parameterised
+from heterotron.hdl.ports import raise_error, sticky_errors
 from heterotron.hdl.rowstream import (
     REQUANT_EXTRA,
     SfuError,
@@ -16,13 +16,13 @@ from heterotron.hdl.rowstream import (
     mul_stages,
     reg,
     requant_stages,
-    row_layout,
+    row_unit_ports,
 )
 
 __all__ = ["Gelu"]
 
 
-class Gelu(wiring.Component):
+class Gelu(Parameterised, wiring.Component):
     """``out = requantize(i_gelu(x), m, e, out_width)``, ``lanes`` elements per cycle.
 
     The arithmetic is :func:`heterotron.sim.golden.intops.i_gelu` followed by
@@ -45,7 +45,7 @@ class Gelu(wiring.Component):
         Row beats (``data``, ``n``, ``last``; see :mod:`heterotron.hdl.rowstream`).
     o : Out(stream.Signature(row beat of signed(out_width)))
         One output beat per input beat, ``n`` and ``last`` passed through.
-    cfg : In(stream.Signature(...))
+    cfg : In(stream.Signature(cfg_layout))
         Constants ``b``, ``c``, ``one`` (from :func:`heterotron.sim.golden.intops.gelu_consts`) and
         the requantisation ``m`` (31 bits), ``e`` (0..63). A write is taken between rows, once
         every beat in the pipeline has left; while one waits no new row is accepted. A write
@@ -53,8 +53,9 @@ class Gelu(wiring.Component):
         coarser than about 1.3e-3, where the fixed ``2^14`` shift is too coarse for the
         documented error bound; :func:`heterotron.sim.golden.intops.gelu_consts_problem`) is refused
         and sets ``SfuError.CONFIG``.
-    error : Out(3)
-        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+    error : Out(3), error_clear : In(1)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags, cleared by a cycle with
+        ``error_clear`` high (:mod:`heterotron.hdl.ports`).
 
     Latency: :attr:`latency` cycles from an accepted beat to its output beat (the wide
     products are cut into 18x18 partial products, one adder level per stage, so it grows with
@@ -67,23 +68,17 @@ class Gelu(wiring.Component):
         Param("out_width", int, 12, "signed output width", 2, 24),
     )
 
+    def __init__(self, **given):
+        p = self._take_params(given)
+        super().__init__(row_unit_ports(self, p["lanes"], {"i": signed(p["in_width"])},
+                                        signed(p["out_width"])))
 
-    def __init__(self, *, lanes=4, in_width=16, out_width=12):
-        with validating(self):
-            check(self.PARAMS, lanes=lanes, in_width=in_width, out_width=out_width)
-        self._lanes, self._in_width, self._out_width = lanes, in_width, out_width
-        super().__init__({
-            "i": In(stream.Signature(row_layout(signed(in_width), lanes))),
-            "o": Out(stream.Signature(row_layout(signed(out_width), lanes))),
-            "cfg": In(stream.Signature(self.cfg_layout(in_width))),
-            "error": Out(len(SfuError)),
-        })
-
-    @staticmethod
-    def cfg_layout(in_width: int) -> data.StructLayout:
-        """Constant fields: wide enough for every scale that leaves ``x`` representable
-        (:func:`heterotron.sim.golden.intops.gelu_field_bits`)."""
-        f = gelu_field_bits(in_width)
+    @property
+    def cfg_layout(self) -> data.StructLayout:
+        """The constants ``b``, ``c``, ``one``, wide enough for every scale that leaves ``x``
+        representable (:func:`heterotron.sim.golden.intops.gelu_field_bits`), and the
+        requantisation ``m``, ``e``."""
+        f = gelu_field_bits(self.in_width)
         return data.StructLayout({
             "b": signed(f["b"]),
             "c": signed(f["c"]),
@@ -92,14 +87,11 @@ class Gelu(wiring.Component):
             "e": unsigned(6),
         })
 
-    lanes = property(lambda self: self._lanes)
-    in_width = property(lambda self: self._in_width)
-    out_width = property(lambda self: self._out_width)
     def _plan(self) -> dict:
         """Register stages of the pipelined multiplications, from the operand shapes."""
-        x = Signal(signed(self._in_width))
-        k = Signal(self.cfg_layout(self._in_width))
-        nb = Signal(self._in_width + 5)
+        x = Signal(signed(self.in_width))
+        k = Signal(self.cfg_layout)
+        nb = Signal(self.in_width + 5)
         t = Signal((Mux(abs(x) < nb, abs(x), nb) - nb).shape())
         sq = Signal((t * t + k.c).shape())
         erf = Signal(((Mux(x < 0, -sq, sq) >> 14) + k.one).shape())
@@ -115,26 +107,23 @@ class Gelu(wiring.Component):
         plan = self._plan()
         return 5 + plan["square"] + plan["product"] + plan["requant"]
 
-    @property
-    def parameters(self) -> dict:
-        return {p.name: getattr(self, p.name) for p in self.PARAMS}
-
     def elaborate(self, platform):
         m = Module()
-        lanes = self._lanes
+        lanes = self.lanes
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
 
         # Configuration: taken when no row is open and the pipeline is empty.
-        k = Signal(self.cfg_layout(self._in_width), name="consts")
-        nb = Signal(self._in_width + 5, name="neg_b")  # -b > 0, kept with the constants
+        k = Signal(self.cfg_layout, name="consts")
+        nb = Signal(self.in_width + 5, name="neg_b")  # -b > 0, kept with the constants
         in_row = Signal()
         busy = Signal()
+        raised = sticky_errors(m, self.error, self.error_clear)
         m.d.comb += self.cfg.ready.eq(~busy)
         with m.If(self.cfg.valid & self.cfg.ready):
             p = self.cfg.payload
             with m.If((p.b >= 0) | (p.c > 0) | (p.one > -(1 << GELU_MIN_ONE_BITS))):
-                m.d.sync += self.error.eq(self.error | SfuError.CONFIG)
+                raise_error(m, raised, SfuError.CONFIG)
             with m.Else():
                 m.d.sync += [k.eq(p), nb.eq(-p.b)]
         m.d.comb += self.i.ready.eq(advance & (in_row | ~self.cfg.valid))
@@ -174,7 +163,7 @@ class Gelu(wiring.Component):
         # requantisation; its last register is the output register
         tag = delay(m, advance, tag, plan["requant"] - 1, "rq_tag")
         for j in range(lanes):
-            out, _ = requant_stages(m, advance, [(g[j], k.m, k.e)], self._out_width, f"rq{j}")
+            out, _ = requant_stages(m, advance, [(g[j], k.m, k.e)], self.out_width, f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(tag.valid), self.o.payload.n.eq(tag.n),

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Param, Parameterised
+from heterotron.hdl.ports import sticky_errors
 from heterotron.hdl.rowstream import (
     REQUANT_EXTRA,
     RowIngest,
     RowIssuer,
     SeqDivider,
     SeqIsqrt,
-    SfuError,
     bank_depth,
     delay,
     lane_valid,
@@ -23,12 +22,12 @@ from heterotron.hdl.rowstream import (
     mul_stages,
     reg,
     requant_stages,
-    row_layout,
+    row_unit_ports,
     tree_pipe,
     tree_stages,
 )
 
-__all__ = ["LayerNorm"]
+__all__ = ["LayerNorm", "LayerNormKind"]
 
 #: Row banks of the input buffer. A row holds its bank from ingest to the end of the output
 #: pass: three passes over its beats plus the two sequential row stages. Five banks keep rows
@@ -42,7 +41,14 @@ MAX_SHIFT = 15
 DIV_STEPS = 2
 
 
-class LayerNorm(wiring.Component):
+class LayerNormKind(enum.IntEnum, shape=1):
+    """The two kinds of ``cfg`` write (the layout's ``kind`` field)."""
+
+    SHIFT = 0  # the deviation pre-shift ``shift``
+    ENTRY = 1  # one channel's constants ``entry``, at ``group``, ``lane``
+
+
+class LayerNorm(Parameterised, wiring.Component):
     """Integer LayerNorm over each row,
     :func:`heterotron.sim.golden.intops.layernorm_int` bit for bit.
 
@@ -77,13 +83,15 @@ class LayerNorm(wiring.Component):
     i : In(stream.Signature(row beat of signed(in_width)))
     o : Out(stream.Signature(row beat of signed(out_width)))
         Each row comes out with the beat structure it went in with.
-    cfg : In(stream.Signature(...))
-        ``kind = 0``: the deviation pre-shift ``shift`` (0..15). ``kind = 1``: the entry of
-        channel ``group * lanes + lane``: ``bias``, ``neg`` (gamma < 0), ``m``, ``e`` (from
+    cfg : In(stream.Signature(cfg_layout))
+        ``kind = SHIFT`` (:class:`LayerNormKind`): the deviation pre-shift ``shift``
+        (0..15). ``kind = ENTRY``: the entry of channel ``group * lanes + lane``: ``bias``,
+        ``neg`` (gamma < 0), ``m``, ``e`` (from
         :func:`heterotron.sim.golden.intops.layernorm_consts`). A write is taken once no row is in
         flight; while one waits no new row starts.
-    error : Out(3)
-        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+    error : Out(3), error_clear : In(1)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags, cleared by a cycle with
+        ``error_clear`` high (:mod:`heterotron.hdl.ports`).
     """
 
     PARAMS = (
@@ -94,63 +102,40 @@ class LayerNorm(wiring.Component):
         Param("out_width", int, 8, "signed output width", 2, 24),
     )
 
-
-    def __init__(self, *, lanes=4, max_len=1024, in_width=22, bias_width=40, out_width=8):
-        with validating(self):
-            check(self.PARAMS, lanes=lanes, max_len=max_len, in_width=in_width,
-                  bias_width=bias_width, out_width=out_width)
-            if max_len < lanes:
-                raise ParamError(f"max_len must be at least lanes ({lanes}), not {max_len}")
-        self._lanes, self._max_len, self._in_width = lanes, max_len, in_width
-        self._bias_width, self._out_width = bias_width, out_width
-        super().__init__({
-            "i": In(stream.Signature(row_layout(signed(in_width), lanes))),
-            "o": Out(stream.Signature(row_layout(signed(out_width), lanes))),
-            "cfg": In(stream.Signature(self.cfg_layout(lanes, max_len, bias_width))),
-            "error": Out(len(SfuError)),
-        })
-
-    @staticmethod
-    def entry_layout(bias_width: int) -> data.StructLayout:
-        return data.StructLayout({"bias": signed(bias_width), "neg": 1, "m": unsigned(31),
-                                  "e": unsigned(6)})
-
-    @classmethod
-    def cfg_layout(cls, lanes: int, max_len: int, bias_width: int) -> data.StructLayout:
-        return data.StructLayout({
-            "kind": 1,
-            "group": range(max(2, max_len // lanes)),
-            "lane": range(max(2, lanes)),
-            "shift": range(MAX_SHIFT + 1),
-            "entry": cls.entry_layout(bias_width),
-        })
-
-    lanes = property(lambda self: self._lanes)
-    max_len = property(lambda self: self._max_len)
-    in_width = property(lambda self: self._in_width)
-    bias_width = property(lambda self: self._bias_width)
-    out_width = property(lambda self: self._out_width)
+    def __init__(self, **given):
+        p = self._take_params(given)
+        super().__init__(row_unit_ports(self, p["lanes"], {"i": signed(p["in_width"])},
+                                        signed(p["out_width"])))
 
     @property
-    def parameters(self) -> dict:
-        return {p.name: getattr(self, p.name) for p in self.PARAMS}
+    def cfg_layout(self) -> data.StructLayout:
+        """A write of :class:`LayerNormKind` ``kind``: ``shift``, or the ``entry`` of channel
+        ``group * lanes + lane`` (``bias``, ``neg``, ``m``, ``e``)."""
+        return data.StructLayout({
+            "kind": LayerNormKind,
+            "group": range(max(2, self.max_len // self.lanes)),
+            "lane": range(max(2, self.lanes)),
+            "shift": range(MAX_SHIFT + 1),
+            "entry": data.StructLayout({"bias": signed(self.bias_width), "neg": 1,
+                                        "m": unsigned(31), "e": unsigned(6)}),
+        })
 
     @property
     def sum_width(self) -> int:
-        return self._in_width + self._max_len.bit_length()
+        return self.in_width + self.max_len.bit_length()
 
     @property
     def var_width(self) -> int:
-        return 2 * (self._in_width + 1) + self._max_len.bit_length()
+        return 2 * (self.in_width + 1) + self.max_len.bit_length()
 
     def _plan(self) -> dict:
         """Register stages of the output pass's pipelined products, from operand shapes (the
         same expressions as in :meth:`elaborate`)."""
-        x, mean = Signal(signed(self._in_width)), Signal(signed(self._in_width + 1))
+        x, mean = Signal(signed(self.in_width)), Signal(signed(self.in_width + 1))
         recip = Signal(unsigned(RECIP_BITS + 1))
         dev = Signal((x - mean).shape())
         prod = Signal((dev * recip).shape())
-        y = Signal(((prod >> (RECIP_BITS - 30)) + Signal(signed(self._bias_width))).shape())
+        y = Signal(((prod >> (RECIP_BITS - 30)) + Signal(signed(self.bias_width))).shape())
         z = Signal(Mux(Signal(), -y, y).shape())
         return {"product": mul_stages(dev.shape(), recip.shape()),
                 "requant": mul_stages(z.shape(), unsigned(31)) + REQUANT_EXTRA}
@@ -170,8 +155,8 @@ class LayerNorm(wiring.Component):
         passes' lane trees and pipelined products, and the sequential row stages. A constant
         row skips the reciprocal's divider. See :meth:`row_latency`."""
         plan = self._plan()
-        square = mul_stages(signed(self._in_width + 2), signed(self._in_width + 2))
-        return (19 + 2 * tree_stages(self._lanes) + square + plan["product"] + plan["requant"]
+        square = mul_stages(signed(self.in_width + 2), signed(self.in_width + 2))
+        return (19 + 2 * tree_stages(self.lanes) + square + plan["product"] + plan["requant"]
                 + sum(self.row_cycles.values()))
 
     @property
@@ -189,16 +174,17 @@ class LayerNorm(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L, W = self._lanes, self._in_width
-        beats = self._max_len // L
-        depth = bank_depth(self._max_len, L)
+        L, W = self.lanes, self.in_width
+        beats = self.max_len // L
+        depth = bank_depth(self.max_len, L)
         idx_w = (depth - 1).bit_length()
         n_w = len(self.i.payload.n)
 
         # -- configuration ------------------------------------------------------------------
+        raised = sticky_errors(m, self.error, self.error_clear)
         x_held = Signal(range(X_BANKS + 1))
         shift = Signal(range(MAX_SHIFT + 1), name="shift")
-        entry = self.entry_layout(self._bias_width)
+        entry = self.cfg_layout["entry"].shape
         m.submodules.table = table = Memory(shape=data.ArrayLayout(entry, L), depth=max(beats, 2),
                                             init=[])
         t_wr = table.write_port(granularity=1)
@@ -206,12 +192,13 @@ class LayerNorm(wiring.Component):
         p = self.cfg.payload
         m.d.comb += self.cfg.ready.eq(x_held == 0)
         cfg_take = self.cfg.valid & self.cfg.ready
-        with m.If(cfg_take & (p.kind == 0)):
+        with m.If(cfg_take & (p.kind == LayerNormKind.SHIFT)):
             m.d.sync += shift.eq(p.shift)
         m.d.comb += t_wr.addr.eq(p.group)
         for j in range(L):
             m.d.comb += [t_wr.data[j].eq(p.entry),
-                         t_wr.en[j].eq(cfg_take & p.kind & (p.lane == j))]
+                         t_wr.en[j].eq(cfg_take & (p.kind == LayerNormKind.ENTRY)
+                                       & (p.lane == j))]
 
         # -- stage 1: ingest and row sum ----------------------------------------------------
         m.submodules.xbuf = xbuf = Memory(shape=data.ArrayLayout(signed(W), L),
@@ -221,7 +208,7 @@ class LayerNorm(wiring.Component):
         x_rd_out = xbuf.read_port()
         beat = self.i.payload
         s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
-                       (x_held < X_BANKS) & ~self.cfg.valid, self.error)
+                       (x_held < X_BANKS) & ~self.cfg.valid, raised)
         sw = self.sum_width
         row = {"bank": range(X_BANKS), "last": range(depth), "n": n_w}
         desc1 = data.StructLayout({**row, "sum": signed(sw)})
@@ -249,12 +236,12 @@ class LayerNorm(wiring.Component):
         # -- stage 2: mean = floor((2 sum + D) / 2D), by an unsigned divider ----------------
         desc2 = data.StructLayout({**row, "mean": signed(W + 1)})
         m.submodules.f2 = f2 = SyncFIFO(width=desc2.size, depth=X_BANKS)
-        m.submodules.mdiv = mdiv = SeqDivider(sw + 2, (2 * self._max_len).bit_length(), DIV_STEPS)
+        m.submodules.mdiv = mdiv = SeqDivider(sw + 2, (2 * self.max_len).bit_length(), DIV_STEPS)
         cur2 = Signal(desc1, name="s2_desc")
         busy2 = Signal()
         start2 = ~busy2 & f1.r_rdy
         d1r = Signal(desc1)
-        count = Signal(range(self._max_len + 1))
+        count = Signal(range(self.max_len + 1))
         m.d.comb += [d1r.eq(f1.r_data), f1.r_en.eq(start2),
                      count.eq(d1r.last * L + d1r.n + 1)]
         num = Signal(signed(sw + 2))
@@ -367,7 +354,7 @@ class LayerNorm(wiring.Component):
         o = reg(m, advance, o, "s5_t5")
         o = delay(m, advance, o, self._plan()["requant"] - 1, "s5_trq")
         for j in range(L):
-            out, _ = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self._out_width,
+            out, _ = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self.out_width,
                                     f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         with m.If(advance):

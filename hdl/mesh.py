@@ -10,12 +10,16 @@ from amaranth.lib.wiring import In, Out
 from heterotron.hdl.contract.noc import (
     MESH_PARAMS,
     PORTS,
+    POSITION_PARAMS,
+    Topology,
+    check_flit_width,
     check_mesh_params,
+    check_position,
     coord_layout,
     header_layout,
     link_signature,
 )
-from heterotron.hdl.contract.params import check, validating
+from heterotron.hdl.contract.params import Parameterised
 from heterotron.hdl.router import Router
 
 __all__ = ["Mesh", "NetworkInterface", "tx_layout", "rx_layout"]
@@ -36,7 +40,7 @@ def rx_layout(nx: int, ny: int, nz: int, flit_width: int) -> data.StructLayout:
     return data.StructLayout({"data": flit_width, "last": 1, "src": coord_layout(nx, ny, nz)})
 
 
-class NetworkInterface(wiring.Component):
+class NetworkInterface(Parameterised, wiring.Component):
     """Packetiser and depacketiser between a tile and its router's local port.
 
     Outgoing: a packet of ``L`` beats on ``tx`` becomes ``L + 1`` flits: a head flit with the
@@ -47,11 +51,29 @@ class NetworkInterface(wiring.Component):
 
     Incoming: the head flit is consumed and its source held; every further flit is one beat on
     ``rx`` with that ``src``, ``last`` on the tail.
+
+    Parameters
+    ----------
+    nx, ny, nz, flit_width :
+        The network's (see :data:`heterotron.hdl.contract.noc.MESH_PARAMS`); ``flit_width``
+        must hold the head flit's coordinates.
+    x, y, z : int
+        The node's position, in ``[0, n - 1]`` along each axis.
     """
 
-    def __init__(self, nx: int, ny: int, nz: int, flit_width: int, pos: tuple[int, int, int]):
+    PARAMS = (*(q for q in MESH_PARAMS if q.name in ("nx", "ny", "nz", "flit_width")),
+              *POSITION_PARAMS)
+
+    @classmethod
+    def check_params(cls, p: dict) -> None:
+        check_position(p)
+        check_flit_width(p)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        nx, ny, nz, flit_width = p["nx"], p["ny"], p["nz"], p["flit_width"]
         self.dims = (nx, ny, nz)
-        self.pos = pos
+        self.pos = (p["x"], p["y"], p["z"])
         link = link_signature(flit_width)
         super().__init__({
             "tx": In(stream.Signature(tx_layout(nx, ny, nz, flit_width))),
@@ -109,7 +131,7 @@ class NetworkInterface(wiring.Component):
         return m
 
 
-class Mesh(wiring.Component):
+class Mesh(Parameterised, wiring.Component):
     """``nx x ny x nz`` routers (``nz = 1``: 2D) and a network interface per node.
 
     Parameters
@@ -134,24 +156,20 @@ class Mesh(wiring.Component):
 
     PARAMS = MESH_PARAMS
 
-    def __init__(self, *, nx=4, ny=4, nz=1, flit_width=32, buffer_depth=4, order="xyz",
-                 wrap=False):
-        p = dict(nx=nx, ny=ny, nz=nz, flit_width=flit_width, buffer_depth=buffer_depth,
-                 order=order, wrap=wrap)
-        with validating(self):
-            check(self.PARAMS, **p)
-            self.topology = check_mesh_params(p)
-        self._p = p
+    @classmethod
+    def check_params(cls, p: dict) -> None:
+        check_mesh_params(p)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        self.topology = Topology.of(p)
+        nx, ny, nz, flit_width = p["nx"], p["ny"], p["nz"], p["flit_width"]
         n = self.topology.nodes
         super().__init__({
             "tx": In(stream.Signature(tx_layout(nx, ny, nz, flit_width))).array(n),
             "rx": Out(stream.Signature(rx_layout(nx, ny, nz, flit_width))).array(n),
             "bad_dest": Out(n),
         })
-
-    @property
-    def parameters(self) -> dict:
-        return dict(self._p)
 
     @property
     def latency(self) -> int:
@@ -167,12 +185,14 @@ class Mesh(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         topo = self.topology
-        p = self._p
+        p = self.parameters
         routers = {}
         for pos in topo.coords():
             k = topo.index(pos)
-            r = Router(**p, x=pos[0], y=pos[1], z=pos[2])
-            ni = NetworkInterface(*topo.dims, p["flit_width"], pos)
+            x, y, z = pos
+            r = Router(**p, x=x, y=y, z=z)
+            ni = NetworkInterface(nx=p["nx"], ny=p["ny"], nz=p["nz"], flit_width=p["flit_width"],
+                                  x=x, y=y, z=z)
             routers[pos] = r
             m.submodules[f"router_{k}"] = r
             m.submodules[f"ni_{k}"] = ni

@@ -13,10 +13,11 @@ import enum
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib import enum as hdl_enum
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.params import validating
+from heterotron.hdl.contract.params import Parameterised
 from heterotron.hdl.contract.pim import (
     ADC_FRAC,
     FAULT_MIX,
@@ -30,6 +31,7 @@ from heterotron.hdl.contract.pim import (
     gain_for_range,
     slices_of,
 )
+from heterotron.hdl.ports import error_ports, raise_error, sticky_errors
 from heterotron.hdl.rowstream import delay, mul_pipe, mul_stages, reg
 
 __all__ = ["PimTile", "PimFlag", "PimReg"]
@@ -39,14 +41,16 @@ Z_SHAPE = signed(12)  # the noise sample z, +-1020
 
 
 class PimFlag(enum.IntFlag):
-    """Sticky ``error`` bits: a refused register write, a refused weight write."""
+    """Sticky ``error`` bits: a refused register write, a refused weight write (cleared by
+    ``error_clear``, :mod:`heterotron.hdl.ports`)."""
 
     CONFIG = 1
     WEIGHT = 2
 
 
-class PimReg(enum.IntEnum):
-    """Run-time registers, written through ``cfg`` as ``{reg, value}``."""
+class PimReg(hdl_enum.IntEnum, shape=3):
+    """Run-time registers, written through ``cfg`` as ``{reg, value}``: the shape of the
+    ``reg`` field, three bits (codes 6 and 7 name no register and are refused)."""
 
     GAIN = 0  # ADC gain, F = ADC_FRAC fractional bits (adc_range=calibrated only)
     OFFSET = 1  # ADC offset in 2^-F LSB, two's complement in value
@@ -89,7 +93,7 @@ def _lowest(m: Module, mask, width: int, name: str) -> Signal:
     return out
 
 
-class PimTile(wiring.Component):
+class PimTile(Parameterised, wiring.Component):
     """A ``rows`` x ``cols`` crossbar tile computing ``x @ w.T`` on int inputs, as
     :class:`heterotron.sim.golden.pim.PimTileModel` does.
 
@@ -130,68 +134,64 @@ class PimTile(wiring.Component):
         Programs one weight (its ``2 * slices`` cells). Taken only while no vector is being
         computed; a weight of ``-2^(weight_bits-1)`` or an address outside the array is
         refused (``PimFlag.WEIGHT``).
-    cfg : In(stream {reg, value})
-        Run-time registers (:class:`PimReg`), taken only while no vector is being computed. A
-        value the register cannot hold is refused (``PimFlag.CONFIG``), the old one stays.
+    cfg : In(stream.Signature(cfg_layout))
+        Run-time registers, ``{reg, value}`` (``reg`` a :class:`PimReg`), taken only while no
+        vector is being computed. A value the register cannot hold, or an unknown ``reg``
+        code, is refused (``PimFlag.CONFIG``), the old value stays.
     x : In(stream of ``lanes`` signed ``input_bits``)
         Input vectors, ``rows / lanes`` beats each; two vectors are buffered.
     o : Out(stream of ``cols`` signed accumulators)
         One beat per vector.
     conv_cycles, skip_cycles : Out(48)
         Cycles the ADCs converted; cycles saved by skipped planes (``adc_share`` per plane).
-    error : Out(2)
-        Sticky :class:`PimFlag` bits.
+    error : Out(2), error_clear : In(1)
+        Sticky :class:`PimFlag` bits, cleared by a cycle with ``error_clear`` high
+        (:mod:`heterotron.hdl.ports`).
 
     A vector waits while a ``wr`` or ``cfg`` write is pending: writes land between vectors.
     """
 
     PARAMS = PIM_PARAMS
 
-    def __init__(self, *, lanes=8, rows=64, cols=8, input_bits=8, weight_bits=8, cell_bits=2,
-                 enob=6, adc_range="calibrated", adc_max=0, adc_share=8, noise=True,
-                 faults=True, skip_zero=True, input_code="twos"):
-        p = dict(lanes=lanes, rows=rows, cols=cols, input_bits=input_bits,
-                 weight_bits=weight_bits, cell_bits=cell_bits, enob=enob, adc_range=adc_range,
-                 adc_max=adc_max, adc_share=adc_share, noise=noise, faults=faults,
-                 skip_zero=skip_zero, input_code=input_code)
-        with validating(self):
-            check_pim_params(p)
-        self._p = p
-        self.slices = slices_of(weight_bits, cell_bits)
+    @classmethod
+    def check_params(cls, p: dict) -> None:
+        check_pim_params(p)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        rows, cols, enob = p["rows"], p["cols"], p["enob"]
+        input_bits, cell_bits = p["input_bits"], p["cell_bits"]
+        self.slices = slices_of(p["weight_bits"], cell_bits)
         self.lines = cols * 2 * self.slices
-        self.n_adc = self.lines // adc_share
+        self.n_adc = self.lines // p["adc_share"]
         levels = (1 << enob) - 1
         self.full_range = rows * ((1 << cell_bits) - 1)
-        self.reset_gain = gain_for_range(adc_max or max(self.full_range, levels), enob)
+        self.reset_gain = gain_for_range(p["adc_max"] or max(self.full_range, levels), enob)
         ssum = sum(1 << (s * cell_bits) for s in range(self.slices))
-        self.n_planes = input_bits * (2 if input_code == "signmag" else 1)
-        passes = 2 if input_code == "signmag" else 1  # a sign-magnitude sum: both passes add
+        signmag = p["input_code"] == "signmag"
+        self.n_planes = input_bits * (2 if signmag else 1)
+        passes = 2 if signmag else 1  # a sign-magnitude sum: both passes add
         self.acc_width = (passes * levels * ((1 << input_bits) - 1) * ssum).bit_length() + 1
         self.col_bits = max(1, (cols - 1).bit_length())
         self.row_bits = max(1, (rows - 1).bit_length())
         self.WR_LAYOUT = data.StructLayout({"row": unsigned(self.row_bits),
                                             "col": unsigned(self.col_bits),
-                                            "w": signed(weight_bits)})
-        self.CFG_LAYOUT = data.StructLayout({"reg": unsigned(3), "value": unsigned(32)})
+                                            "w": signed(p["weight_bits"])})
         super().__init__({
             "wr": In(stream.Signature(self.WR_LAYOUT)),
-            "cfg": In(stream.Signature(self.CFG_LAYOUT)),
-            "x": In(stream.Signature(data.ArrayLayout(signed(input_bits), lanes))),
+            "cfg": In(stream.Signature(self.cfg_layout)),
+            "x": In(stream.Signature(data.ArrayLayout(signed(input_bits), p["lanes"]))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(self.acc_width), cols))),
             "conv_cycles": Out(STAT_BITS),
             "skip_cycles": Out(STAT_BITS),
-            "error": Out(len(PimFlag)),
+            **error_ports(PimFlag),
         })
 
-    def __getattr__(self, name):
-        p = self.__dict__.get("_p")
-        if p is not None and name in p:
-            return p[name]
-        raise AttributeError(name)
-
     @property
-    def parameters(self) -> dict:
-        return dict(self._p)
+    def cfg_layout(self) -> data.StructLayout:
+        """A register write: ``reg`` (:class:`PimReg`) and its ``value``, 32 bits (signed
+        registers in two's complement)."""
+        return data.StructLayout({"reg": PimReg, "value": unsigned(32)})
 
     # -- pipeline depths ------------------------------------------------------------------
 
@@ -247,6 +247,7 @@ class PimTile(wiring.Component):
         fault_seed = Signal(32, name="fault_seed")
         reseed = Signal()
 
+        raised = sticky_errors(m, self.error, self.error_clear)
         m.d.comb += self.cfg.ready.eq(idle)
         cv = self.cfg.payload.value
         cv_s = cv.as_signed()
@@ -272,7 +273,7 @@ class PimTile(wiring.Component):
                     with m.If(reg_is[PimReg.GAIN]):
                         m.d.sync += gain.eq(cv)
             with m.If(~ok):
-                m.d.sync += self.error.eq(self.error | PimFlag.CONFIG)
+                raise_error(m, raised, PimFlag.CONFIG)
 
         # -- the array and its write port ---------------------------------------------------
         group = 2 * S * cb  # one column's cells
@@ -308,7 +309,7 @@ class PimTile(wiring.Component):
                     with m.If(wp.row == r):
                         m.d.sync += cells[r].word_select(wp.col, group).eq(new_group)
             with m.Else():
-                m.d.sync += self.error.eq(self.error | PimFlag.WEIGHT)
+                raise_error(m, raised, PimFlag.WEIGHT)
 
         # -- input ingest: two vector buffers ------------------------------------------------
         nbeats = self.rows // self.lanes

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["error_ports", "sticky_errors", "raise_error"]
@@ -30,12 +30,15 @@ def error_ports(flags: type[enum.IntFlag]) -> dict:
     return {"error": Out(len(flags)), "error_clear": In(1)}
 
 
-def sticky_errors(m: Module, error, error_clear) -> Signal:
+def sticky_errors(m: Module, error, error_clear) -> Value:
     """Make ``error`` (the unit's output) a sticky flag register cleared by ``error_clear``.
 
-    Returns ``raised``, a signal of the same width that the unit drives combinationally
-    (:func:`raise_error`) with the flags to raise in the current cycle."""
-    raised = Signal(len(error), name="error_raised")
+    Returns ``raised``, as wide as ``error``, that the unit drives combinationally
+    (:func:`raise_error`) with the flags to raise in the current cycle. It is one 1-bit signal
+    per flag, so a flag a unit never raises is a constant wire (the undriven bits of one
+    vector would become an ``always @*`` that reads nothing, which Verilator's ``-Wall``
+    refuses as ALWNEVER)."""
+    raised = Cat(*(Signal(name=f"error_raised{i}") for i in range(len(error))))
     with m.If(error_clear):
         m.d.sync += error.eq(raised)
     with m.Else():

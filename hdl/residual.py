@@ -4,10 +4,10 @@ saturated (the LayerNorm input of a transformer layer)."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, wiring
 
-from heterotron.hdl.contract.params import Param, check, validating
+from heterotron.hdl.contract.params import Param, Parameterised
+from heterotron.hdl.ports import raise_error, sticky_errors
 from heterotron.hdl.rowstream import (
     REQUANT_EXTRA,
     SfuError,
@@ -15,13 +15,13 @@ from heterotron.hdl.rowstream import (
     mul_stages,
     reg,
     requant_stages,
-    row_layout,
+    row_unit_ports,
 )
 
 __all__ = ["ResidualAdd"]
 
 
-class ResidualAdd(wiring.Component):
+class ResidualAdd(Parameterised, wiring.Component):
     """``out = sat(round_shift(a * m, e) + round_shift(r * m_r, e_r))``, ``lanes`` per cycle.
 
     The arithmetic is :func:`heterotron.sim.golden.requantizer.requantize` with a residual operand,
@@ -45,12 +45,13 @@ class ResidualAdd(wiring.Component):
         The two operands, beat for beat; a beat is taken when both are valid. ``n`` and
         ``last`` come from ``a``; if ``r`` disagrees, ``SfuError.MISMATCH`` is set.
     o : Out(stream.Signature(row beat of signed(out_width)))
-    cfg : In(stream.Signature(...))
+    cfg : In(stream.Signature(cfg_layout))
         ``m``, ``e`` (branch) and ``m_r``, ``e_r`` (residual): multipliers of 31 bits, shifts
         0..63. Taken between rows once the pipeline is empty; while one waits no new row is
         accepted.
-    error : Out(3)
-        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+    error : Out(3), error_clear : In(1)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags, cleared by a cycle with
+        ``error_clear`` high (:mod:`heterotron.hdl.ports`).
 
     Latency: :attr:`latency` cycles (7 at the defaults); one beat per cycle; all stages stall
     together while ``o`` is not ready.
@@ -63,31 +64,22 @@ class ResidualAdd(wiring.Component):
         Param("out_width", int, 22, "signed output width", 2, 32),
     )
 
+    def __init__(self, **given):
+        p = self._take_params(given)
+        lanes = p["lanes"]
+        super().__init__(row_unit_ports(self, lanes, {"a": signed(p["a_width"]),
+                                                      "r": signed(p["r_width"])},
+                                        signed(p["out_width"])))
 
-    CFG_LAYOUT = data.StructLayout({"m": unsigned(31), "e": unsigned(6), "m_r": unsigned(31),
-                                    "e_r": unsigned(6)})
+    @property
+    def cfg_layout(self) -> data.StructLayout:
+        """The two scales: ``m``, ``e`` (branch) and ``m_r``, ``e_r`` (residual)."""
+        return data.StructLayout({"m": unsigned(31), "e": unsigned(6), "m_r": unsigned(31),
+                                  "e_r": unsigned(6)})
 
-    def __init__(self, *, lanes=4, a_width=32, r_width=16, out_width=22):
-        with validating(self):
-            check(self.PARAMS, lanes=lanes, a_width=a_width, r_width=r_width,
-                  out_width=out_width)
-        self._lanes, self._a_width, self._r_width = lanes, a_width, r_width
-        self._out_width = out_width
-        super().__init__({
-            "a": In(stream.Signature(row_layout(signed(a_width), lanes))),
-            "r": In(stream.Signature(row_layout(signed(r_width), lanes))),
-            "o": Out(stream.Signature(row_layout(signed(out_width), lanes))),
-            "cfg": In(stream.Signature(self.CFG_LAYOUT)),
-            "error": Out(len(SfuError)),
-        })
-
-    lanes = property(lambda self: self._lanes)
-    a_width = property(lambda self: self._a_width)
-    r_width = property(lambda self: self._r_width)
-    out_width = property(lambda self: self._out_width)
     def _requant_stages(self) -> int:
-        return max(mul_stages(signed(self._a_width), unsigned(31)),
-                   mul_stages(signed(self._r_width), unsigned(31))) + REQUANT_EXTRA
+        return max(mul_stages(signed(self.a_width), unsigned(31)),
+                   mul_stages(signed(self.r_width), unsigned(31))) + REQUANT_EXTRA
 
     @property
     def latency(self) -> int:
@@ -95,16 +87,13 @@ class ResidualAdd(wiring.Component):
         requantisation (pipelined products, shift, round/add/saturate)."""
         return 1 + self._requant_stages()
 
-    @property
-    def parameters(self) -> dict:
-        return {p.name: getattr(self, p.name) for p in self.PARAMS}
-
     def elaborate(self, platform):
         m = Module()
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
 
-        k = Signal(self.CFG_LAYOUT, name="consts")
+        raised = sticky_errors(m, self.error, self.error_clear)
+        k = Signal(self.cfg_layout, name="consts")
         in_row = Signal()
         busy = Signal()
         m.d.comb += self.cfg.ready.eq(~busy)
@@ -118,7 +107,7 @@ class ResidualAdd(wiring.Component):
         with m.If(take):
             m.d.sync += in_row.eq(~a.last)
             with m.If((a.last != r.last) | (a.last & (a.n != r.n))):
-                m.d.sync += self.error.eq(self.error | SfuError.MISMATCH)
+                raise_error(m, raised, SfuError.MISMATCH)
 
         inflight = Signal(range(self.latency + 2))  # accepted, not yet delivered
         m.d.sync += inflight.eq(inflight + take - (self.o.valid & self.o.ready))
@@ -127,9 +116,9 @@ class ResidualAdd(wiring.Component):
         ops_a = reg(m, advance, a.data, "s1_a")
         ops_r = reg(m, advance, r.data, "s1_r")
         tag = delay(m, advance, tag, self._requant_stages() - 1, "rq_tag")
-        for j in range(self._lanes):
+        for j in range(self.lanes):
             out, _ = requant_stages(m, advance, [(ops_a[j], k.m, k.e), (ops_r[j], k.m_r, k.e_r)],
-                                    self._out_width, f"rq{j}")
+                                    self.out_width, f"rq{j}")
             m.d.comb += self.o.payload.data[j].eq(out)
         n_bits = len(a.n)
         with m.If(advance):

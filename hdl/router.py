@@ -10,11 +10,14 @@ from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.noc import (
     MESH_PARAMS,
+    POSITION_PARAMS,
+    Topology,
     check_mesh_params,
+    check_position,
     header_layout,
     link_signature,
 )
-from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Parameterised
 
 __all__ = ["Router", "FlitBuffer", "rr_pick"]
 
@@ -78,7 +81,7 @@ def rr_pick(m: Module, reqs: list, last, name: str):
     return req.any(), pick
 
 
-class Router(wiring.Component):
+class Router(Parameterised, wiring.Component):
     """A wormhole router at ``(x, y, z)`` of an ``nx x ny x nz`` mesh.
 
     Parameters
@@ -104,27 +107,19 @@ class Router(wiring.Component):
     router with no contention: written into the buffer at one edge, it can leave at the next.
     """
 
-    PARAMS = MESH_PARAMS + (
-        Param("x", int, 1, "router position along x", 0, 7),
-        Param("y", int, 1, "router position along y", 0, 7),
-        Param("z", int, 0, "router position along z", 0, 3),
-    )
+    PARAMS = MESH_PARAMS + POSITION_PARAMS
 
-    def __init__(self, *, nx=4, ny=4, nz=1, flit_width=32, buffer_depth=4, order="xyz",
-                 wrap=False, x=1, y=1, z=0):
-        p = dict(nx=nx, ny=ny, nz=nz, flit_width=flit_width, buffer_depth=buffer_depth,
-                 order=order, wrap=wrap, x=x, y=y, z=z)
-        with validating(self):
-            check(self.PARAMS, **p)
-            for axis, n in zip("xyz", (nx, ny, nz), strict=True):
-                if p[axis] >= n:
-                    raise ParamError(f"{axis} must be in [0, n{axis} - 1] = [0, {n - 1}], "
-                                     f"not {p[axis]}")
-            self.topology = check_mesh_params(p)
-        self._p = p
-        self.pos = (x, y, z)
+    @classmethod
+    def check_params(cls, p: dict) -> None:
+        check_position(p)
+        check_mesh_params(p)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        self.topology = Topology.of(p)
+        self.pos = (p["x"], p["y"], p["z"])
         self.ports = self.topology.ports(self.pos)
-        link = link_signature(flit_width)
+        link = link_signature(p["flit_width"])
         members = {}
         for port in self.ports:
             members[f"i_{port}"] = In(link)
@@ -137,10 +132,6 @@ class Router(wiring.Component):
         self.candidates: dict[str, list[str]] = {}
         self.owner: dict[str, tuple[Signal, Signal, Signal, Signal]] = {}
         self.selects: dict[str, Signal] = {}
-
-    @property
-    def parameters(self) -> dict:
-        return dict(self._p)
 
     @property
     def latency(self) -> int:
@@ -199,7 +190,7 @@ class Router(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
+        p = self.parameters
         hdr = header_layout(p["nx"], p["ny"], p["nz"])
         width = p["flit_width"] + 2
         heads = {}

@@ -13,15 +13,21 @@ from __future__ import annotations
 import enum
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib import data
+from amaranth.lib import data, stream
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["SfuError", "count_width", "row_layout", "lane_valid", "reg", "delay", "mul_pipe",
-           "mul_stages", "requant_stages", "REQUANT_EXTRA", "tree_stages", "tree_pipe",
-           "bit_length", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest", "RowIssuer"]
+from heterotron.hdl.ports import error_ports, raise_error
+
+__all__ = ["SfuError", "row_unit_ports", "count_width", "row_layout", "lane_valid", "reg", "delay",
+           "mul_pipe", "mul_stages", "requant_stages", "REQUANT_EXTRA", "tree_stages",
+           "tree_pipe", "bit_length", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest",
+           "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
-    """Bits of a unit's sticky ``error`` output (cleared only by reset)."""
+    """Bits of a unit's sticky ``error`` output: a flag stays set until a clock edge with
+    ``error_clear`` high (or reset); one raised in that same cycle stays set
+    (:mod:`heterotron.hdl.ports`)."""
 
     #: A row was longer than ``max_len``: the excess beats were dropped and the row was
     #: computed on its first ``max_len`` elements.
@@ -31,6 +37,19 @@ class SfuError(enum.IntFlag):
     CONFIG = 2
     #: ResidualAdd only: the two inputs disagreed on ``last`` or ``n``; ``a``'s were used.
     MISMATCH = 4
+
+
+def row_unit_ports(unit, lanes: int, inputs: dict, out_shape) -> dict:
+    """The members of a row unit: a row-beat input stream per entry of ``inputs`` (name ->
+    element shape), the output row stream ``o`` of ``out_shape``, the ``cfg`` stream of
+    ``unit.cfg_layout`` and the sticky :class:`SfuError` flags with their clear
+    (``hdl/ports.py``)."""
+    return {
+        **{name: In(stream.Signature(row_layout(shape, lanes))) for name, shape in inputs.items()},
+        "o": Out(stream.Signature(row_layout(out_shape, lanes))),
+        "cfg": In(stream.Signature(unit.cfg_layout)),
+        **error_ports(SfuError),
+    }
 
 
 def count_width(lanes: int) -> int:
@@ -262,7 +281,8 @@ class SeqIsqrt(Elaboratable):
 class RowIngest:
     """Stage 1 of a buffered row unit: takes the beats of ``i`` and writes them to bank
     ``bank`` of a row buffer through ``wr`` (address ``Cat(beat, bank)``), ``beats`` beats at
-    most; beats past that are dropped and set ``SfuError.LENGTH`` in ``error``.
+    most; beats past that are dropped and raise ``SfuError.LENGTH`` on ``raised`` (the unit's
+    flags to raise this cycle, from :func:`~heterotron.hdl.ports.sticky_errors`).
 
     A new row starts only when ``can_start`` (a free bank, no configuration waiting); the
     caller computes its reduction from ``take``, ``keep`` (the beat is stored), ``first`` and
@@ -270,7 +290,8 @@ class RowIngest:
     its last stored beat) and ``n`` are then valid.
     """
 
-    def __init__(self, m: Module, i, wr, banks: int, beats: int, idx_w: int, can_start, error):
+    def __init__(self, m: Module, i, wr, banks: int, beats: int, idx_w: int, can_start,
+                 raised):
         self.in_row = Signal(name="s1_in_row")
         self.idx = Signal(range(beats + 1), name="s1_idx")
         self.bank = Signal(range(banks), name="s1_bank")
@@ -289,7 +310,7 @@ class RowIngest:
             with m.If(self.keep):
                 m.d.sync += self.idx.eq(self.idx + 1)
             with m.Else():
-                m.d.sync += error.eq(error | SfuError.LENGTH)
+                raise_error(m, raised, SfuError.LENGTH)
             with m.If(beat.last):
                 m.d.sync += [self.in_row.eq(0), self.idx.eq(0),
                              self.bank.eq(Mux(self.bank == banks - 1, 0, self.bank + 1))]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.numerics import EXP_MAX_WIDTH, EXP_MIN_BITS, RECIP_NORM, exp_field_bits
-from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Param, Parameterised
+from heterotron.hdl.ports import raise_error, sticky_errors
 from heterotron.hdl.rowstream import (
     RowIngest,
     RowIssuer,
@@ -22,7 +22,7 @@ from heterotron.hdl.rowstream import (
     mul_pipe,
     mul_stages,
     reg,
-    row_layout,
+    row_unit_ports,
     tree_pipe,
     tree_stages,
 )
@@ -51,7 +51,7 @@ def _norm_shift(blen):
     return Mux(blen > RECIP_NORM, blen - RECIP_NORM, 0)
 
 
-class Softmax(wiring.Component):
+class Softmax(Parameterised, wiring.Component):
     """Integer Softmax of each row, :func:`heterotron.sim.golden.intops.softmax_int` bit for bit.
 
     Four stages work on four rows at once, each row's elements in a bank of on-chip buffer:
@@ -99,15 +99,16 @@ class Softmax(wiring.Component):
     i : In(stream.Signature(row beat of signed(in_width)))
     o : Out(stream.Signature(row beat of unsigned(out_width)))
         Each row comes out with the same beat structure (``n``, ``last``) it went in with.
-    cfg : In(stream.Signature(...))
+    cfg : In(stream.Signature(cfg_layout))
         i-exp's ``x0``, ``b``, ``c`` (:func:`heterotron.sim.golden.intops.exp_consts`). A write is
         taken once no row is being computed; while one waits no new row starts. It is refused
         (``SfuError.CONFIG``) unless ``x0 < 0``, ``b >= -x0`` and ``c >= 2^16``
         (:func:`heterotron.sim.golden.intops.exp_consts_problem`): the first two make
         ``0 <= e <= c`` and every row sum at least 1, the last refuses scales coarser than
         0.0065, where i-exp is too coarse for the documented error bound.
-    error : Out(3)
-        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags.
+    error : Out(3), error_clear : In(1)
+        Sticky :class:`~heterotron.hdl.rowstream.SfuError` flags, cleared by a cycle with
+        ``error_clear`` high (:mod:`heterotron.hdl.ports`).
     """
 
     PARAMS = (
@@ -124,44 +125,22 @@ class Softmax(wiring.Component):
     # shift, write/sum
     OUT_STAGES = 4  # output pass: read, multiply, normalising shift, round/saturate
 
-    def __init__(self, *, lanes=4, max_len=512, in_width=32, exp_width=28, variant="ibert",
-                 out_width=8):
-        with validating(self):
-            check(self.PARAMS, lanes=lanes, max_len=max_len, in_width=in_width,
-                  exp_width=exp_width, variant=variant, out_width=out_width)
-            if max_len < lanes:
-                raise ParamError(f"max_len must be at least lanes ({lanes}), not {max_len}")
-        self._lanes, self._max_len, self._in_width = lanes, max_len, in_width
-        self._exp_width, self._variant, self._out_width = exp_width, variant, out_width
-        super().__init__({
-            "i": In(stream.Signature(row_layout(signed(in_width), lanes))),
-            "o": Out(stream.Signature(row_layout(unsigned(out_width), lanes))),
-            "cfg": In(stream.Signature(self.cfg_layout(exp_width))),
-            "error": Out(len(SfuError)),
-        })
-
-    @staticmethod
-    def cfg_layout(exp_width: int) -> data.StructLayout:
-        """``|x0| <= 2^h`` and ``b < 2^(h+1)`` with ``h`` of
-        :func:`heterotron.sim.golden.intops.exp_field_bits`."""
-        h = exp_field_bits(exp_width)
-        return data.StructLayout({"x0": signed(h + 1), "b": unsigned(h + 1),
-                                  "c": unsigned(exp_width)})
-
-    lanes = property(lambda self: self._lanes)
-    max_len = property(lambda self: self._max_len)
-    in_width = property(lambda self: self._in_width)
-    exp_width = property(lambda self: self._exp_width)
-    variant = property(lambda self: self._variant)
-    out_width = property(lambda self: self._out_width)
+    def __init__(self, **given):
+        p = self._take_params(given)
+        super().__init__(row_unit_ports(self, p["lanes"], {"i": signed(p["in_width"])},
+                                        unsigned(p["out_width"])))
 
     @property
-    def parameters(self) -> dict:
-        return {p.name: getattr(self, p.name) for p in self.PARAMS}
+    def cfg_layout(self) -> data.StructLayout:
+        """The constants ``x0``, ``b``, ``c``: ``|x0| <= 2^h`` and ``b < 2^(h+1)`` with ``h``
+        of :func:`heterotron.sim.golden.intops.exp_field_bits`, ``c < 2^exp_width``."""
+        h = exp_field_bits(self.exp_width)
+        return data.StructLayout({"x0": signed(h + 1), "b": unsigned(h + 1),
+                                  "c": unsigned(self.exp_width)})
 
     @property
     def sum_width(self) -> int:
-        return self._exp_width + self._max_len.bit_length()
+        return self.exp_width + self.max_len.bit_length()
 
     @property
     def df_wait(self) -> int:
@@ -174,18 +153,18 @@ class Softmax(wiring.Component):
         """Cycles of the reciprocal circuit per row: the normalisation (bit length, then the
         shifted divisor) and the divider's 33 quotient bits, two a cycle, or the Newton
         sequence (bit length, normalisation, seed, three steps of two products)."""
-        if self._variant == "ibert":
+        if self.variant == "ibert":
             return 2 + -(-33 // DIV_STEPS)
         return 4 + 4 * DF_ITERS + (1 + 2 * DF_ITERS) * self.df_wait
 
     def _plan(self) -> dict:
         """Register stages of the pipelined multiplications, from the operand shapes: i-exp's
         ``(b - rem) * -rem`` and the output's ``e * recip``."""
-        h1 = len(Signal(self.cfg_layout(self._exp_width)).x0)
+        h1 = len(Signal(self.cfg_layout).x0)
         rem = Signal(h1)
         rb = Signal((Signal(h1) - rem).shape())
         return {"exp": mul_stages(rb.shape(), (-rem).shape()),
-                "out": mul_stages(unsigned(self._exp_width), unsigned(34))}
+                "out": mul_stages(unsigned(self.exp_width), unsigned(34))}
 
     @property
     def latency(self) -> int:
@@ -194,7 +173,7 @@ class Softmax(wiring.Component):
         pipelined product), reciprocal, output pass (pipelined product); measured in
         ``tests/test_sfu.py``. See :meth:`row_latency` for longer rows."""
         plan = self._plan()
-        return (24 + 2 * tree_stages(self._lanes) + plan["exp"] + plan["out"]
+        return (24 + 2 * tree_stages(self.lanes) + plan["exp"] + plan["out"]
                 + self.recip_cycles)
 
     @property
@@ -212,23 +191,24 @@ class Softmax(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L, W, E = self._lanes, self._in_width, self._exp_width
-        beats = self._max_len // L
-        depth = bank_depth(self._max_len, L)
+        L, W, E = self.lanes, self.in_width, self.exp_width
+        beats = self.max_len // L
+        depth = bank_depth(self.max_len, L)
         idx_shape = range(depth)
         idx_w = (depth - 1).bit_length()
 
         # -- configuration ------------------------------------------------------------------
-        k = Signal(self.cfg_layout(E), name="consts")
+        k = Signal(self.cfg_layout, name="consts")
         x0_30 = Signal(signed(len(k.x0) + 5), name="x0_30")  # clamp point 30 * x0
         nx0 = Signal(len(k.x0), name="nx0")  # -x0 > 0
         x_held = Signal(range(X_BANKS + 1))
         e_held = Signal(range(E_BANKS + 1))
+        raised = sticky_errors(m, self.error, self.error_clear)
         m.d.comb += self.cfg.ready.eq((x_held == 0) & (e_held == 0))
         with m.If(self.cfg.valid & self.cfg.ready):
             p = self.cfg.payload
             with m.If((p.x0 >= 0) | (p.b + p.x0 < 0) | (p.c < (1 << EXP_MIN_BITS))):
-                m.d.sync += self.error.eq(self.error | SfuError.CONFIG)
+                raise_error(m, raised, SfuError.CONFIG)
             with m.Else():
                 m.d.sync += [k.eq(p), x0_30.eq(p.x0 * 30), nx0.eq(-p.x0)]
 
@@ -242,7 +222,7 @@ class Softmax(wiring.Component):
         m.submodules.f12 = f12 = SyncFIFO(width=desc1.size, depth=X_BANKS)
         beat = self.i.payload
         s1 = RowIngest(m, self.i, x_wr, X_BANKS, beats, idx_w,
-                       (x_held < X_BANKS) & ~self.cfg.valid, self.error)
+                       (x_held < X_BANKS) & ~self.cfg.valid, raised)
         # The row maximum: a registered tree over the lanes, then the running maximum; the
         # beat's bookkeeping travels alongside and the descriptor is pushed at the end.
         lo = -(1 << (W - 1))
@@ -370,7 +350,7 @@ class Softmax(wiring.Component):
         sh = Signal(sh_shape)
         with m.If(finish):
             m.d.sync += [busy3.eq(0), done3.eq(1), cur3.recip.eq(recip), cur3.sh.eq(sh)]
-        if self._variant == "ibert":
+        if self.variant == "ibert":
             # two cycles to normalise: sh from the latched sum's bit length, then the divisor
             # sum >> sh (at most RECIP_NORM bits); then the divider on it
             m.submodules.div = div = SeqDivider(33, RECIP_NORM, DIV_STEPS)
@@ -406,10 +386,10 @@ class Softmax(wiring.Component):
         prods = [mul_pipe(m, advance, e_val[j], o_tag.recip, f"s4_mul{j}") for j in range(L)]
         o_tag = delay(m, advance, o_tag, self._plan()["out"], "s4_tm")
         # e * recip / 2^(31 + sh - out_width): one bit more than the output, for the rounding
-        halves = [reg(m, advance, (prods[j] >> (31 - self._out_width)) >> o_tag.sh,
+        halves = [reg(m, advance, (prods[j] >> (31 - self.out_width)) >> o_tag.sh,
                       f"s4_half{j}") for j in range(L)]
         o_tag = reg(m, advance, o_tag, "s4_t3")
-        top = (1 << self._out_width) - 1
+        top = (1 << self.out_width) - 1
         with m.If(advance):
             m.d.sync += [self.o.valid.eq(o_tag.valid), self.o.payload.n.eq(o_tag.n),
                          self.o.payload.last.eq(o_tag.last)]

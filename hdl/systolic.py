@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Param, ParamError, Parameterised
 
 __all__ = ["SystolicArray", "array_params", "check_accumulator", "operand_range"]
 
@@ -63,7 +63,7 @@ def array_params(*, rows_doc: str) -> tuple[Param, ...]:
     )
 
 
-class SystolicArray(wiring.Component):
+class SystolicArray(Parameterised, wiring.Component):
     """A ``rows x cols`` grid of integer multiply-accumulate PEs with skew and de-skew inside.
 
     Every PE registers ``a * b`` (one multiplier each, mapped to a DSP block), then adds. All
@@ -128,31 +128,33 @@ class SystolicArray(wiring.Component):
 
     PARAMS = array_params(rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")
 
-    def __init__(self, *, rows=8, cols=8, dataflow="os", a_width=8, a_signed=True, b_width=8,
-                 b_signed=True, acc_width=32, bias_width=24, max_k=4096):
-        values = dict(rows=rows, cols=cols, dataflow=dataflow, a_width=a_width,
-                      a_signed=a_signed, b_width=b_width, b_signed=b_signed,
-                      acc_width=acc_width, bias_width=bias_width, max_k=max_k)
-        with validating(self):
-            check(self.PARAMS, **values)
-            if bias_width > acc_width:
-                raise ParamError(f"bias_width must be at most acc_width={acc_width}, "
-                                 f"not {bias_width}")
-            # A weight-stationary beat always adds a product from every row.
-            check_accumulator(a_width=a_width, a_signed=a_signed, b_width=b_width,
-                              b_signed=b_signed, bias_width=bias_width, acc_width=acc_width,
-                              max_k=max(max_k, rows) if dataflow == "ws" else max_k)
-        self._p = values
-        a_shape = signed(a_width) if a_signed else unsigned(a_width)
-        b_shape = signed(b_width) if b_signed else unsigned(b_width)
+    @classmethod
+    def check_params(cls, p: dict) -> None:
+        """The bias fits the accumulator, and so does the worst-case sum
+        (:func:`check_accumulator`); only the array's own parameters are read, so a component
+        built on the array can call this with its own, larger set."""
+        if p["bias_width"] > p["acc_width"]:
+            raise ParamError(f"bias_width must be at most acc_width={p['acc_width']}, "
+                             f"not {p['bias_width']}")
+        # A weight-stationary beat always adds a product from every row.
+        max_k = max(p["max_k"], p["rows"]) if p["dataflow"] == "ws" else p["max_k"]
+        check_accumulator(a_width=p["a_width"], a_signed=p["a_signed"], b_width=p["b_width"],
+                          b_signed=p["b_signed"], bias_width=p["bias_width"],
+                          acc_width=p["acc_width"], max_k=max_k)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        rows, cols, a_width, b_width = p["rows"], p["cols"], p["a_width"], p["b_width"]
+        a_shape = signed(a_width) if p["a_signed"] else unsigned(a_width)
+        b_shape = signed(b_width) if p["b_signed"] else unsigned(b_width)
         self.a_shape, self.b_shape = a_shape, b_shape
-        acc = signed(acc_width)
+        acc = signed(p["acc_width"])
         members = {}
-        if dataflow == "os":
+        if p["dataflow"] == "os":
             layout = data.StructLayout({
                 "a": data.ArrayLayout(a_shape, rows),
                 "b": data.ArrayLayout(b_shape, cols),
-                "bias": data.ArrayLayout(signed(bias_width), cols),
+                "bias": data.ArrayLayout(signed(p["bias_width"]), cols),
                 "first": 1,
                 "last": 1,
             })
@@ -166,15 +168,6 @@ class SystolicArray(wiring.Component):
         members["i"] = In(stream.Signature(layout))
         members["o"] = Out(stream.Signature(data.ArrayLayout(acc, cols)))
         super().__init__(members)
-
-    rows = property(lambda self: self._p["rows"])
-    cols = property(lambda self: self._p["cols"])
-    dataflow = property(lambda self: self._p["dataflow"])
-    acc_width = property(lambda self: self._p["acc_width"])
-
-    @property
-    def parameters(self) -> dict:
-        return dict(self._p)
 
     @property
     def latency(self) -> int:

@@ -23,8 +23,9 @@ from amaranth.lib import data, stream
 
 from heterotron.hdl.contract.params import Param, ParamError
 
-__all__ = ["PORTS", "ORDERS", "MESH_PARAMS", "Topology", "flit_layout", "coord_layout",
-           "header_layout", "link_signature", "DeadlockError", "coord_bits"]
+__all__ = ["PORTS", "ORDERS", "MESH_PARAMS", "POSITION_PARAMS", "Topology", "flit_layout",
+           "coord_layout", "header_layout", "link_signature", "DeadlockError", "coord_bits",
+           "check_mesh_params", "check_position", "check_flit_width"]
 
 #: Port names, in the order routers list them; (axis, step) for the neighbour ports.
 PORTS = ("local", "east", "west", "north", "south", "up", "down")
@@ -45,6 +46,12 @@ MESH_PARAMS = (
     Param("order", str, "xyz", "dimension order of the routing function", choices=ORDERS),
     Param("wrap", bool, False, "wrap-around links (a torus); refused where it can deadlock"),
 )
+
+#: A router's position (and its network interface's): ``0`` to the largest ``n - 1`` along
+#: each axis; :func:`check_position` checks it against the mesh's own size.
+POSITION_PARAMS = tuple(
+    Param(axis, int, default, f"router position along {axis}", 0, n.hi - 1)
+    for axis, default, n in zip(AXES, (1, 1, 0), MESH_PARAMS[:3], strict=True))
 
 
 class DeadlockError(ParamError):
@@ -208,16 +215,31 @@ class Topology:
                 f"of at most 3 routers")
 
 
-def check_mesh_params(p: dict) -> Topology:
-    """The rules between the shared NoC parameters; returns the checked topology."""
-    if p["nx"] * p["ny"] * p["nz"] < 2:
-        raise ParamError("nx * ny * nz must be at least 2 (a network of one router has no "
-                         "links)")
+def check_flit_width(p: dict) -> None:
+    """The head flit must hold the destination and source coordinates of an ``nx x ny x nz``
+    mesh."""
     need = 2 * sum(coord_bits(n) for n in (p["nx"], p["ny"], p["nz"]))
     if p["flit_width"] < need:
         raise ParamError(f"flit_width must be at least {need} for a {p['nx']}x{p['ny']}x"
                          f"{p['nz']} mesh (the head flit carries dest and src coordinates), "
                          f"not {p['flit_width']}")
+
+
+def check_position(p: dict) -> None:
+    """The position ``x, y, z`` (:data:`POSITION_PARAMS`) must lie in the mesh."""
+    for axis in AXES:
+        n = p[f"n{axis}"]
+        if p[axis] >= n:
+            raise ParamError(f"{axis} must be in [0, n{axis} - 1] = [0, {n - 1}], "
+                             f"not {p[axis]}")
+
+
+def check_mesh_params(p: dict) -> Topology:
+    """The rules between the shared NoC parameters; returns the checked topology."""
+    if p["nx"] * p["ny"] * p["nz"] < 2:
+        raise ParamError("nx * ny * nz must be at least 2 (a network of one router has no "
+                         "links)")
+    check_flit_width(p)
     topo = Topology.of(p)
     topo.check_deadlock_free()
     return topo
