@@ -8,11 +8,12 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.params import Param, ParamError, check, validating
+from heterotron.hdl.contract.params import Param, ParamError, Parameterised
+from heterotron.hdl.ports import error_ports, raise_error, sticky_errors
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.hdl.systolic import SystolicArray, array_params, operand_range
 
-__all__ = ["GemmEngine", "Op", "Error"]
+__all__ = ["GemmEngine", "Op", "GemmError"]
 
 
 class Op(enum.Enum, shape=2):
@@ -24,16 +25,21 @@ class Op(enum.Enum, shape=2):
     RUN = 3  #: C = A B (+ bias with ``bias``) out on ``o``
 
 
-class Error(enum.Enum, shape=2):
-    """Sticky error code (cleared by the next accepted command)."""
+class GemmError(enum.IntFlag):
+    """Bits of the engine's sticky ``error`` output (cleared by ``error_clear``)."""
 
-    NONE = 0
-    DIMS = 1  #: a size of 0 or above its maximum, K of A and B differ, or RUN before loads
-    RANGE = 2  #: an element on ``data`` does not fit its operand (it was written truncated)
+    #: A command was refused: a size of 0 or above its maximum, K of A and B differ, or RUN
+    #: before the loads it needs. Nothing was loaded or run.
+    DIMS = 1
+    #: An element on ``data`` did not fit its operand; it was written truncated.
+    RANGE = 2
 
 
 #: Largest operand buffer a GEMM engine may ask for (the ECP5-85F has 3.7 Mbit of block RAM).
 BUFFER_LIMIT_BITS = 8 << 20
+
+#: Names of the parameters passed through to :class:`SystolicArray` (``max_k`` included).
+_ARRAY_PARAMS = tuple(q.name for q in array_params(rows_doc=""))
 
 
 def _ceil(a: int, b: int) -> int:
@@ -58,7 +64,7 @@ def _step_loops(m, levels, done=()):
         m.d.sync += step
 
 
-class GemmEngine(wiring.Component):
+class GemmEngine(Parameterised, wiring.Component):
     """Runs ``C = op(A) op(B) (+ bias)`` for any ``M <= max_m``, ``K <= max_k``, ``N <= max_n``.
 
     The host loads operands over ``data``, one element per beat, row by row of the matrix *as
@@ -73,7 +79,8 @@ class GemmEngine(wiring.Component):
       each carries ``row``, ``col`` (first column) and ``last`` (final beat of the GEMM);
       lanes past ``N`` are 0.
     * with ``requant`` every lane goes through :class:`Requantizer` (lane ``j`` uses the scale
-      written at ``lane = j`` on ``scale``), else lanes are full ``acc_width`` sums.
+      written at ``lane = j`` on ``cfg``), the tags riding through it as its ``meta``; else
+      lanes are full ``acc_width`` sums.
 
     Output-stationary runs each ``rows x cols`` output tile over all of K; weight-stationary
     keeps a ``rows x cols`` tile of B in the array, streams all ``M`` rows of A past it, and
@@ -98,20 +105,31 @@ class GemmEngine(wiring.Component):
         Operand elements for the load in progress.
     o : Out(stream.Signature(StructLayout))
         ``data`` (``cols`` lanes), ``row``, ``col``, ``last``.
-    scale : In(...)
-        With ``requant``: the requantizer's scale-table port (``we``, ``lane``, ``m``, ``e``).
-    busy, error : Out
-        ``busy`` while a command runs; ``error`` (:class:`Error`) is sticky until the next
-        command is accepted.
+    cfg : In(stream.Signature(cfg_layout))
+        With ``requant`` only: the requantizer's scale-table writes (:attr:`cfg_layout`:
+        ``lane`` when ``cols > 1``, ``m``, ``e``), one lane per accepted beat, ``ready`` always
+        high; a write applies to the results entering the requantizer from its cycle on.
+    busy : Out(1)
+        High while a command runs.
+    error, error_clear : Out(2), In(1)
+        Sticky :class:`GemmError` flags: raised by a refused command (``DIMS``) or an
+        out-of-range element (``RANGE``), held until a clock edge with ``error_clear`` high
+        (a flag raised in that cycle stays set).
 
     Latency (:attr:`latency`, in the sidecar): the array's latency plus 2 (the buffer read and
-    the output register), plus the requantizer's 4 with ``requant``; counted from the cycle the
-    engine issues the read of a tile's last beat (OS) or of a row (WS) to its first result on
-    ``o`` when nothing stalls. A RUN costs about ``M K N / (rows cols)`` cycles plus that fill.
+    the output register), or with ``requant`` plus 1 and the requantizer's :attr:`latency
+    <Requantizer.latency>` (whose first stage is the output register); counted from the cycle
+    the engine issues the read of a tile's last beat (OS) or of a row (WS) to its first result
+    on ``o`` when nothing stalls. A RUN costs about ``M K N / (rows cols)`` cycles plus that
+    fill.
     """
 
-    PARAMS = array_params(rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")
-    PARAMS = PARAMS[:-1] + (
+    # The array's parameters, but for max_k: the engine's own range and default (it also
+    # sizes the buffers).
+    PARAMS = (
+        *(q for q in array_params(
+            rows_doc="PE rows (OS: output rows per tile; WS: K per weight tile)")
+          if q.name != "max_k"),
         Param("max_k", int, 256, "largest K (sizes the buffers; checked against acc_width)",
               2, 4096),
         Param("max_m", int, 256, "largest M", 2, 4096),
@@ -120,36 +138,44 @@ class GemmEngine(wiring.Component):
         Param("out_width", int, 8, "requantized output width", 2, 32),
     )
 
-    def __init__(self, *, rows=8, cols=8, dataflow="os", a_width=8, a_signed=True, b_width=8,
-                 b_signed=True, acc_width=32, bias_width=24, max_k=256, max_m=256, max_n=256,
-                 requant=False, out_width=8):
-        values = dict(rows=rows, cols=cols, dataflow=dataflow, a_width=a_width,
-                      a_signed=a_signed, b_width=b_width, b_signed=b_signed,
-                      acc_width=acc_width, bias_width=bias_width, max_k=max_k, max_m=max_m,
-                      max_n=max_n, requant=requant, out_width=out_width)
-        self._array_params = {k: values[k] for k in (
-            "rows", "cols", "dataflow", "a_width", "a_signed", "b_width", "b_signed",
-            "acc_width", "bias_width", "max_k")}
-        with validating(self):
-            check(self.PARAMS, **values)
-            if requant and acc_width > 48:
-                raise ParamError(f"acc_width must be at most 48 with requant (the "
-                                 f"requantizer's input), not {acc_width}")
-            self._p = values
-            for name, words, width in (("A", self.a_depth, rows * a_width),
-                                       ("B", self.b_depth, cols * b_width)):
-                if words * width > BUFFER_LIMIT_BITS:
-                    raise ParamError(
-                        f"the {name} buffer would be {words} words x {width} bits "
-                        f"({words * width / 2**20:.1f} Mbit), above the "
-                        f"{BUFFER_LIMIT_BITS // 2**20} Mbit limit: lower max_m, max_k or max_n")
-            # The array checks the accumulator against max_k.
-            self._array = array = SystolicArray(**self._array_params)
+    @classmethod
+    def check_params(cls, p):
+        """The array's rules (bias within the accumulator, the accumulator bound at
+        ``max_k``), the requantizer's input width, and the buffers' size."""
+        SystolicArray.check_params(p)
+        if p["requant"]:
+            limit = next(q for q in Requantizer.PARAMS if q.name == "in_width").hi
+            if p["acc_width"] > limit:
+                raise ParamError(f"acc_width must be at most {limit} with requant (the "
+                                 f"requantizer's input), not {p['acc_width']}")
+        for name, words, width in (("A", cls._a_depth(p), p["rows"] * p["a_width"]),
+                                   ("B", cls._b_depth(p), p["cols"] * p["b_width"])):
+            if words * width > BUFFER_LIMIT_BITS:
+                raise ParamError(
+                    f"the {name} buffer would be {words} words x {width} bits "
+                    f"({words * width / 2**20:.1f} Mbit), above the "
+                    f"{BUFFER_LIMIT_BITS // 2**20} Mbit limit: lower max_m, max_k or max_n")
+
+    @staticmethod
+    def _tag_layout(p) -> data.StructLayout:
+        """What a result beat carries beside its lanes (through the requantizer's ``meta``)."""
+        return data.StructLayout({"row": range(p["max_m"]), "col": range(p["max_n"]),
+                                  "last": 1})
+
+    @classmethod
+    def _requant_params(cls, p) -> dict:
+        return dict(lanes=p["cols"], in_width=p["acc_width"], out_width=p["out_width"],
+                    meta_width=cls._tag_layout(p).size)
+
+    def __init__(self, **given):
+        p = self._take_params(given)
+        self._array = array = SystolicArray(**{k: p[k] for k in _ARRAY_PARAMS})
         self._a_shape, self._b_shape = array.a_shape, array.b_shape
-        elem_w = max(a_width + (0 if a_signed else 1), b_width + (0 if b_signed else 1),
-                     bias_width)
+        elem_w = max(p["a_width"] + (0 if p["a_signed"] else 1),
+                     p["b_width"] + (0 if p["b_signed"] else 1), p["bias_width"])
         self._elem_w = elem_w
-        out_lane = signed(out_width if requant else acc_width)
+        out_lane = signed(p["out_width"] if p["requant"] else p["acc_width"])
+        max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
         members = {
             "cmd": In(stream.Signature(data.StructLayout({
                 "op": Op, "trans": 1, "bias": 1,
@@ -158,46 +184,51 @@ class GemmEngine(wiring.Component):
             }))),
             "data": In(stream.Signature(signed(elem_w))),
             "o": Out(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(out_lane, cols),
-                "row": range(max_m), "col": range(max_n), "last": 1,
+                "data": data.ArrayLayout(out_lane, p["cols"]), **self._tag_layout(p).members,
             }))),
             "busy": Out(1),
-            "error": Out(Error),
+            **error_ports(GemmError),
         }
         self._requant = None
-        if requant:
-            self._requant = Requantizer(lanes=cols, in_width=acc_width, out_width=out_width)
-            members["scale"] = In(self._requant.cfg.signature.flip())
+        if p["requant"]:
+            self._requant = Requantizer(**self._requant_params(p))
+            members["cfg"] = In(stream.Signature(self._requant.cfg_layout))
         super().__init__(members)
 
-    rows = property(lambda self: self._p["rows"])
-    cols = property(lambda self: self._p["cols"])
-    dataflow = property(lambda self: self._p["dataflow"])
-
     @property
-    def parameters(self) -> dict:
-        return dict(self._p)
+    def cfg_layout(self) -> data.StructLayout | None:
+        """Payload of ``cfg``, the requantizer's scale-table write (``None`` without
+        ``requant``: there is no ``cfg`` port)."""
+        return self._requant.cfg_layout if self._requant is not None else None
 
     @property
     def latency(self) -> int:
-        extra = Requantizer.LATENCY if self._p["requant"] else 0
-        return self._array.latency + 2 + extra
+        if self._requant is None:
+            return self._array.latency + 2
+        return self._array.latency + 1 + self._requant.latency
 
     # buffer geometry (words)
-    @property
-    def a_depth(self) -> int:
-        p = self._p
+    @staticmethod
+    def _a_depth(p) -> int:
         if p["dataflow"] == "os":
             return _ceil(p["max_m"], p["rows"]) * p["max_k"]
         return _ceil(p["max_k"], p["rows"]) * p["max_m"]
 
+    @staticmethod
+    def _b_depth(p) -> int:
+        return _ceil(p["max_n"], p["cols"]) * p["max_k"]
+
+    @property
+    def a_depth(self) -> int:
+        return self._a_depth(self._params)
+
     @property
     def b_depth(self) -> int:
-        return _ceil(self._p["max_n"], self._p["cols"]) * self._p["max_k"]
+        return self._b_depth(self._params)
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
+        p = self._params
         R, C = p["rows"], p["cols"]
         os_flow = p["dataflow"] == "os"
         max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
@@ -217,8 +248,8 @@ class GemmEngine(wiring.Component):
 
         # -- command and shapes ---------------------------------------------------------------
         busy = Signal()
-        err = Signal(Error)
-        m.d.comb += [self.busy.eq(busy), self.error.eq(err), self.cmd.ready.eq(~busy)]
+        raised = sticky_errors(m, self.error, self.error_clear)
+        m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
         loading, running = Signal(), Signal()
         m.d.comb += busy.eq(loading | running)
 
@@ -245,7 +276,6 @@ class GemmEngine(wiring.Component):
         cmd = self.cmd.payload
         start_run = Signal()
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += err.eq(Error.NONE)
             with m.If(cmd.op == Op.RUN):
                 run_ok = (a_ok & b_ok & (a_k == b_k)
                           & (~cmd.bias | (bias_ok & (bias_n == b_n))))
@@ -253,7 +283,7 @@ class GemmEngine(wiring.Component):
                     m.d.comb += start_run.eq(1)
                     m.d.sync += [running.eq(1), use_bias.eq(cmd.bias)]
                 with m.Else():
-                    m.d.sync += err.eq(Error.DIMS)
+                    raise_error(m, raised, GemmError.DIMS)
             with m.Else():
                 # A load checks the sizes it uses.
                 m_ok = (cmd.m >= 1) & (cmd.m <= max_m)
@@ -265,7 +295,7 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [loading.eq(1), ld_target.eq(cmd.op), ld_r.eq(0), ld_c.eq(0),
                                  ld_lane.eq(0), ld_addr.eq(0), ld_base.eq(0)]
                 with m.Else():
-                    m.d.sync += err.eq(Error.DIMS)
+                    raise_error(m, raised, GemmError.DIMS)
                 with m.If(cmd.op == Op.LOAD_A):
                     m.d.sync += [a_m.eq(cmd.m), a_k.eq(cmd.k), a_ok.eq(ok), ld_lanes.eq(R),
                                  ld_rows.eq(Mux(cmd.trans, cmd.k, cmd.m)),
@@ -306,7 +336,7 @@ class GemmEngine(wiring.Component):
                 m.d.comb += wr.data[j].eq(elem)
         with m.If(take):
             with m.If((elem < lo) | (elem > hi)):
-                m.d.sync += err.eq(Error.RANGE)
+                raise_error(m, raised, GemmError.RANGE)
             row_end = ld_c == ld_cols - 1
             lane_wrap = ld_lane == ld_lanes - 1
             with m.If(ld_fast):
@@ -346,35 +376,26 @@ class GemmEngine(wiring.Component):
             self._run_ws(m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
                          out_row, out_col, res_valid, res_ready)
 
-        # -- output stage, then the optional requantizer --------------------------------------
-        meta_layout = data.StructLayout({"row": range(max_m), "col": range(max_n), "last": 1})
-        meta = Signal(meta_layout)
-        m.d.comb += [meta.row.eq(out_row), meta.col.eq(out_col), meta.last.eq(last)]
+        # -- output register, or the requantizer with the tags as its metadata ------------
+        tag_layout = self._tag_layout(p)
+        tag = Signal(tag_layout, name="res_tag")
+        m.d.comb += [tag.row.eq(out_row), tag.col.eq(out_col), tag.last.eq(last)]
         if p["requant"]:
             m.submodules.requant = rq = self._requant
-            wiring.connect(m, wiring.flipped(self.scale), rq.cfg)
-            m.d.comb += [rq.i.valid.eq(res_valid), rq.i.payload.eq(res_data),
-                         res_ready.eq(rq.i.ready)]
-            # The requantizer's stages all advance on ~o.valid | o.ready (its documented
-            # contract): the tags ride beside them in registers that advance the same way.
-            advance = ~rq.o.valid | rq.o.ready
-            tag = meta
-            for s in range(Requantizer.LATENCY):
-                nxt = Signal(meta_layout, name=f"rq_tag{s}")
-                with m.If(advance):
-                    m.d.sync += nxt.eq(tag)
-                tag = nxt
-            m.d.comb += [
-                self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
-                self.o.payload.data.eq(rq.o.payload), self.o.payload.row.eq(tag.row),
-                self.o.payload.col.eq(tag.col), self.o.payload.last.eq(tag.last),
-            ]
+            wiring.connect(m, wiring.flipped(self.cfg), rq.cfg)
+            m.d.comb += [rq.i.valid.eq(res_valid), rq.i.payload.z.eq(res_data),
+                         rq.i.payload.meta.eq(tag), res_ready.eq(rq.i.ready),
+                         self.o.valid.eq(rq.o.valid), rq.o.ready.eq(self.o.ready),
+                         self.o.payload.data.eq(rq.o.payload.data)]
+            out_tag = tag_layout(rq.o.payload.meta)
+            for name in tag_layout.members:
+                m.d.comb += self.o.payload[name].eq(out_tag[name])
         else:
             m.d.comb += res_ready.eq(~self.o.valid | self.o.ready)
             with m.If(res_ready):
-                m.d.sync += [self.o.valid.eq(res_valid), self.o.payload.data.eq(res_data),
-                             self.o.payload.row.eq(meta.row), self.o.payload.col.eq(meta.col),
-                             self.o.payload.last.eq(meta.last)]
+                m.d.sync += [self.o.valid.eq(res_valid), self.o.payload.data.eq(res_data)]
+                for name in tag_layout.members:
+                    m.d.sync += self.o.payload[name].eq(tag[name])
         with m.If(self.o.valid & self.o.ready & self.o.payload.last):
             m.d.sync += running.eq(0)
         return m
@@ -383,7 +404,7 @@ class GemmEngine(wiring.Component):
 
     def _run_os(self, m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
                 out_row, out_col, keep, res_valid, res_ready):
-        p = self._p
+        p = self._params
         R, C = p["rows"], p["cols"]
         # Issue: for each column tile, each row tile, k = 0 .. K - 1, read word (mt, k) of A,
         # (nt, k) of B and the column tile's bias; the array sees them a cycle later.
@@ -437,7 +458,7 @@ class GemmEngine(wiring.Component):
 
     def _run_ws(self, m, sa, a_rd, b_rd, bias_rd, start_run, use_bias, a_m, a_k, b_n,
                 out_row, out_col, res_valid, res_ready):
-        p = self._p
+        p = self._params
         R, C = p["rows"], p["cols"]
         max_m, max_k, max_n = p["max_m"], p["max_k"], p["max_n"]
         m.submodules.accbuf = accbuf = Memory(

@@ -7,18 +7,22 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.params import Param, check, validating
+from heterotron.hdl.contract.params import Param, Parameterised
+from heterotron.hdl.rowstream import REQUANT_EXTRA, delay, mul_stages, reg, requant_stages
 
 __all__ = ["Requantizer"]
 
 
-class Requantizer(wiring.Component):
+class Requantizer(Parameterised, wiring.Component):
     """Requantise ``lanes`` integers per cycle: ``out = sat(round_shift(z * m, e))``.
 
     The arithmetic is :func:`heterotron.sim.golden.requantizer.requantize`, bit for bit: the product
     ``z * m`` is shifted right by ``e`` rounding half up (ties towards +infinity), then
     saturated to ``out_width`` signed bits. With ``residual`` the input beat also carries ``y``
-    with its own ``(m_y, e_y)``; both terms are rounded, added, then saturated.
+    with its own ``(m_y, e_y)``; both terms are rounded, added, then saturated. The datapath is
+    :func:`heterotron.hdl.rowstream.requant_stages`, one per lane, the same as the special-function
+    units': the products are cut into 18x18 partial products, registered and summed one adder
+    level per stage, then the shift, the rounding and add, and the saturation each get a stage.
 
     Scales are per channel. A row of ``channels`` values arrives as ``channels // lanes``
     consecutive beats; beat ``k`` of the stream uses channel group ``k mod (channels // lanes)``,
@@ -32,7 +36,7 @@ class Requantizer(wiring.Component):
     lanes : int
         Values per beat, 1 to 64.
     channels : int
-        Channels per row, a multiple of ``lanes``, up to 4096.
+        Channels per row, a multiple of ``lanes``, up to 4096 (default: ``lanes``).
     in_width : int
         Signed input width, 2 to 48 (32 for an int32 accumulator).
     out_width : int
@@ -45,22 +49,34 @@ class Requantizer(wiring.Component):
         Add a second operand ``y`` with its own scale before saturation.
     res_width : int
         Signed width of ``y``, 2 to 48 (used only with ``residual``).
+    meta_width : int
+        Bits of metadata carried beside each beat, 0 to 64 (0: none). The ``meta`` of an input
+        beat leaves, untouched, with that beat's result (a user's tags: row, column, last).
 
     Members
     -------
     i : In(stream.Signature(...))
-        Input beats. Payload is ``ArrayLayout(signed(in_width), lanes)``, or with ``residual``
-        ``StructLayout({"z": ..., "y": ArrayLayout(signed(res_width), lanes)})``. Lane ``k``
-        sits at bits ``[k * width, (k + 1) * width)``.
-    o : Out(stream.Signature(ArrayLayout(signed(out_width), lanes)))
-        Output beats, in input order, one per input beat.
-    cfg : In(...)
-        Scale-table write port: ``we``, ``group``, ``lane``, ``m``, ``e`` (and ``m_y``, ``e_y``
-        with ``residual``). Written when ``we`` is high at a clock edge.
+        Input beats. Payload is ``ArrayLayout(signed(in_width), lanes)``; with ``residual`` or
+        ``meta_width`` it is a ``StructLayout`` of ``z`` (those lanes), ``y``
+        (``ArrayLayout(signed(res_width), lanes)``, with ``residual``) and ``meta``
+        (``unsigned(meta_width)``, when not 0), in that order from bit 0. Lane ``k`` sits at
+        bits ``[k * width, (k + 1) * width)`` of its array.
+    o : Out(stream.Signature(...))
+        Output beats, in input order, one per input beat. Payload is
+        ``ArrayLayout(signed(out_width), lanes)``; with ``meta_width`` a ``StructLayout`` of
+        ``data`` (those lanes) and ``meta``.
+    cfg : In(stream.Signature(cfg_layout))
+        Scale-table writes, one entry per accepted beat (``ready`` is always high):
+        :attr:`cfg_layout` is ``group``, ``lane``, ``m``, ``e`` (and ``m_y``, ``e_y`` with
+        ``residual``). ``group`` is there only with more than one group and ``lane`` only with
+        more than one lane (no zero-width wires in the Verilog). The table starts all zeros.
+        Nothing is refused (every ``m`` and ``e`` the fields hold is computed exactly), so
+        there is no ``error`` port.
 
-    Latency: 4 cycles from an accepted input beat to its output beat being valid (operands and
-    scale read; multiply; shift; round, add and saturate); one beat per cycle throughput; all
-    stages stall together while ``o`` is not ready.
+    Latency: :attr:`latency` cycles from an accepted input beat to its output beat being valid
+    (7 at the defaults: the operands with the scale-table read, then the pipelined product, the
+    shift, round and add, saturate); one beat per cycle; all stages stall together while ``o``
+    is not ready.
     """
 
     PARAMS = (
@@ -73,108 +89,89 @@ class Requantizer(wiring.Component):
         Param("max_shift", int, 63, "largest right shift e", 1, 127),
         Param("residual", bool, False, "add a second scaled operand y before saturation"),
         Param("res_width", int, 32, "signed width of the residual operand y", 2, 48),
+        Param("meta_width", int, 0, "metadata bits carried beside each beat (0: none)", 0, 64),
     )
 
-    LATENCY = 4
-
-    def __init__(self, *, lanes=4, channels=None, in_width=32, out_width=8, m_width=31,
-                 max_shift=63, residual=False, res_width=32):
-        if channels is None:
-            channels = lanes
-        with validating(self):
-            check(self.PARAMS, lanes=lanes, channels=channels, in_width=in_width,
-                  out_width=out_width, m_width=m_width, max_shift=max_shift, residual=residual,
-                  res_width=res_width)
-        self._lanes = lanes
-        self._channels = channels
-        self._in_width = in_width
-        self._out_width = out_width
-        self._m_width = m_width
-        self._max_shift = max_shift
-        self._residual = residual
-        self._res_width = res_width
-
-        z_layout = data.ArrayLayout(signed(in_width), lanes)
-        if residual:
-            in_layout = data.StructLayout({
-                "z": z_layout,
-                "y": data.ArrayLayout(signed(res_width), lanes),
-            })
-        else:
-            in_layout = z_layout
-        # Address fields that would be zero bits wide are left out (no [-1:0] ports).
-        cfg_members = {"we": Out(1)}
+    def __init__(self, **given):
+        p = self._take_params(given)
+        lanes = p["lanes"]
+        z_layout = data.ArrayLayout(signed(p["in_width"]), lanes)
+        fields = {"z": z_layout}
+        if p["residual"]:
+            fields["y"] = data.ArrayLayout(signed(p["res_width"]), lanes)
+        if p["meta_width"]:
+            fields["meta"] = unsigned(p["meta_width"])
+        in_layout = data.StructLayout(fields) if len(fields) > 1 else z_layout
+        out_lanes = data.ArrayLayout(signed(p["out_width"]), lanes)
+        out_layout = (data.StructLayout({"data": out_lanes, "meta": unsigned(p["meta_width"])})
+                      if p["meta_width"] else out_lanes)
+        scale = {"m": unsigned(p["m_width"]), "e": range(p["max_shift"] + 1)}
+        if p["residual"]:
+            scale |= {"m_y": unsigned(p["m_width"]), "e_y": range(p["max_shift"] + 1)}
+        self._scale_layout = data.StructLayout(scale)
+        # Address fields that would be zero bits wide are left out: Amaranth would write each
+        # field of the payload as a [-1:0] wire.
+        address = {}
         if self.groups > 1:
-            cfg_members["group"] = Out(range(self.groups))
+            address["group"] = range(self.groups)
         if lanes > 1:
-            cfg_members["lane"] = Out(range(lanes))
-        cfg_members["m"] = Out(m_width)
-        cfg_members["e"] = Out(range(max_shift + 1))
-        if residual:
-            cfg_members["m_y"] = Out(m_width)
-            cfg_members["e_y"] = Out(range(max_shift + 1))
+            address["lane"] = range(lanes)
+        self._cfg_layout = data.StructLayout({**address, **scale})
         super().__init__({
             "i": In(stream.Signature(in_layout)),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(out_width), lanes))),
-            "cfg": In(wiring.Signature(cfg_members)),
+            "o": Out(stream.Signature(out_layout)),
+            "cfg": In(stream.Signature(self._cfg_layout)),
         })
 
-    lanes = property(lambda self: self._lanes)
-    channels = property(lambda self: self._channels)
-    in_width = property(lambda self: self._in_width)
-    out_width = property(lambda self: self._out_width)
-    m_width = property(lambda self: self._m_width)
-    max_shift = property(lambda self: self._max_shift)
-    residual = property(lambda self: self._residual)
-    res_width = property(lambda self: self._res_width)
+    @property
+    def cfg_layout(self) -> data.StructLayout:
+        """Payload of ``cfg``: ``group`` (with more than one group), ``lane`` (with more than
+        one lane), ``m``, ``e`` (, ``m_y``, ``e_y``)."""
+        return self._cfg_layout
 
     @property
     def groups(self) -> int:
         """Depth of the scale table: beats per row."""
-        return self._channels // self._lanes
+        return self.channels // self.lanes
+
+    def _mul_stages(self) -> int:
+        """Register stages of the widest product (what :func:`requant_stages` pads to)."""
+        m = unsigned(self.m_width)
+        widths = [self.in_width] + ([self.res_width] if self.residual else [])
+        return max(mul_stages(signed(w), m) for w in widths)
 
     @property
     def latency(self) -> int:
-        return self.LATENCY
-
-    @property
-    def parameters(self) -> dict:
-        return {p.name: getattr(self, p.name) for p in self.PARAMS}
-
-    def _scale_layout(self):
-        fields = {"m": unsigned(self._m_width), "e": range(self._max_shift + 1)}
-        if self._residual:
-            fields["m_y"] = unsigned(self._m_width)
-            fields["e_y"] = range(self._max_shift + 1)
-        return data.StructLayout(fields)
+        """Cycles from an accepted beat to its result: the operand and table-read stage, then
+        :func:`requant_stages` (the product's stages and ``REQUANT_EXTRA``)."""
+        return 1 + self._mul_stages() + REQUANT_EXTRA
 
     def elaborate(self, platform):
         m = Module()
-        lanes = self._lanes
+        lanes, residual = self.lanes, self.residual
+        structured = isinstance(self.i.payload.shape(), data.StructLayout)
 
         # Pipeline control: every stage advances together when the output can move.
         advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance),
+                     self.cfg.ready.eq(1)]
 
         # Scale table: one row per channel group, one entry per lane, written a lane at a time.
         # ``row`` is the row of the beat in stage 1, read when that beat was accepted.
-        row_layout = data.ArrayLayout(self._scale_layout(), lanes)
+        cfg = self.cfg.payload
+        row_layout = data.ArrayLayout(self._scale_layout, lanes)
         wdata = Signal(row_layout, name="cfg_row")
         wen = Signal(lanes, name="cfg_lane_en")
         for k in range(lanes):
-            lane_hit = (self.cfg.lane == k) if lanes > 1 else 1
-            m.d.comb += [
-                wen[k].eq(self.cfg.we & lane_hit),
-                wdata[k].m.eq(self.cfg.m),
-                wdata[k].e.eq(self.cfg.e),
-            ]
-            if self._residual:
-                m.d.comb += [wdata[k].m_y.eq(self.cfg.m_y), wdata[k].e_y.eq(self.cfg.e_y)]
+            lane_hit = (cfg.lane == k) if lanes > 1 else 1
+            m.d.comb += wen[k].eq(self.cfg.valid & lane_hit)
+            for name in self._scale_layout.members:
+                m.d.comb += wdata[k][name].eq(cfg[name])
         if self.groups > 1:
             m.submodules.scales = scales = Memory(shape=row_layout, depth=self.groups, init=[])
             wr = scales.write_port(granularity=1)
             rd = scales.read_port(transparent_for=(wr,))
-            m.d.comb += [wr.addr.eq(self.cfg.group), wr.en.eq(wen), wr.data.eq(wdata)]
+            m.d.comb += [wr.addr.eq(cfg.group), wr.en.eq(wen), wr.data.eq(wdata)]
             # The beat counter picks the channel group of the beat being accepted.
             group = Signal(range(self.groups), name="group")
             with m.If(self.i.valid & self.i.ready):
@@ -192,59 +189,22 @@ class Requantizer(wiring.Component):
                 with m.If(advance):
                     m.d.sync += row[k].eq(Mux(wen[k], wdata[k], table[k]))
 
-        # Stage 1: register the operands; the scale table read lands alongside.
-        v1 = Signal(name="s1_valid")
-        s1 = Signal(self.i.payload.shape(), name="s1_payload")
+        # Stage 1: register the operands (and the metadata); the scale-table read lands
+        # alongside. Then one requant_stages per lane; the valid bit and the metadata ride
+        # beside them in registers that advance the same way.
+        v1 = reg(m, advance, self.i.valid, "s1_valid")
+        s1 = reg(m, advance, self.i.payload, "s1")
+        z = s1.z if structured else s1
+        out_data = self.o.payload.data if self.meta_width else self.o.payload
+        for k in range(lanes):
+            terms = [(z[k], row[k].m, row[k].e)]
+            if residual:
+                terms.append((s1.y[k], row[k].m_y, row[k].e_y))
+            out, stages = requant_stages(m, advance, terms, self.out_width, f"rq{k}")
+            m.d.comb += out_data[k].eq(out)
+        assert 1 + stages == self.latency
         with m.If(advance):
-            m.d.sync += [v1.eq(self.i.valid), s1.eq(self.i.payload)]
-
-        # Stage 2: products (and the shifts that go with them).
-        v2 = Signal(name="s2_valid")
-        z1 = s1.z if self._residual else s1
-        prod_w = self._in_width + self._m_width + 1
-        prods = [Signal(signed(prod_w), name=f"s2_prod{k}") for k in range(lanes)]
-        shifts = [Signal(range(self._max_shift + 1), name=f"s2_e{k}") for k in range(lanes)]
-        if self._residual:
-            rprod_w = self._res_width + self._m_width + 1
-            rprods = [Signal(signed(rprod_w), name=f"s2_rprod{k}") for k in range(lanes)]
-            rshifts = [Signal(range(self._max_shift + 1), name=f"s2_ey{k}") for k in range(lanes)]
-        with m.If(advance):
-            m.d.sync += v2.eq(v1)
-            for k in range(lanes):
-                m.d.sync += [prods[k].eq(z1[k] * row[k].m), shifts[k].eq(row[k].e)]
-                if self._residual:
-                    m.d.sync += [
-                        rprods[k].eq(s1.y[k] * row[k].m_y),
-                        rshifts[k].eq(row[k].e_y),
-                    ]
-
-        # Stage 3: the variable shift, kept one bit wide for the rounding:
-        # half = (p << 1) >> e, so that round_half_up(p / 2^e) = (half + 1) >> 1.
-        v3 = Signal(name="s3_valid")
-        halves = [Signal(signed(prod_w + 1), name=f"s3_half{k}") for k in range(lanes)]
-        if self._residual:
-            rhalves = [Signal(signed(rprod_w + 1), name=f"s3_rhalf{k}") for k in range(lanes)]
-        with m.If(advance):
-            m.d.sync += v3.eq(v2)
-            for k in range(lanes):
-                m.d.sync += halves[k].eq((prods[k] << 1) >> shifts[k])
-                if self._residual:
-                    m.d.sync += rhalves[k].eq((rprods[k] << 1) >> rshifts[k])
-
-        # Stage 4: round, add, saturate into the output register.
-        lo = -(1 << (self._out_width - 1))
-        hi = (1 << (self._out_width - 1)) - 1
-        with m.If(advance):
-            m.d.sync += self.o.valid.eq(v3)
-            for k in range(lanes):
-                acc = Signal(signed(prod_w + 1), name=f"s4_rnd{k}")
-                m.d.comb += acc.eq((halves[k] + 1) >> 1)
-                if self._residual:
-                    racc = Signal(signed(rprod_w + 1), name=f"s4_rrnd{k}")
-                    m.d.comb += racc.eq((rhalves[k] + 1) >> 1)
-                    total = Signal(signed(max(prod_w, rprod_w) + 2), name=f"s4_sum{k}")
-                    m.d.comb += total.eq(acc + racc)
-                    acc = total
-                m.d.sync += self.o.payload[k].eq(
-                    Mux(acc > hi, hi, Mux(acc < lo, lo, acc)))
+            m.d.sync += self.o.valid.eq(delay(m, advance, v1, stages - 1, "valid"))
+        if self.meta_width:
+            m.d.comb += self.o.payload.meta.eq(delay(m, advance, s1.meta, stages, "meta"))
         return m

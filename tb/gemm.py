@@ -1,24 +1,24 @@
 """cocotb testbench: GemmEngine against :func:`heterotron.sim.golden.systolic.gemm`, and the GEMM
 benchmark (``heterotron bench gemm``), for whatever parameters the runner built it with.
 
-The host side is three streams with their own random gaps (commands, operand elements) and a
-sink with random back-pressure; commands are queued up front, and the engine's ``ready``
-signals sequence them (a command waits while the engine is busy).
+The host side is the command and operand-element streams (and with ``requant`` the ``cfg``
+scale writes), each with its own random gaps, and a sink with random back-pressure; commands
+are queued up front, and the engine's ``ready`` signals sequence them (a command waits while
+the engine is busy). The sticky ``error`` flags must stay clear.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import cocotb
 import numpy as np
 from amaranth.hdl import Const
-from cocotb.triggers import RisingEdge
 
 from heterotron.hdl.contract.params import defaults
-from heterotron.hdl.gemm import Error, GemmEngine, Op
+from heterotron.hdl.gemm import GemmEngine, GemmError, Op
 from heterotron.sim.golden.systolic import gemm, operand_range, output_order
+from heterotron.tb import env
 from heterotron.tb.common import (
     ClockedBench,
     Scoreboard,
@@ -32,8 +32,6 @@ from heterotron.tb.common import (
 )
 
 DEFAULT_JOBS = 10
-ENV_BENCH = "HETEROTRON_BENCH"  # comma-separated sizes; the bench test runs only when set
-ENV_BENCH_OUT = "HETEROTRON_BENCH_OUT"  # where the bench writes its JSON lines
 
 
 class GemmBench:
@@ -45,6 +43,7 @@ class GemmBench:
         self.R, self.C = p["rows"], p["cols"]
         shapes = port_shapes(GemmEngine, p)
         self.cmd_layout, self.out_layout = shapes["cmd"], shapes["o"]
+        self.cfg_layout = shapes.get("cfg")  # the requantizer's scale writes
         self.elem_width = shapes["data"].width
         self.a_rng = operand_range(p["a_width"], p["a_signed"])
         self.b_rng = operand_range(p["b_width"], p["b_signed"])
@@ -59,10 +58,13 @@ class GemmBench:
         self.scoreboard = Scoreboard("o", fmt=self._fmt_out)
         self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
                                on_beat=self._on_out)
-        self.bench = ClockedBench(dut, [self.cmd, self.data, self.sink])
-        self.scale_m = self.scale_e = None
+        parts = [self.cmd, self.data, self.sink]
+        self.cfg = None
         if p["requant"]:
-            dut.scale__we.value = 0
+            self.cfg = StreamSource(dut, "cfg", rng, gap=gap)
+            parts.append(self.cfg)
+        self.bench = ClockedBench(dut, parts)
+        self.scale_m = self.scale_e = None
         self.macs = 0
 
     def _on_out(self, word: int) -> None:
@@ -98,21 +100,19 @@ class GemmBench:
         return [int(v) & mask for v in values.flat]
 
     async def write_scales(self) -> None:
-        """Random per-lane requantisation scales through the ``scale`` port."""
-        p, dut, C = self.p, self.dut, self.C
+        """Random per-lane requantisation scales through ``cfg``, one beat per lane."""
+        p, C = self.p, self.C
         natural = p["acc_width"] // 2  # keeps typical sums inside out_width most of the time
         self.scale_m = self.rng.integers(0, 1 << 31, size=C)
         self.scale_e = np.clip(natural + 31 - (p["out_width"] - 1)
                                - self.rng.integers(0, p["acc_width"], size=C), 0, 63)
+        words = []
         for j in range(C):
-            await RisingEdge(dut.clk)
-            dut.scale__we.value = 1
-            if C > 1:
-                dut.scale__lane.value = j
-            dut.scale__m.value = int(self.scale_m[j])
-            dut.scale__e.value = int(self.scale_e[j])
-        await RisingEdge(dut.clk)
-        dut.scale__we.value = 0
+            fields = {"lane": j, "m": int(self.scale_m[j]), "e": int(self.scale_e[j])}
+            fields = {k: v for k, v in fields.items() if k in self.cfg_layout.members}
+            words.append(Const.cast(self.cfg_layout.const(fields)).value)
+        self.cfg.send(words)
+        await self.bench.wait_until(lambda: self.cfg.idle, 100 + 20 * C, "scale writes")
 
     def job(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool,
             bias: np.ndarray | None, label: str) -> None:
@@ -147,8 +147,8 @@ class GemmBench:
             2000 + 8 * work, what)
         await self.bench.cycles(self.R + self.C + 20)
         self.scoreboard.check_done()
-        assert int(self.dut.error.value) == Error.NONE.value, (
-            f"engine flagged error {Error(int(self.dut.error.value)).name} during {what}")
+        assert int(self.dut.error.value) == 0, (
+            f"engine flagged {GemmError(int(self.dut.error.value))!r} during {what}")
         assert not int(self.dut.busy.value), f"engine still busy after {what}"
 
 
@@ -194,14 +194,14 @@ async def test_random(dut):
                   jobs, tb.scoreboard.matched, tb.bench.cycle)
 
 
-@cocotb.test(skip=ENV_BENCH not in os.environ)
+@cocotb.test(skip=not env.benching())
 async def test_bench(dut):
-    """Cycles of a RUN for M = K = N = each size in $HETEROTRON_BENCH, no stalls, results
-    checked; one JSON line per size to $HETEROTRON_BENCH_OUT."""
+    """Cycles of a RUN for M = K = N = each size the runner asked for (``tb.env``), no
+    stalls, results checked; one JSON line per size to the runner's bench file."""
     tb = GemmBench(dut, make_rng(3), stalls=False)
     await tb.bench.start()
-    sizes = [int(s) for s in os.environ[ENV_BENCH].split(",")]
-    out_path = os.environ.get(ENV_BENCH_OUT)
+    sizes = env.bench_sizes()
+    out_path = env.bench_out()
     for size in sizes:
         a = tb.operand((size, size), tb.a_rng)
         b = tb.operand((size, size), tb.b_rng)

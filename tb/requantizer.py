@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import cocotb
 import numpy as np
-from cocotb.triggers import RisingEdge
+from amaranth.hdl import Const
+from amaranth.lib import data
 
-from heterotron.hdl.contract.params import defaults
+from heterotron.hdl.contract.params import defaults, inspect_only
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.sim.golden.requantizer import requantize
 from heterotron.tb.common import (
@@ -21,12 +22,18 @@ from heterotron.tb.common import (
     make_rng,
     pack,
     params_from_env,
+    port_shapes,
     stalls_from_env,
     unpack,
     vectors_from_env,
 )
 
 DEFAULT_VECTORS = 10_000
+
+
+def _offset(layout, name: str) -> int:
+    """Bit offset of field ``name`` of a payload (a plain lane array is the ``z``/``data``)."""
+    return layout[name].offset if isinstance(layout, data.StructLayout) else 0
 
 
 class RequantizerBench:
@@ -36,18 +43,26 @@ class RequantizerBench:
         p = params_from_env(defaults(Requantizer.PARAMS))
         self.dut, self.p, self.rng = dut, p, rng
         self.lanes, self.groups = p["lanes"], p["channels"] // p["lanes"]
-        self.residual = p["residual"]
+        self.residual, self.meta_width = p["residual"], p["meta_width"]
+        self.latency = inspect_only(Requantizer(**p)).latency
+        shapes = port_shapes(Requantizer, p)
+        self.cfg_layout, self.in_layout, self.out_layout = shapes["cfg"], shapes["i"], shapes["o"]
         stalls = stalls_from_env()
         self.source = StreamSource(dut, "i", rng, gap=0.3 if stalls else 0.0)
-        self.scoreboard = Scoreboard(
-            "o", fmt=lambda w: unpack(w, p["out_width"], self.lanes))
+        self.cfg = StreamSource(dut, "cfg", rng, gap=0.3 if stalls else 0.0)
+        self.scoreboard = Scoreboard("o", fmt=self._fmt_out)
         self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
                                on_beat=self.scoreboard.got)
-        self.bench = ClockedBench(dut, [self.source, self.sink])
+        self.bench = ClockedBench(dut, [self.source, self.cfg, self.sink])
         shape = (self.groups, self.lanes)
         self.table = {k: np.zeros(shape, dtype=np.int64) for k in ("m", "e", "m_y", "e_y")}
         self.beats = 0  # beats handed to the source; beat n uses channel group n % groups
-        dut.cfg__we.value = 0
+
+    def _fmt_out(self, word: int) -> str:
+        lanes = unpack(word >> _offset(self.out_layout, "data"), self.p["out_width"], self.lanes)
+        if not self.meta_width:
+            return str(lanes)
+        return f"data {lanes}, meta {word >> _offset(self.out_layout, 'meta'):#x}"
 
     def set_stalls(self, gap: float, stall: float) -> None:
         if stalls_from_env():
@@ -82,30 +97,25 @@ class RequantizerBench:
     # -- DUT access -------------------------------------------------------------------------
 
     async def write_scales(self, scales: dict[str, np.ndarray]) -> None:
-        """Write the whole scale table through ``cfg`` (source must be idle)."""
+        """Write the whole scale table through ``cfg``, one beat per entry (the input source
+        must be idle: a write takes effect for the beats accepted from its cycle on)."""
         assert self.source.idle, "scales are only rewritten between batches"
-        dut = self.dut
+        words = []
         for g in range(self.groups):
             for k in range(self.lanes):
-                await RisingEdge(dut.clk)
-                dut.cfg__we.value = 1
-                if self.groups > 1:
-                    dut.cfg__group.value = g
-                if self.lanes > 1:
-                    dut.cfg__lane.value = k
-                dut.cfg__m.value = int(scales["m"][g, k])
-                dut.cfg__e.value = int(scales["e"][g, k])
-                if self.residual:
-                    dut.cfg__m_y.value = int(scales["m_y"][g, k])
-                    dut.cfg__e_y.value = int(scales["e_y"][g, k])
-        await RisingEdge(dut.clk)
-        dut.cfg__we.value = 0
+                address = {"group": g, "lane": k}  # where the layout has them
+                fields = {name: address[name] if name in address else int(scales[name][g, k])
+                          for name in self.cfg_layout.members}
+                words.append(Const.cast(self.cfg_layout.const(fields)).value)
+        self.cfg.send(words)
+        await self.bench.wait_until(lambda: self.cfg.idle, 100 + 20 * len(words), "cfg writes")
         for key in self.table:
             if key in scales:
                 self.table[key] = np.array(scales[key], dtype=np.int64)
 
     def send(self, z: np.ndarray, y: np.ndarray | None = None) -> None:
-        """Queue beats and their golden outputs (with the scale table as it stands)."""
+        """Queue beats (with random ``meta`` when the unit carries it) and their golden outputs
+        (with the scale table as it stands)."""
         p = self.p
         n = len(z)
         rows = (self.beats + np.arange(n)) % self.groups
@@ -113,15 +123,22 @@ class RequantizerBench:
         if self.residual:
             want = requantize(z, t["m"][rows], t["e"][rows], p["out_width"],
                               y=y, m_y=t["m_y"][rows], e_y=t["e_y"][rows])
-            words = [pack(zz, p["in_width"]) | (pack(yy, p["res_width"])
-                                                 << (self.lanes * p["in_width"]))
+            y_at = _offset(self.in_layout, "y")
+            words = [pack(zz, p["in_width"]) | (pack(yy, p["res_width"]) << y_at)
                      for zz, yy in zip(z, y, strict=True)]
         else:
             want = requantize(z, t["m"][rows], t["e"][rows], p["out_width"])
             words = [pack(zz, p["in_width"]) for zz in z]
-        for j, (w, row) in enumerate(zip(want, rows, strict=True)):
+        metas = [0] * n
+        if self.meta_width:
+            metas = [int.from_bytes(self.rng.bytes(8), "little") & ((1 << self.meta_width) - 1)
+                     for _ in range(n)]
+            words = [w | (meta << _offset(self.in_layout, "meta"))
+                     for w, meta in zip(words, metas, strict=True)]
+        meta_at = _offset(self.out_layout, "meta") if self.meta_width else 0
+        for j, (w, row, meta) in enumerate(zip(want, rows, metas, strict=True)):
             ctx = f"input beat {self.beats + j}, group {row}"
-            self.scoreboard.expect(pack(w, p["out_width"]), ctx)
+            self.scoreboard.expect(pack(w, p["out_width"]) | (meta << meta_at), ctx)
         self.source.send(words)
         self.beats += n
 
@@ -130,7 +147,7 @@ class RequantizerBench:
         limit = 200 + 20 * (len(self.scoreboard.expected) + len(self.source.queue))
         await self.bench.wait_until(
             lambda: self.source.idle and not self.scoreboard.expected, limit, "drain")
-        await self.bench.cycles(Requantizer.LATENCY + 8)  # an extra beat would fail got()
+        await self.bench.cycles(self.latency + 8)  # an extra beat would fail got()
         self.scoreboard.check_done()
 
 

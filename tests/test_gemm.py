@@ -8,7 +8,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from heterotron.hdl.contract.params import ParamError, sample_valid
-from heterotron.hdl.gemm import Error, GemmEngine, Op
+from heterotron.hdl.gemm import GemmEngine, GemmError, Op
 from heterotron.scripts.cli import main
 from heterotron.sim.flows.runner import run_sim
 from heterotron.sim.flows.units import get_unit
@@ -40,10 +40,14 @@ def test_gemm_golden_requantizes_per_lane():
 # -- Amaranth simulation ----------------------------------------------------------------------
 
 
+#: No error flag set.
+NONE = GemmError(0)
+
+
 def run_engine(dut: GemmEngine, program, n_out: int, seed=0, gap=0.2, stall=0.2,
                cycles=30000):
     """Drive ``program`` (a list of (command dict, elements or None)); collect ``n_out``
-    output beats and the error code after each command."""
+    output beats and the error flags each command raised (read after it, then cleared)."""
     rng = np.random.default_rng(seed)
     out, errors = [], []
 
@@ -56,7 +60,10 @@ def run_engine(dut: GemmEngine, program, n_out: int, seed=0, gap=0.2, stall=0.2,
             for e in (elems if elems is not None else []):
                 await stream_put(ctx, dut.data, int(e), rng, gap)
             await ctx.tick()
-            errors.append(Error(ctx.get(dut.error)))
+            errors.append(GemmError(ctx.get(dut.error)))
+            ctx.set(dut.error_clear, 1)
+            await ctx.tick()
+            ctx.set(dut.error_clear, 0)
 
     async def sink(ctx):
         for _ in range(n_out):
@@ -97,7 +104,7 @@ def test_transposes_in_amaranth_sim(dataflow, trans_a, trans_b):
     assert np.array([o[0] for o in out]).tolist() == want.tolist()
     assert [(o[1], o[2]) for o in out] == output_order(M, N, 2)
     assert [o[3] for o in out] == [0] * (len(want) - 1) + [1]
-    assert all(e == Error.NONE for e in errors)
+    assert all(e == NONE for e in errors)
 
 
 @pytest.mark.parametrize("dataflow", ["os", "ws"])
@@ -117,10 +124,106 @@ def test_bad_commands_flag_errors_and_the_engine_recovers(dataflow):
     ] + job_program(a, b, 0, 0)
     want = gemm(a, b, cols=2)
     out, errors = run_engine(dut, prog, len(want))
-    assert errors[:8] == [Error.DIMS, Error.DIMS, Error.DIMS, Error.NONE, Error.NONE,
-                          Error.DIMS, Error.RANGE, Error.DIMS]
-    assert all(e == Error.NONE for e in errors[8:])
+    assert errors[:8] == [GemmError.DIMS, GemmError.DIMS, GemmError.DIMS, NONE, NONE,
+                          GemmError.DIMS, GemmError.RANGE, GemmError.DIMS]
+    assert all(e == NONE for e in errors[8:])
     assert np.array([o[0] for o in out]).tolist() == want.tolist()
+
+
+def test_error_flags_are_sticky_until_cleared():
+    """Flags accumulate over commands (a good command no longer clears them), stay set until a
+    clock edge with ``error_clear``, and a flag raised in the clearing cycle stays set."""
+    dut = GemmEngine(rows=2, cols=2, max_m=4, max_k=4, max_n=4)
+    seen = []
+
+    async def put(ctx, stream, payload):
+        await stream_put(ctx, stream, payload)
+        await ctx.tick()
+
+    def cmd(op, m=0, k=0, n=0, bias=0):
+        return {"op": op, "trans": 0, "bias": bias, "m": m, "k": k, "n": n}
+
+    async def host(ctx):
+        await put(ctx, dut.cmd, cmd(Op.RUN))  # nothing loaded
+        seen.append(ctx.get(dut.error))
+        await put(ctx, dut.cmd, cmd(Op.LOAD_A, m=1, k=1))  # a good command ...
+        await put(ctx, dut.data, 3)
+        seen.append(ctx.get(dut.error))  # ... leaves the flag
+        await put(ctx, dut.cmd, cmd(Op.LOAD_B, k=1, n=1))
+        await put(ctx, dut.data, 300)  # not int8
+        seen.append(ctx.get(dut.error))
+        for _ in range(3):
+            await ctx.tick()
+        seen.append(ctx.get(dut.error))  # nothing clears it but error_clear
+        ctx.set(dut.error_clear, 1)
+        await ctx.tick()
+        ctx.set(dut.error_clear, 0)
+        seen.append(ctx.get(dut.error))
+        # A refused RUN (no bias loaded) taken in the very cycle error_clear is high.
+        await put(ctx, dut.cmd, cmd(Op.LOAD_B, k=1, n=1))
+        await put(ctx, dut.data, 300)
+        ctx.set(dut.error_clear, 1)
+        await stream_put(ctx, dut.cmd, cmd(Op.RUN, bias=1))
+        ctx.set(dut.error_clear, 0)
+        seen.append(ctx.get(dut.error))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.run()
+    both = GemmError.DIMS | GemmError.RANGE
+    assert [GemmError(v) for v in seen] == [GemmError.DIMS, GemmError.DIMS, both, both, NONE,
+                                            GemmError.DIMS]
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_requant_latency_is_the_requantizers(dataflow):
+    """With ``requant`` the first result leaves ``latency`` cycles later than without, as
+    the two engines' :attr:`latency` say (the requantizer's first stage replaces the output
+    register); the tags ride through the requantizer with their own beats."""
+    rng = np.random.default_rng(9)
+    M, K, N = 5, 4, 3
+    a, b = rng.integers(-128, 128, (M, K)), rng.integers(-128, 128, (K, N))
+    firsts, latency, tags = {}, {}, {}
+    for requant in (False, True):
+        dut = GemmEngine(rows=2, cols=2, dataflow=dataflow, max_m=8, max_k=8, max_n=8,
+                         requant=requant)
+        out = []
+
+        async def host(ctx, dut=dut, requant=requant, out=out):
+            ctx.set(dut.o.ready, 1)
+            if requant:
+                for j in range(dut.cols):
+                    await stream_put(ctx, dut.cfg, {"lane": j, "m": 1, "e": 0})
+            for cmd, elems in job_program(a, b, 0, 0)[:-1]:
+                await stream_put(ctx, dut.cmd, {"trans": 0, "bias": 0, "m": 0, "k": 0,
+                                                "n": 0, **cmd})
+                for e in elems:
+                    await stream_put(ctx, dut.data, int(e))
+                await ctx.tick().until(~dut.busy)
+            await stream_put(ctx, dut.cmd, {"op": Op.RUN, "trans": 0, "bias": 0, "m": 0,
+                                            "k": 0, "n": 0})
+            cycles = 0  # edges after the one that took RUN
+            while len(out) < len(output_order(M, N, 2)):
+                if ctx.get(dut.o.valid):
+                    firsts.setdefault(requant, cycles)
+                    p = ctx.get(dut.o.payload)
+                    out.append((p.row, p.col, p.last, [p.data[j] for j in range(2)]))
+                await ctx.tick()
+                cycles += 1
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(host)
+        sim.run()
+        tags[requant], latency[requant] = out, dut.latency
+    assert firsts[True] - firsts[False] == latency[True] - latency[False]
+    want = gemm(a, b, cols=2, scale_m=np.ones(2, dtype=np.int64),
+                scale_e=np.zeros(2, dtype=np.int64), out_width=8)
+    order = output_order(M, N, 2)
+    assert [t[:2] for t in tags[True]] == [t[:2] for t in tags[False]] == order
+    assert [t[2] for t in tags[True]] == [0] * (len(order) - 1) + [1]
+    assert [t[3] for t in tags[True]] == want.tolist()
 
 
 def test_engine_rejects_overflowing_configuration():
