@@ -1,5 +1,6 @@
-"""Shared cocotb testbench pieces: parameters from the runner, lane packing, stream source and
-sink with random valid gaps and back-pressure, a stream-rule checker and a scoreboard.
+"""Shared cocotb testbench pieces: parameters from the runner (:mod:`heterotron.tb.env`),
+payloads to words and back, stream source and sink with random valid gaps and back-pressure
+in phases, a stream-rule checker, a scoreboard and the random test's loop.
 
 Timing discipline (the same on Verilator and Icarus): every driver writes its inputs just after
 a rising edge; every monitor samples after the falling edge in the read-only phase, when the
@@ -9,18 +10,18 @@ when the sampled ``valid`` and ``ready`` were both high.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import cocotb
 import numpy as np
+from amaranth.hdl import Const, Shape, ShapeCastable
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from heterotron.hdl.contract.params import inspect_only
+from heterotron.tb.env import params_from_env, stalls_from_env, vectors_from_env
 
 __all__ = [
     "params_from_env",
@@ -29,32 +30,35 @@ __all__ = [
     "make_rng",
     "pack",
     "unpack",
+    "encode",
+    "decode",
+    "GAP",
+    "STALL",
+    "STALL_PHASES",
+    "stall_phases",
     "StreamSource",
     "StreamSink",
     "Scoreboard",
     "ClockedBench",
+    "in_phases",
     "port_shapes",
 ]
 
 CLOCK_NS = 10
 
+#: The probabilities a bench starts with: a source idles a cycle before a beat (gap), a sink
+#: is not ready (stall).
+GAP = STALL = 0.3
 
-def params_from_env(defaults: dict[str, Any]) -> dict[str, Any]:
-    """The generator parameters the runner built this model with."""
-    raw = os.environ.get("HETEROTRON_PARAMS")
-    params = dict(defaults)
-    if raw:
-        params.update(json.loads(raw))
-    return params
-
-
-def vectors_from_env(default: int) -> int:
-    return int(os.environ.get("HETEROTRON_VECTORS", default))
+#: The (gap, stall) phases a random test goes through in turn: none, both, heavy back-pressure,
+#: sparse input.
+STALL_PHASES = ((0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0))
 
 
-def stalls_from_env() -> bool:
-    """Random valid gaps and back-pressure are on unless the runner switched them off."""
-    return os.environ.get("HETEROTRON_STALLS", "1") != "0"
+def stall_phases(phases: Sequence[tuple[float, float]] = STALL_PHASES
+                 ) -> Sequence[tuple[float, float]]:
+    """``phases``, or the one phase without stalls when the runner switched them off."""
+    return phases if stalls_from_env() else ((0.0, 0.0),)
 
 
 def make_rng(salt: int = 0) -> np.random.Generator:
@@ -83,18 +87,42 @@ def unpack(word: int, width: int, count: int, signed: bool = True) -> list[int]:
     return out
 
 
+def encode(shape, value) -> int:
+    """A payload's bits: ``value`` is what ``shape.const`` takes for a layout (a mapping of
+    fields, nested mappings for nested layouts, a sequence for an array) or an integer for a
+    plain shape."""
+    if isinstance(shape, ShapeCastable):
+        return Const.cast(shape.const(value)).value
+    return Const(value, Shape.cast(shape)).value & ((1 << Shape.cast(shape).width) - 1)
+
+
+def decode(shape, word: int):
+    """A payload from its bits: for a layout, a constant view (fields by name or index, plain
+    fields as integers, signed ones sign-extended); for a plain shape, the integer."""
+    if isinstance(shape, ShapeCastable):
+        return shape.from_bits(word)
+    return Const(word, Shape.cast(shape)).value
+
+
+def _default(probability: float | None, default: float) -> float:
+    if probability is not None:
+        return probability
+    return default if stalls_from_env() else 0.0
+
+
 class StreamSource:
     """Drives ``<prefix>__valid`` / ``<prefix>__payload`` from a queue of packed words, with a
-    random gap before each beat (probability ``gap``, re-drawn per cycle)."""
+    random gap before each beat (probability ``gap``, re-drawn per cycle; by default
+    :data:`GAP`, or none when the runner switched stalls off)."""
 
-    def __init__(self, dut, prefix: str, rng: np.random.Generator, gap: float = 0.0,
+    def __init__(self, dut, prefix: str, rng: np.random.Generator, gap: float | None = None,
                  on_send: Callable[[int], None] | None = None):
         self.on_send = on_send  # called with each word as it is taken
         self.valid = getattr(dut, f"{prefix}__valid")
         self.ready = getattr(dut, f"{prefix}__ready")
         self.payload = getattr(dut, f"{prefix}__payload")
         self.rng = rng
-        self.gap = gap
+        self.gap = _default(gap, GAP)
         self.queue: deque[int] = deque()
         self.sent = 0
         self._valid = False
@@ -125,17 +153,18 @@ class StreamSource:
 
 
 class StreamSink:
-    """Drives ``<prefix>__ready`` high with probability ``1 - stall``, collects transfers, and
+    """Drives ``<prefix>__ready`` high with probability ``1 - stall`` (by default
+    :data:`STALL`, or always when the runner switched stalls off), collects transfers, and
     checks the stream rules: once valid, the source holds valid and payload until taken."""
 
-    def __init__(self, dut, prefix: str, rng: np.random.Generator, stall: float = 0.0,
+    def __init__(self, dut, prefix: str, rng: np.random.Generator, stall: float | None = None,
                  on_beat: Callable[[int], None] | None = None):
         self.valid = getattr(dut, f"{prefix}__valid")
         self.ready = getattr(dut, f"{prefix}__ready")
         self.payload = getattr(dut, f"{prefix}__payload")
         self.name = prefix
         self.rng = rng
-        self.stall = stall
+        self.stall = _default(stall, STALL)
         self.on_beat = on_beat
         self.received = 0
         self._ready = False
@@ -168,24 +197,33 @@ class StreamSink:
 
 
 class Scoreboard:
-    """In-order comparison of received beats with the golden model's expected beats."""
+    """In-order comparison of received beats with the golden model's expected beats.
 
-    def __init__(self, name: str, fmt: Callable[[int], Any] = hex):
+    ``view`` turns a received word into what is compared (the word itself by default; a
+    bench whose beats have don't-care bits compares only the bits that count), and the
+    expected beats are given in that form; ``fmt`` formats it for the failure messages."""
+
+    def __init__(self, name: str, fmt: Callable[[Any], Any] = hex,
+                 view: Callable[[int], Any] | None = None):
         self.name = name
         self.fmt = fmt
-        self.expected: deque[tuple[int, Any]] = deque()
+        self.view = view
+        self.expected: deque[tuple[Any, Any]] = deque()
         self.matched = 0
 
-    def expect(self, word: int, context: Any = None) -> None:
-        self.expected.append((word, context))
+    def expect(self, want: Any, context: Any = None) -> None:
+        self.expected.append((want, context))
 
-    def got(self, word: int) -> None:
-        assert self.expected, f"{self.name}: unexpected extra beat {self.fmt(word)}"
+    def got(self, word: int) -> Any:
+        """Check a received beat against the oldest expected one; returns its view."""
+        got = word if self.view is None else self.view(word)
+        assert self.expected, f"{self.name}: unexpected extra beat {self.fmt(got)}"
         want, context = self.expected.popleft()
-        assert word == want, (
-            f"{self.name}: beat {self.matched} mismatch: got {self.fmt(word)}, "
+        assert got == want, (
+            f"{self.name}: beat {self.matched} mismatch: got {self.fmt(got)}, "
             f"expected {self.fmt(want)} ({context})")
         self.matched += 1
+        return got
 
     def check_done(self) -> None:
         assert not self.expected, (
@@ -201,6 +239,17 @@ class ClockedBench:
         self.parts = list(parts)
         self.cycle = 0
         self._task = None
+
+    def set_stalls(self, gap: float, stall: float) -> None:
+        """Every source's gap and every sink's stall probability (none at all when the runner
+        switched stalls off)."""
+        if not stalls_from_env():
+            gap = stall = 0.0
+        for part in self.parts:
+            if isinstance(part, StreamSource):
+                part.gap = gap
+            elif isinstance(part, StreamSink):
+                part.stall = stall
 
     async def start(self, reset_cycles: int = 2) -> None:
         Clock(self.dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
@@ -234,6 +283,22 @@ class ClockedBench:
                 return
             await RisingEdge(self.dut.clk)
         raise AssertionError(f"watchdog: {what} not done after {limit} cycles")
+
+
+async def in_phases(bench: ClockedBench, total: int,
+                    chunk: Callable[[int], Awaitable[int]]) -> int:
+    """The random test's loop: chunk ``k`` of random stimulus under stall phase ``k`` (the
+    :data:`STALL_PHASES` in turn) until ``total`` vectors went in. ``await chunk(k)`` draws
+    the chunk's vectors, queues them and their golden results, and returns how many it
+    queued (checking is the scoreboard's, as the beats come out). Returns the chunks run."""
+    done = k = 0
+    while done < total:
+        bench.set_stalls(*STALL_PHASES[k % len(STALL_PHASES)])
+        queued = await chunk(k)
+        assert queued > 0, f"chunk {k} of the random test queued nothing"
+        done += queued
+        k += 1
+    return k
 
 
 def port_shapes(component_cls, params: dict[str, Any]) -> dict[str, Any]:

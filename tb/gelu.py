@@ -8,26 +8,22 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 
-from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.gelu import Gelu
 from heterotron.hdl.rowstream import SfuError
 from heterotron.sim.golden.intops import GELU_MAX_SCALE, gelu_consts, gelu_consts_problem
 from heterotron.sim.golden.requantizer import dyadic
 from heterotron.sim.golden.sfu import gelu_values
-from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
-from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.tb.common import make_rng
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, random_rows
 
 DEFAULT_VECTORS = 60  # rows per random test
 
 
 class GeluBench(RowBench):
     def __init__(self, dut, rng):
-        p = params_from_env(defaults(Gelu.PARAMS))
-        super().__init__(dut, Gelu, p, rng)
-        self.W, self.O = p["in_width"], p["out_width"]
-        self.lo, self.hi = -(1 << (self.W - 1)), (1 << (self.W - 1)) - 1
-        self.field = Gelu.cfg_layout(self.W)
-        self.consts = None
+        super().__init__(dut, Gelu, rng)
+        self.W, self.O = self.p["in_width"], self.p["out_width"]
+        self.field = self.shapes["cfg"]
 
     def fits(self, k: dict) -> bool:
         """Accepted by the unit and within its port's fields: the golden rule."""
@@ -72,19 +68,7 @@ class GeluBench(RowBench):
 @cocotb.test()
 async def test_random(dut):
     """Random rows of random lengths and magnitudes, new constants every few rows, stalls."""
-    tb = GeluBench(dut, make_rng(1))
-    await tb.bench.start()
-    rows = vectors_from_env(DEFAULT_VECTORS)
-    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
-    for r in range(rows):
-        if r % 6 == 0:
-            tb.set_stalls(*phases[(r // 6) % len(phases)])
-            await tb.set_consts(tb.rand_consts())
-        length = int(tb.rng.integers(1, 8 * tb.lanes, endpoint=True))
-        tb.row(tb.rand_row(length), f"row {r} (consts {tb.consts})")
-    await tb.drain()
-    assert tb.error_flags() == 0
-    dut._log.info("%d rows bit-exact in %d cycles", rows, tb.bench.cycle)
+    await random_rows(GeluBench(dut, make_rng(1)), DEFAULT_VECTORS, per_phase=6)
 
 
 @cocotb.test()
@@ -92,26 +76,21 @@ async def test_corners(dut):
     """Extreme rows under several constant sets; a refused configuration keeps the old one."""
     tb = GeluBench(dut, make_rng(2))
     await tb.bench.start()
-    tb.set_stalls(0.3, 0.3)
     for rep in range(4):
-        await tb.set_consts(tb.rand_consts())
+        await tb.new_consts()
         every = np.arange(tb.lo, tb.hi + 1) if tb.W <= 10 else np.array([tb.lo, -1, 0, 1, tb.hi])
         tb.row(every, f"set {rep}: every value or the extremes")
-        for j, values in enumerate(corner_rows(tb.rng, tb.lo, tb.hi, 3 * tb.lanes + 1)):
-            tb.row(values, f"set {rep}, corner {j}")
+        tb.send_corners([3 * tb.lanes + 1], f"set {rep}, ")
     await tb.drain()
     kept = tb.consts
     await tb.set_consts({**kept, "b": 3})
     tb.row(tb.rand_row(5), "after a refused configuration")
     await tb.drain()
     assert tb.consts == kept and tb.error_flags() == SfuError.CONFIG
-    dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+    dut._log.info("corner rows bit-exact: %d beats", tb.board.matched)
 
 
 @cocotb.test(skip=not BENCH)
 async def test_bench(dut):
-    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
-    tb = GeluBench(dut, make_rng(3))
-    await tb.bench.start()
-    await tb.set_consts(tb.rand_consts())
-    await bench_rows(tb, "gelu", lambda n, ctx: tb.row(tb.rand_row(n), ctx))
+    """Steady-state cycles per row for the runner's row lengths (results checked)."""
+    await bench_rows(GeluBench(dut, make_rng(3)), "gelu")

@@ -8,24 +8,20 @@ from __future__ import annotations
 import cocotb
 import numpy as np
 
-from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.layernorm import LayerNorm
 from heterotron.hdl.rowstream import SfuError
 from heterotron.sim.golden.intops import layernorm_consts
 from heterotron.sim.golden.sfu import layernorm_row
-from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
-from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.tb.common import make_rng
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, random_rows
 
 DEFAULT_VECTORS = 24  # rows per random test
 
 
 class LayerNormBench(RowBench):
     def __init__(self, dut, rng):
-        p = params_from_env(defaults(LayerNorm.PARAMS))
-        super().__init__(dut, LayerNorm, p, rng)
-        self.W, self.N, self.O = p["in_width"], p["max_len"], p["out_width"]
-        self.lo, self.hi = -(1 << (self.W - 1)), (1 << (self.W - 1)) - 1
-        self.consts = None
+        super().__init__(dut, LayerNorm, rng)
+        self.W, self.N, self.O = self.p["in_width"], self.p["max_len"], self.p["out_width"]
 
     def rand_consts(self):
         """gamma around 1 (some negative, some tiny), beta around 0, an output scale that
@@ -70,21 +66,8 @@ class LayerNormBench(RowBench):
 @cocotb.test()
 async def test_random(dut):
     """Random rows of random lengths 1..max_len, new constants twice, stalls."""
-    tb = LayerNormBench(dut, make_rng(1))
-    await tb.bench.start()
-    rows = vectors_from_env(DEFAULT_VECTORS)
-    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
-    for r in range(rows):
-        if r % max(1, rows // 2) == 0:
-            await tb.set_consts(tb.rand_consts())
-        if r % 4 == 0:
-            tb.set_stalls(*phases[(r // 4) % len(phases)])
-        length = int(tb.rng.choice([1, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N,
-                                                                         endpoint=True))]))
-        tb.row(tb.rand_row(length), f"row {r} (length {length})")
-    await tb.drain()
-    assert tb.error_flags() == 0
-    dut._log.info("%d rows bit-exact in %d cycles", rows, tb.bench.cycle)
+    await random_rows(LayerNormBench(dut, make_rng(1)), DEFAULT_VECTORS, per_phase=4,
+                      const_sets=2)
 
 
 @cocotb.test()
@@ -93,26 +76,17 @@ async def test_corners(dut):
     extremes, at several lengths; then a row longer than max_len."""
     tb = LayerNormBench(dut, make_rng(2))
     await tb.bench.start()
-    tb.set_stalls(0.3, 0.3)
-    await tb.set_consts(tb.rand_consts())
-    lengths = sorted({n for n in (1, 2, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N,
-                                                                           endpoint=True)))
-                      if n <= tb.N})
-    for length in lengths:
-        for j, values in enumerate(corner_rows(tb.rng, tb.lo, tb.hi, length)):
-            tb.row(values, f"corner {j}, length {length}")
+    await tb.new_consts()
+    tb.send_corners()
     await tb.drain()
     assert tb.error_flags() == 0
     tb.row(tb.rand_row(tb.N + 2 * tb.lanes), "too long")
     await tb.drain()
     assert tb.error_flags() == SfuError.LENGTH
-    dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+    dut._log.info("corner rows bit-exact: %d beats", tb.board.matched)
 
 
 @cocotb.test(skip=not BENCH)
 async def test_bench(dut):
-    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
-    tb = LayerNormBench(dut, make_rng(3))
-    await tb.bench.start()
-    await tb.set_consts(tb.rand_consts())
-    await bench_rows(tb, "layernorm", lambda n, ctx: tb.row(tb.rand_row(n), ctx))
+    """Steady-state cycles per row for the runner's row lengths (results checked)."""
+    await bench_rows(LayerNormBench(dut, make_rng(3)), "layernorm")

@@ -13,7 +13,6 @@ packets are outstanding.
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
 
 import cocotb
@@ -23,53 +22,27 @@ from heterotron.hdl.contract.noc import Topology
 from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.mesh import Mesh, rx_layout, tx_layout
 from heterotron.sim.golden.noc import PATTERNS, destination, percentile, zero_load_latency
+from heterotron.tb import env
 from heterotron.tb.common import (
     ClockedBench,
     StreamSink,
     StreamSource,
+    decode,
+    encode,
     make_rng,
     params_from_env,
-    stalls_from_env,
+    stall_phases,
     vectors_from_env,
 )
 
 DEFAULT_PACKETS = 40  # per node and pattern
 MAX_BEATS = 6
 WATCHDOG = 2000  # cycles without a beat moving while packets are outstanding
+#: (source gap, sink stall) phases of the pattern test: none, mostly back-pressure, heavy
+#: back-pressure, sparse input
+PHASES = ((0.0, 0.0), (0.2, 0.5), (0.0, 0.8), (0.6, 0.1))
 
-#: ``$HETEROTRON_BENCH``: JSON ``{"rates": [...], "beats": n, "cycles": n, "patterns": [...]}``;
-#: the bench test writes its figures to ``$HETEROTRON_BENCH_OUT``.
-BENCH = os.environ.get("HETEROTRON_BENCH")
-
-
-class Fields:
-    """Bit offsets of a struct layout's fields (nested with dots), for fast packing."""
-
-    def __init__(self, layout):
-        self.fields = {}
-
-        def walk(lay, base, prefix):
-            for name, field in lay:
-                shape = field.shape
-                if hasattr(shape, "__iter__") and not isinstance(shape, int):
-                    walk(shape, base + field.offset, f"{prefix}{name}.")
-                else:
-                    width = getattr(shape, "width", None) or (shape if isinstance(shape, int)
-                                                              else 0)
-                    self.fields[prefix + name] = (base + field.offset, width)
-
-        walk(layout, 0, "")
-
-    def pack(self, **values) -> int:
-        word = 0
-        for name, v in values.items():
-            off, width = self.fields[name]
-            word |= (int(v) & ((1 << width) - 1)) << off
-        return word
-
-    def get(self, word: int, name: str) -> int:
-        off, width = self.fields[name]
-        return (word >> off) & ((1 << width) - 1)
+BENCH = env.benching()  # the bench test runs only when the runner asks for it
 
 
 class MeshBench:
@@ -80,12 +53,12 @@ class MeshBench:
         self.rng = rng
         dims = self.topo.dims
         fw = self.p["flit_width"]
-        self.tx = Fields(tx_layout(*dims, fw))
-        self.rx = Fields(rx_layout(*dims, fw))
+        self.tx = tx_layout(*dims, fw)
+        self.rx = rx_layout(*dims, fw)
         self.data_mask = (1 << fw) - 1
         n = self.topo.nodes
-        self.sources = [StreamSource(dut, f"tx__{k}", rng, gap) for k in range(n)]
-        self.sinks = [StreamSink(dut, f"rx__{k}", rng, stall,
+        self.sources = [StreamSource(dut, f"tx__{k}", rng, gap=gap) for k in range(n)]
+        self.sinks = [StreamSink(dut, f"rx__{k}", rng, stall=stall,
                                  on_beat=lambda w, k=k: self.got(k, w)) for k in range(n)]
         self.bench = ClockedBench(dut, [self, *self.sources, *self.sinks])
         self.outstanding: dict[tuple[int, int], deque] = {}
@@ -106,11 +79,10 @@ class MeshBench:
         for gen in self.generators:
             gen()
 
-    def set_stalls(self, gap: float, stall: float) -> None:
-        for s in self.sources:
-            s.gap = gap
-        for s in self.sinks:
-            s.stall = stall
+    def tx_word(self, data: int, last: bool, dest) -> int:
+        """A ``tx`` beat for coordinates ``dest``."""
+        coords = dict(zip("xyz", dest, strict=True))
+        return encode(self.tx, {"data": data, "last": last, "dest": coords})
 
     def send(self, src: int, dest, beats: list[int]) -> None:
         """Queue a packet at node ``src`` for coordinates ``dest``."""
@@ -118,8 +90,7 @@ class MeshBench:
         for k, b in enumerate(beats):
             # dest only counts on the first beat: the others carry noise there
             d = dest if k == 0 else [int(self.rng.integers(0, 1 << 3)) for _ in range(3)]
-            words.append(self.tx.pack(**{"data": b, "last": int(k == len(beats) - 1),
-                                         "dest.x": d[0], "dest.y": d[1], "dest.z": d[2]}))
+            words.append(self.tx_word(b, k == len(beats) - 1, d))
         self.sources[src].send(words)
         key = (src, self.topo.index(dest))
         self.outstanding.setdefault(key, deque()).append((list(beats), self.bench.cycle))
@@ -132,14 +103,14 @@ class MeshBench:
 
     def got(self, node: int, word: int) -> None:
         self.beats_moved += 1
-        src = self.topo.index((self.rx.get(word, "src.x"), self.rx.get(word, "src.y"),
-                               self.rx.get(word, "src.z")))
+        beat = decode(self.rx, word)
+        src = self.topo.index((beat.src.x, beat.src.y, beat.src.z))
         if self.open_src[node] is None:
             self.open_src[node] = src
         assert src == self.open_src[node], (
             f"rx {node}: src changed inside a packet ({self.open_src[node]} -> {src})")
-        self.open[node].append(self.rx.get(word, "data"))
-        if not self.rx.get(word, "last"):
+        self.open[node].append(beat.data)
+        if not beat.last:
             return
         beats, self.open[node], self.open_src[node] = self.open[node], [], None
         queue = self.outstanding.get((src, node))
@@ -186,12 +157,11 @@ async def test_patterns(dut):
     tb = MeshBench(dut, make_rng(1))
     await tb.bench.start()
     topo = tb.topo
-    stalls = stalls_from_env()
     packets = vectors_from_env(DEFAULT_PACKETS)
-    phases = [(0.0, 0.0), (0.2, 0.5), (0.0, 0.8), (0.6, 0.1)] if stalls else [(0.0, 0.0)]
+    phases = stall_phases(PHASES)
     for pattern in PATTERNS:
         for phase, (gap, stall) in enumerate(phases):
-            tb.set_stalls(gap, stall)
+            tb.bench.set_stalls(gap, stall)
             count = 0
             for _ in range(max(1, packets // len(phases))):
                 for src in topo.coords():
@@ -244,14 +214,13 @@ async def test_bad_destination(dut):
         dut._log.info("every coordinate code names a router: nothing to refuse")
         return
     await tb.bench.start()
-    tb.set_stalls(0.3, 0.3)
+    tb.bench.set_stalls(0.3, 0.3)
     axis = spare[0]
     bad = [0, 0, 0]
     bad[axis] = topo.dims[axis]
     src = int(tb.rng.integers(0, topo.nodes))
     tb.send(src, topo.coord((src + 1) % topo.nodes), tb.random_packet())
-    words = [tb.tx.pack(**{"data": 7, "last": int(k == 2), "dest.x": bad[0],
-                           "dest.y": bad[1], "dest.z": bad[2]}) for k in range(3)]
+    words = [tb.tx_word(7, k == 2, bad) for k in range(3)]
     tb.sources[src].send(words)
     tb.send(src, topo.coord((src + 2) % topo.nodes), tb.random_packet())
     await tb.bench.wait_until(lambda: tb.pending == 0, WATCHDOG, "packets around a bad one")
@@ -264,7 +233,7 @@ async def test_bad_destination(dut):
 @cocotb.test(skip=not BENCH)
 async def test_bench(dut):
     """Latency against offered load for each pattern (figures for ``heterotron bench noc``)."""
-    cfg = json.loads(BENCH or "{}")
+    cfg = env.bench_config()  # {"rates": [...], "beats": n, "cycles": n, "patterns": [...]}
     tb = MeshBench(dut, make_rng(4))
     await tb.bench.start()
     topo = tb.topo
@@ -310,7 +279,7 @@ async def test_bench(dut):
             dut._log.info("%-9s offered %.3f accepted %.3f flits/node/cycle: avg %s p99 %s",
                           pattern, offered, accepted, results[-1]["avg_latency"],
                           results[-1]["p99_latency"])
-    out = os.environ.get("HETEROTRON_BENCH_OUT")
+    out = env.bench_out()
     if out:
         with open(out, "w") as f:
             json.dump(results, f)

@@ -22,14 +22,19 @@ from heterotron.tb.common import (
     ClockedBench,
     StreamSink,
     StreamSource,
+    decode,
+    encode,
     make_rng,
     params_from_env,
-    stalls_from_env,
+    stall_phases,
     vectors_from_env,
 )
-from heterotron.tb.mesh import WATCHDOG, Fields
+from heterotron.tb.mesh import WATCHDOG
 
 DEFAULT_PACKETS = 40  # per input
+#: (source gap, sink stall) phases of the random test: none, mostly back-pressure, heavy
+#: back-pressure, sparse input
+PHASES = ((0.0, 0.0), (0.3, 0.6), (0.0, 0.9), (0.7, 0.0))
 
 
 class RouterBench:
@@ -40,21 +45,16 @@ class RouterBench:
         self.pos = (self.p["x"], self.p["y"], self.p["z"])
         self.ports = self.topo.ports(self.pos)
         self.rng = rng
-        self.flit = Fields(flit_layout(self.p["flit_width"]))
+        self.flit = flit_layout(self.p["flit_width"])
         self.mask = (1 << self.p["flit_width"]) - 1
-        self.sources = {q: StreamSource(dut, f"i_{q}", rng) for q in self.ports}
-        self.sinks = {q: StreamSink(dut, f"o_{q}", rng, on_beat=lambda w, q=q: self.got(q, w))
+        self.sources = {q: StreamSource(dut, f"i_{q}", rng, gap=0.0) for q in self.ports}
+        self.sinks = {q: StreamSink(dut, f"o_{q}", rng, stall=0.0,
+                                    on_beat=lambda w, q=q: self.got(q, w))
                       for q in self.ports}
         self.bench = ClockedBench(dut, [*self.sources.values(), *self.sinks.values()])
         self.expected: dict[tuple[str, str], deque] = {}
         self.current: dict[str, list] = {q: [] for q in self.ports}
         self.sent = self.delivered = 0
-
-    def set_stalls(self, gap, stall):
-        for s in self.sources.values():
-            s.gap = gap
-        for s in self.sinks.values():
-            s.stall = stall
 
     def send(self, inp: str, dest, length: int, src=None) -> None:
         """A packet of ``length`` flits (1: head and tail in one) into input ``inp``."""
@@ -63,7 +63,7 @@ class RouterBench:
         words = [header_word(self.topo, dest, src)]
         words += [int(v) for v in self.rng.integers(0, self.mask, size=length - 1,
                                                     endpoint=True)]
-        flits = [self.flit.pack(data=w, head=int(k == 0), tail=int(k == length - 1))
+        flits = [encode(self.flit, {"data": w, "head": k == 0, "tail": k == length - 1})
                  for k, w in enumerate(words)]
         self.sources[inp].send(flits)
         out = self.topo.route(self.pos, dest)
@@ -79,12 +79,13 @@ class RouterBench:
 
     def got(self, out: str, word: int) -> None:
         cur = self.current[out]
-        head = self.flit.get(word, "head")
+        flit = decode(self.flit, word)
+        head = flit.head
         assert bool(head) == (not cur), (
             f"o_{out}: {'head flit inside a packet' if head else 'flit outside a packet'} "
             f"(packets interleaved or a flit created)")
         cur.append(word)
-        if not self.flit.get(word, "tail"):
+        if not flit.tail:
             return
         self.current[out] = []
         matches = [inp for (inp, o), q in self.expected.items() if o == out and q
@@ -107,10 +108,9 @@ async def test_random(dut):
     tb = RouterBench(dut, make_rng(1))
     await tb.bench.start()
     packets = vectors_from_env(DEFAULT_PACKETS)
-    phases = [(0.0, 0.0), (0.3, 0.6), (0.0, 0.9), (0.7, 0.0)] if stalls_from_env() \
-        else [(0.0, 0.0)]
+    phases = stall_phases(PHASES)
     for phase, (gap, stall) in enumerate(phases):
-        tb.set_stalls(gap, stall)
+        tb.bench.set_stalls(gap, stall)
         for _ in range(max(1, packets // len(phases))):
             for inp in tb.ports:
                 tb.send(inp, tb.legal_dest(inp), int(tb.rng.integers(1, 8, endpoint=True)))
@@ -136,7 +136,7 @@ async def test_contention(dut):
         heads = []
 
         def on_beat(w, out=out, heads=heads):
-            if tb.flit.get(w, "head"):
+            if decode(tb.flit, w).head:
                 heads.append(tb.topo.index(decode_src(tb, w)))
             tb.got(out, w)
 
@@ -158,6 +158,6 @@ async def test_contention(dut):
 
 def decode_src(tb: RouterBench, word: int):
     from heterotron.sim.golden.noc import depacketize
-    data = tb.flit.get(word, "data")
+    data = decode(tb.flit, word).data
     src, _, _ = depacketize(tb.topo, [(data, 1, 0), (0, 0, 1)])
     return src

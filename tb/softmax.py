@@ -10,25 +10,21 @@ import math
 import cocotb
 import numpy as np
 
-from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.rowstream import SfuError
 from heterotron.hdl.softmax import Softmax
 from heterotron.sim.golden.intops import EXP_C, EXP_MIN_BITS, exp_consts, exp_consts_problem
 from heterotron.sim.golden.sfu import softmax_row
-from heterotron.tb.common import make_rng, params_from_env, vectors_from_env
-from heterotron.tb.rows import BENCH, RowBench, bench_rows, corner_rows
+from heterotron.tb.common import make_rng
+from heterotron.tb.rows import BENCH, RowBench, bench_rows, random_rows
 
 DEFAULT_VECTORS = 40  # rows per random test
 
 
 class SoftmaxBench(RowBench):
     def __init__(self, dut, rng):
-        p = params_from_env(defaults(Softmax.PARAMS))
-        super().__init__(dut, Softmax, p, rng)
-        self.W, self.E, self.N = p["in_width"], p["exp_width"], p["max_len"]
-        self.lo, self.hi = -(1 << (self.W - 1)), (1 << (self.W - 1)) - 1
-        self.field = Softmax.cfg_layout(self.E)
-        self.consts = None
+        super().__init__(dut, Softmax, rng)
+        self.W, self.E, self.N = self.p["in_width"], self.p["exp_width"], self.p["max_len"]
+        self.field = self.shapes["cfg"]
 
     def fits(self, x0: int, b: int, c: int) -> bool:
         """Accepted by the unit and within its port's fields: the golden rule."""
@@ -78,20 +74,7 @@ class SoftmaxBench(RowBench):
 @cocotb.test()
 async def test_random(dut):
     """Random rows of random lengths 1..max_len, new constants every few rows, stalls."""
-    tb = SoftmaxBench(dut, make_rng(1))
-    await tb.bench.start()
-    rows = vectors_from_env(DEFAULT_VECTORS)
-    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
-    for r in range(rows):
-        if r % 8 == 0:
-            tb.set_stalls(*phases[(r // 8) % len(phases)])
-            await tb.set_consts(tb.rand_consts())
-        length = int(tb.rng.choice([1, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N,
-                                                                         endpoint=True))]))
-        tb.row(tb.rand_row(length), f"row {r} (length {length}, consts {tb.consts})")
-    await tb.drain()
-    assert tb.error_flags() == 0, f"unexpected error flags {tb.error_flags()!r}"
-    dut._log.info("%d rows bit-exact in %d cycles", rows, tb.bench.cycle)
+    await random_rows(SoftmaxBench(dut, make_rng(1)), DEFAULT_VECTORS, per_phase=8)
 
 
 @cocotb.test()
@@ -100,19 +83,13 @@ async def test_corners(dut):
     alternating extremes; a refused configuration; a row longer than max_len."""
     tb = SoftmaxBench(dut, make_rng(2))
     await tb.bench.start()
-    tb.set_stalls(0.3, 0.3)
-    await tb.set_consts(tb.rand_consts())
-    lengths = sorted({n for n in (1, 2, tb.lanes, tb.N, int(tb.rng.integers(1, tb.N,
-                                                                           endpoint=True)))
-                      if n <= tb.N})
-    for length in lengths:
-        for j, values in enumerate(corner_rows(tb.rng, tb.lo, tb.hi, length)):
-            tb.row(values, f"corner {j}, length {length}")
+    await tb.new_consts()
+    tb.send_corners()
     # A single element takes all the mass: 2^out_width saturates to 2^out_width - 1.
     tb.row(np.array([tb.hi]), "single element")
-    await tb.drain()
     top = (1 << tb.p["out_width"]) - 1
-    assert tb.expected[-1][0] == [top], "the top corner was not exercised"
+    assert tb.board.expected[-1][0] == ([top], 0, True), "the top corner was not exercised"
+    await tb.drain()
     assert tb.error_flags() == 0
 
     # A refused write (x0 >= 0) flags CONFIG and keeps the constants.
@@ -127,7 +104,7 @@ async def test_corners(dut):
     tb.row(tb.rand_row(tb.N + tb.lanes + 1), "too long")
     await tb.drain()
     assert tb.error_flags() == SfuError.CONFIG | SfuError.LENGTH
-    dut._log.info("corner rows bit-exact: %d beats", tb.matched)
+    dut._log.info("corner rows bit-exact: %d beats", tb.board.matched)
 
 
 @cocotb.test()
@@ -136,7 +113,7 @@ async def test_refuses_coarse_scales(dut):
     golden rule of exp_consts_problem) are refused: CONFIG, and the old constants stay."""
     tb = SoftmaxBench(dut, make_rng(4))
     await tb.bench.start()
-    await tb.set_consts(tb.rand_consts())
+    await tb.new_consts()
     kept = tb.consts
     k = exp_consts(math.sqrt(EXP_C / (1 << EXP_MIN_BITS)) * 0.999)  # the coarsest accepted
     assert k.c >= 1 << EXP_MIN_BITS
@@ -156,8 +133,5 @@ async def test_refuses_coarse_scales(dut):
 
 @cocotb.test(skip=not BENCH)
 async def test_bench(dut):
-    """Steady-state cycles per row for the row lengths in $HETEROTRON_BENCH (results checked)."""
-    tb = SoftmaxBench(dut, make_rng(3))
-    await tb.bench.start()
-    await tb.set_consts(tb.rand_consts())
-    await bench_rows(tb, "softmax", lambda n, ctx: tb.row(tb.rand_row(n), ctx))
+    """Steady-state cycles per row for the runner's row lengths (results checked)."""
+    await bench_rows(SoftmaxBench(dut, make_rng(3)), "softmax")

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import cocotb
 import numpy as np
-from amaranth.hdl import Const
 
 from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.systolic import SystolicArray
 from heterotron.sim.golden.systolic import operand_range, os_tile, product_range, ws_rows
 from heterotron.tb.common import (
+    STALL_PHASES,
     ClockedBench,
     Scoreboard,
     StreamSink,
     StreamSource,
+    encode,
+    in_phases,
     make_rng,
     pack,
     params_from_env,
     port_shapes,
-    stalls_from_env,
     unpack,
     vectors_from_env,
 )
@@ -43,27 +44,15 @@ class SystolicBench:
         self.b_rng = operand_range(p["b_width"], p["b_signed"])
         self.bias_rng = operand_range(p["bias_width"], True)
         self.acc_rng = operand_range(p["acc_width"], True)
-        stalls = stalls_from_env()
-        self.source = StreamSource(dut, "i", rng, gap=0.3 if stalls else 0.0)
-        self.parts = [self.source]
+        self.source = StreamSource(dut, "i", rng)
+        parts = [self.source]
         if not self.os:
-            self.wsource = StreamSource(dut, "w", rng, gap=0.3 if stalls else 0.0)
-            self.parts.append(self.wsource)
+            self.wsource = StreamSource(dut, "w", rng)
+            parts.append(self.wsource)
         self.scoreboard = Scoreboard("o", fmt=lambda w: unpack(w, p["acc_width"], self.C))
-        self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
-                               on_beat=self.scoreboard.got)
-        self.parts.append(self.sink)
-        self.bench = ClockedBench(dut, self.parts)
+        self.sink = StreamSink(dut, "o", rng, on_beat=self.scoreboard.got)
+        self.bench = ClockedBench(dut, [*parts, self.sink])
         self.beats = 0
-
-    def set_stalls(self, gap: float, stall: float) -> None:
-        if stalls_from_env():
-            for part in self.parts[:-1]:
-                part.gap = gap
-            self.sink.stall = stall
-
-    def word(self, fields: dict) -> int:
-        return Const.cast(self.layout.const(fields)).value
 
     def operands(self, shape, which: str, extreme: str | None = None) -> np.ndarray:
         lo, hi = self.a_rng if which == "a" else self.b_rng
@@ -80,9 +69,9 @@ class SystolicBench:
     def send_os_tile(self, a: np.ndarray, b: np.ndarray, bias: np.ndarray) -> None:
         """Queue one tile: ``a`` is (K, rows), ``b`` (K, cols); expect rows output beats."""
         K = len(a)
-        words = [self.word({"a": [int(v) for v in a[k]], "b": [int(v) for v in b[k]],
-                            "bias": [int(v) for v in bias], "first": k == 0,
-                            "last": k == K - 1}) for k in range(K)]
+        words = [encode(self.layout, {"a": [int(v) for v in a[k]], "b": [int(v) for v in b[k]],
+                                      "bias": [int(v) for v in bias], "first": k == 0,
+                                      "last": k == K - 1}) for k in range(K)]
         want = os_tile(a, b, bias)
         for i in range(self.R):
             self.scoreboard.expect(pack(want[i], self.p["acc_width"]),
@@ -107,8 +96,9 @@ class SystolicBench:
     def send_ws_tile(self, w: np.ndarray, a: np.ndarray, psum: np.ndarray) -> None:
         """Queue a weight tile (rows, cols) and the beats (a row, psum row) that use it."""
         self.wsource.send([pack(w[i], self.p["b_width"]) for i in range(self.R)])
-        words = [self.word({"a": [int(v) for v in a[n]], "psum": [int(v) for v in psum[n]],
-                            "swap": n == 0}) for n in range(len(a))]
+        words = [encode(self.layout, {"a": [int(v) for v in a[n]],
+                                      "psum": [int(v) for v in psum[n]], "swap": n == 0})
+                 for n in range(len(a))]
         want = ws_rows(a, w, psum)
         for n in range(len(a)):
             self.scoreboard.expect(pack(want[n], self.p["acc_width"]),
@@ -142,11 +132,12 @@ async def test_random(dut):
     tb = SystolicBench(dut, make_rng(1))
     await tb.bench.start()
     total = vectors_from_env(DEFAULT_VECTORS)
-    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0)]
+    share = max(1, total // len(STALL_PHASES))
     tiles = 0
-    for gap, stall in phases:
-        tb.set_stalls(gap, stall)
-        share = total // len(phases)
+
+    async def phase(k: int) -> int:
+        nonlocal tiles
+        first = tb.beats
         if tb.os:
             for K in _k_lengths(tb.rng, share, tb.R, tb.p["max_k"]):
                 tb.send_os_tile(tb.operands((K, tb.R), "a"), tb.operands((K, tb.C), "b"),
@@ -154,15 +145,16 @@ async def test_random(dut):
                 tiles += 1
         else:
             lo, hi = tb.psum_bounds(max(0, tb.p["max_k"] - tb.R))
-            n = 0
-            while n < share:
+            while tb.beats - first < share:
                 M = int(tb.rng.choice([1, tb.R + tb.C, tb.rng.integers(1, 3 * (tb.R + tb.C))]))
                 psum = tb.rng.integers(lo, hi, size=(M, tb.C), endpoint=True)
                 tb.send_ws_tile(tb.operands((tb.R, tb.C), "b"), tb.operands((M, tb.R), "a"),
                                 psum)
                 tiles += 1
-                n += M
         await tb.drain()
+        return tb.beats - first
+
+    await in_phases(tb.bench, total, phase)
     assert tb.scoreboard.matched > 0
     dut._log.info("%s: %d tiles, %d input beats, %d output beats bit-exact in %d cycles",
                   tb.p["dataflow"], tiles, tb.beats, tb.scoreboard.matched, tb.bench.cycle)
@@ -174,7 +166,7 @@ async def test_extremes(dut):
     the bias (or partial sum) at its extreme: the largest sums must come out exact."""
     tb = SystolicBench(dut, make_rng(2))
     await tb.bench.start()
-    tb.set_stalls(0.2, 0.2)
+    tb.bench.set_stalls(0.2, 0.2)
     p, R, C = tb.p, tb.R, tb.C
     combos = [("lo", "lo"), ("hi", "hi"), ("lo", "hi"), ("hi", "lo")]
     if tb.os:

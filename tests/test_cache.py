@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from heterotron.sim.flows.build import ENV_BUILD_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 
 GENERATE = """
@@ -27,7 +29,7 @@ print(json.dumps({{"verilog": str(g.verilog), "key": g.key,
 def _generate(site: Path, build: Path) -> dict:
     proc = subprocess.run([sys.executable, "-I", "-c", GENERATE.format(site=str(site))],
                           capture_output=True, text=True, cwd=build.parent,
-                          env={"HETEROTRON_BUILD_DIR": str(build), "PATH": "/usr/bin:/bin"})
+                          env={ENV_BUILD_DIR: str(build), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 

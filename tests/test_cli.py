@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
+from heterotron.hdl.contract.params import inspect_only
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.scripts.cli import main
+from heterotron.sim.flows.build import ENV_BUILD_DIR
 from heterotron.sim.flows.units import get_unit
 
 
@@ -48,7 +50,8 @@ def test_generate_writes_verilog_and_a_matching_sidecar(capsys, tmp_path, extra)
     meta = json.loads((tmp_path / "requantizer.json").read_text())
     assert "module requantizer(" in text
     assert meta["unit"] == "requantizer"
-    assert meta["latency_cycles"] == Requantizer.LATENCY  # measured in test_requantizer.py
+    # the latency of the unit built with these parameters (measured in test_requantizer.py)
+    assert meta["latency_cycles"] == inspect_only(Requantizer(**meta["parameters"])).latency
     declared = verilog_ports(text)
     assert {p["name"] for p in meta["ports"]} == set(declared)
     for p in meta["ports"]:
@@ -139,12 +142,11 @@ def test_sim_waves_writes_a_waveform(capsys):
     assert "$timescale" in head and "$var" in head
 
 
-def test_unchanged_builds_are_reused(tmp_path, monkeypatch):
+def test_unchanged_builds_are_reused(tmp_path, monkeypatch, testbench):
     """Second run with the same parameters: same Verilog file untouched, no simulator build."""
     from heterotron.sim.flows.build import generate
-    from heterotron.sim.flows.runner import run_sim
 
-    monkeypatch.setenv("HETEROTRON_BUILD_DIR", str(tmp_path))
+    monkeypatch.setenv(ENV_BUILD_DIR, str(tmp_path))
     unit = get_unit("requantizer")
     params = unit.resolve(overrides={"lanes": "2", "out_width": "7"})
     first = generate(unit, params)
@@ -153,7 +155,7 @@ def test_unchanged_builds_are_reused(tmp_path, monkeypatch):
     assert first.verilog.stat().st_mtime_ns == stamp
     other = generate(unit, unit.resolve(overrides={"lanes": "2", "out_width": "6"}))
     assert other.verilog != first.verilog
-    runs = [run_sim(unit, params, seed=s, vectors=200) for s in (1, 2)]
+    runs = [testbench("requantizer", params, seed=s, vectors=200) for s in (1, 2)]
     assert all(r.ok for r in runs)
     assert runs[0].build_seconds > 0 and runs[1].build_seconds == 0.0
 

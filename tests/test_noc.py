@@ -16,8 +16,6 @@ from heterotron.hdl.mesh import Mesh
 from heterotron.hdl.router import Router
 from heterotron.scripts.cli import main
 from heterotron.sim.flows.formal import prove_router
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.toolchain import icarus_available
 from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.noc import (
     PATTERNS,
@@ -97,9 +95,9 @@ def test_bad_mesh_parameters_are_named(kwargs, message):
 def test_router_position_must_be_in_the_mesh():
     with pytest.raises(ParamError, match=r"x must be in \[0, nx - 1\] = \[0, 3\], not 4"):
         Router(x=4)
-    assert Router(nx=3, ny=3, nz=3, x=1, y=1, z=1).ports == (
+    assert inspect_only(Router(nx=3, ny=3, nz=3, x=1, y=1, z=1)).ports == (
         "local", "east", "west", "north", "south", "up", "down")
-    assert Router(nx=3, ny=1, x=0, y=0).ports == ("local", "east")
+    assert inspect_only(Router(nx=3, ny=1, x=0, y=0)).ports == ("local", "east")
 
 
 # -- golden models --------------------------------------------------------------------------
@@ -143,22 +141,18 @@ def test_traffic_patterns():
 
 # -- cocotb -----------------------------------------------------------------------------------
 
-def test_router_testbench():
-    result = run_sim(get_unit("router"), get_unit("router").resolve(), seed=3)
-    assert result.ok, result.results_xml
+def test_router_testbench(testbench):
+    testbench("router", seed=3)
 
 
-def test_mesh_testbench_3d():
+def test_mesh_testbench_3d(testbench):
     """3x3x2: every pattern with stalls, zero-load latencies, a bad destination refused."""
-    unit = get_unit("mesh")
-    result = run_sim(unit, unit.resolve(overrides={"nx": "3", "ny": "3", "nz": "2"}), seed=4)
-    assert result.ok, result.results_xml
+    testbench("mesh", overrides={"nx": "3", "ny": "3", "nz": "2"}, seed=4)
 
 
 @pytest.mark.slow  # a 4x4 mesh takes about a minute to build
-def test_mesh_testbench_2d_default():
-    result = run_sim(get_unit("mesh"), get_unit("mesh").resolve(), seed=5)
-    assert result.ok, result.results_xml
+def test_mesh_testbench_2d_default(testbench):
+    testbench("mesh", seed=5)
 
 
 @pytest.mark.slow
@@ -167,30 +161,27 @@ def test_mesh_testbench_2d_default():
     {"nx": "2", "ny": "2", "nz": "3", "order": "zyx"},
     {"nx": "5", "ny": "1", "flit_width": "10"},
 ])
-def test_mesh_testbench_edges(overrides):
-    unit = get_unit("mesh")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=6, vectors=24)
-    assert result.ok, result.results_xml
+def test_mesh_testbench_edges(testbench, overrides):
+    testbench("mesh", overrides=overrides, seed=6, vectors=24)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", [1, 2])
-def test_router_and_mesh_sampled_parameters(draw):
+def test_router_and_mesh_sampled_parameters(testbench, draw):
     rng = np.random.default_rng(draw)
     router = sample_valid(Router, rng, caps={"nx": 3, "ny": 3, "nz": 2, "flit_width": 40,
                                             "buffer_depth": 6})
-    assert run_sim(get_unit("router"), router, seed=draw, vectors=20).ok, router
+    testbench("router", router, seed=draw, vectors=20)
     mesh = sample_valid(Mesh, rng, caps={"nx": 3, "ny": 3, "nz": 2, "flit_width": 40,
                                         "buffer_depth": 6})
-    assert run_sim(get_unit("mesh"), mesh, seed=draw, vectors=8).ok, mesh
+    testbench("mesh", mesh, seed=draw, vectors=8)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
-def test_mesh_on_icarus():
-    unit = get_unit("mesh")
-    params = unit.resolve(overrides={"nx": "2", "ny": "2", "nz": "2", "flit_width": "8"})
-    assert run_sim(unit, params, simulator="icarus", seed=7, vectors=8).ok
+@pytest.mark.icarus
+def test_mesh_on_icarus(testbench):
+    testbench("mesh", overrides={"nx": "2", "ny": "2", "nz": "2", "flit_width": "8"}, seed=7,
+              vectors=8)
 
 
 # -- formal -----------------------------------------------------------------------------------

@@ -13,9 +13,6 @@ from hypothesis import strategies as st
 
 from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.pim import PimTile
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.toolchain import icarus_available
-from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.pim import (
     NOISE_SHIFT,
     NOISE_STD,
@@ -215,10 +212,8 @@ def test_matrix_on_a_grid_of_tiles_is_exact_with_an_exact_adc():
 
 
 @pytest.mark.slow  # the 64 x 8 default takes 1.5-4 min to build in Verilator
-def test_cocotb_default():
-    unit = get_unit("pim")
-    result = run_sim(unit, unit.resolve(), seed=21)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_default(testbench):
+    testbench("pim", seed=21)
 
 
 CAPS = {"lanes": 8, "rows": 32, "cols": 4, "adc_share": 16, "adc_max": 100}
@@ -236,34 +231,27 @@ def _sampled(draw: int) -> dict:
     {"input_code": "signmag", "rows": "16", "cols": "2", "input_bits": "6", "enob": "5",
      "lanes": "4"},
 ])
-def test_cocotb_edges(overrides):
-    unit = get_unit("pim")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=5, vectors=24)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_edges(testbench, overrides):
+    testbench("pim", overrides=overrides, seed=5, vectors=24)
 
 
-def test_cocotb_sampled_parameters():
-    result = run_sim(get_unit("pim"), _sampled(0), seed=3, vectors=24)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_sampled_parameters(testbench):
+    testbench("pim", _sampled(0), seed=3, vectors=24)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", [1, 2, 3, 4])
-def test_cocotb_sampled_parameters_slow(draw):
-    result = run_sim(get_unit("pim"), _sampled(draw), seed=draw, vectors=32)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_sampled_parameters_slow(testbench, draw):
+    testbench("pim", _sampled(draw), seed=draw, vectors=32)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
-def test_cocotb_icarus():
+@pytest.mark.icarus
+def test_cocotb_icarus(testbench):
     """The testbench keeps to the stream rules on a second simulator (and the tile leaves
     no register X after reset there)."""
-    unit = get_unit("pim")
-    params = unit.resolve(overrides={"rows": "8", "cols": "2", "lanes": "4",
-                                     "input_code": "signmag"})
-    result = run_sim(unit, params, simulator="icarus", seed=5, vectors=12)
-    assert result.tests == 2 and result.failed == 0, result
+    testbench("pim", overrides={"rows": "8", "cols": "2", "lanes": "4", "input_code": "signmag"},
+              seed=5, vectors=12)
 
 
 # -- the study command ------------------------------------------------------------------------

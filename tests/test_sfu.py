@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.sim import Simulator
 
 from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.gelu import Gelu
@@ -18,9 +17,6 @@ from heterotron.hdl.residual import ResidualAdd
 from heterotron.hdl.rowstream import SeqDivider, SeqIsqrt
 from heterotron.hdl.softmax import Softmax
 from heterotron.scripts.cli import main
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.toolchain import icarus_available
-from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.intops import (
     RECIP_NORM,
     exp_consts,
@@ -29,6 +25,8 @@ from heterotron.sim.golden.intops import (
     reciprocal_ibert,
 )
 from heterotron.sim.golden.sfu import float_errors
+from heterotron.tb.amaranth_sim import edges_until_valid, simulate
+from heterotron.tb.rows import row_payloads
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -97,10 +95,7 @@ def test_divider_and_isqrt_exact_and_on_time(steps):
             root = await run(ctx, dut.sqrt, {"value": v}, "root")
             assert root * root <= v < (root + 1) ** 2, (v, root)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
 
 
 # -- latency, measured -------------------------------------------------------------------------
@@ -127,23 +122,10 @@ def _measure_latency(dut, cfgs, beats) -> int:
             await ctx.tick().until(dut.a.ready)
         for port in beats:
             ctx.set(getattr(dut, port).valid, 0)
-        edges = 1
-        while not ctx.get(dut.o.valid):
-            await ctx.tick()
-            edges += 1
-        seen["latency"] = edges
+        seen["latency"] = await edges_until_valid(ctx, dut.o.valid)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
     return seen["latency"]
-
-
-def _row(values, lanes):
-    return [{"data": values[i:i + lanes] + [0] * (lanes - len(values[i:i + lanes])),
-             "n": len(values[i:i + lanes]) - 1, "last": i + lanes >= len(values)}
-            for i in range(0, len(values), lanes)]
 
 
 @pytest.mark.parametrize("variant", ["ibert", "divfree"])
@@ -152,7 +134,7 @@ def test_softmax_latency_is_documented(variant, lanes, max_len, exp_width):
     dut = Softmax(lanes=lanes, max_len=max_len, exp_width=exp_width, variant=variant)
     k = exp_consts(5e-3, exp_width=exp_width)  # c of 17 bits: accepted by every case
     row = [3, -400, 7, 1000]
-    got = _measure_latency(dut, [{"x0": k.x0, "b": k.b, "c": k.c}], {"i": _row(row, lanes)})
+    got = _measure_latency(dut, [{"x0": k.x0, "b": k.b, "c": k.c}], {"i": row_payloads(row, lanes)})
     assert got == dut.row_latency(-(-len(row) // lanes))
     if lanes == len(row):
         assert got == dut.latency
@@ -162,7 +144,7 @@ def test_softmax_latency_is_documented(variant, lanes, max_len, exp_width):
 def test_layernorm_latency_is_documented(lanes, max_len, in_width):
     dut = LayerNorm(lanes=lanes, max_len=max_len, in_width=in_width)
     row = [0, 200, -77]
-    got = _measure_latency(dut, [{"kind": 0, "shift": 2}], {"i": _row(row, lanes)})
+    got = _measure_latency(dut, [{"kind": 0, "shift": 2}], {"i": row_payloads(row, lanes)})
     assert got == dut.row_latency(-(-len(row) // lanes))
     if lanes >= len(row):
         assert got == dut.latency
@@ -171,10 +153,10 @@ def test_layernorm_latency_is_documented(lanes, max_len, in_width):
 def test_elementwise_latencies_are_documented():
     g = Gelu(lanes=2)
     assert _measure_latency(g, [{"b": -5, "c": -3, "one": -300, "m": 1, "e": 0}],
-                            {"i": _row([3], 2)}) == g.latency
+                            {"i": row_payloads([3], 2)}) == g.latency
     r = ResidualAdd(lanes=2)
     assert _measure_latency(r, [{"m": 1, "e": 0, "m_r": 1, "e_r": 0}],
-                            {"a": _row([3], 2), "r": _row([4], 2)}) == r.latency
+                            {"a": row_payloads([3], 2), "r": row_payloads([4], 2)}) == r.latency
 
 
 # -- golden models ------------------------------------------------------------------------------
@@ -234,21 +216,16 @@ FAST = [
 
 
 @pytest.mark.parametrize("unit_name, overrides", FAST)
-def test_cocotb_bit_exact(unit_name, overrides):
-    unit = get_unit(unit_name)
-    params = unit.resolve(overrides={k: str(v) for k, v in overrides.items()})
-    result = run_sim(unit, params, seed=11)
-    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
+def test_cocotb_bit_exact(testbench, unit_name, overrides):
+    testbench(unit_name, overrides=overrides, seed=11)
 
 
 @pytest.mark.slow
-def test_cocotb_layernorm_default_size():
-    unit = get_unit("layernorm")
-    result = run_sim(unit, unit.resolve(), seed=12)
-    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
+def test_cocotb_layernorm_default_size(testbench):
+    testbench("layernorm", seed=12)
 
 
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
+@pytest.mark.icarus
 @pytest.mark.parametrize("unit_name, overrides", [
     ("residual", {"lanes": "2"}),
     pytest.param("softmax", {"lanes": "2", "max_len": "16", "variant": "divfree"},
@@ -256,12 +233,9 @@ def test_cocotb_layernorm_default_size():
     pytest.param("layernorm", {"lanes": "2", "max_len": "16"}, marks=pytest.mark.slow),
     pytest.param("gelu", {"lanes": "2"}, marks=pytest.mark.slow),
 ])
-def test_cocotb_icarus(unit_name, overrides):
+def test_cocotb_icarus(testbench, unit_name, overrides):
     """The testbenches keep to the stream rules on a second simulator."""
-    unit = get_unit(unit_name)
-    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="icarus", seed=5,
-                     vectors=8)
-    assert result.tests >= 2 and result.failed == 0, result
+    testbench(unit_name, overrides=overrides, seed=5, vectors=8)
 
 
 CAPS = {"lanes": 5, "max_len": 48, "in_width": 24}
@@ -273,18 +247,16 @@ def _sampled(unit_name: str, draw: int) -> dict:
 
 
 @pytest.mark.parametrize("unit_name", list(CLASSES))
-def test_cocotb_sampled_parameters(unit_name):
+def test_cocotb_sampled_parameters(testbench, unit_name):
     """Any valid configuration passes, not only the hand-picked ones."""
-    result = run_sim(get_unit(unit_name), _sampled(unit_name, 0), seed=3, vectors=12)
-    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
+    testbench(unit_name, _sampled(unit_name, 0), seed=3, vectors=12)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", [1, 2])
 @pytest.mark.parametrize("unit_name", list(CLASSES))
-def test_cocotb_sampled_parameters_slow(unit_name, draw):
-    result = run_sim(get_unit(unit_name), _sampled(unit_name, draw), seed=draw, vectors=16)
-    assert result.tests >= 2 and result.failed == 0, result  # plus the skipped test_bench
+def test_cocotb_sampled_parameters_slow(testbench, unit_name, draw):
+    testbench(unit_name, _sampled(unit_name, draw), seed=draw, vectors=16)
 
 
 # -- the benchmark command ----------------------------------------------------------------------

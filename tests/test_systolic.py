@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotron.hdl.contract.params import ParamError, sample_valid
+from heterotron.hdl.contract.params import ParamError, inspect_only, sample_valid
 from heterotron.hdl.systolic import SystolicArray, check_accumulator
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.toolchain import icarus_available
-from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.systolic import (
     accumulator_range,
     bits_for_range,
@@ -21,7 +17,7 @@ from heterotron.sim.golden.systolic import (
     os_tile,
     ws_rows,
 )
-from heterotron.tb.amaranth_sim import stream_get, stream_put
+from heterotron.tb.amaranth_sim import edges_until_valid, simulate, stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 
@@ -70,7 +66,7 @@ def test_accumulator_message_suggests_a_max_k_that_fits():
     with pytest.raises(ParamError, match=r"max_k to at most (\d+)") as info:
         SystolicArray(acc_width=24, bias_width=16, max_k=4096)
     fit = int(info.value.args[0].rsplit(" ", 1)[1])
-    SystolicArray(acc_width=24, bias_width=16, max_k=fit)  # the suggestion is accepted
+    inspect_only(SystolicArray(acc_width=24, bias_width=16, max_k=fit))  # accepted
     with pytest.raises(ParamError):
         SystolicArray(acc_width=24, bias_width=16, max_k=fit + 1)
 
@@ -130,11 +126,7 @@ def amaranth_os(dut: SystolicArray, tiles, seed: int, gap=0.3, stall=0.3) -> lis
                 rows.append([beat[j] for j in range(C)])
             got.append(np.array(rows))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer, background=False)
-    sim.run_until(1e-6 * (8 * sum(max(len(a), R) for a, _, _ in tiles) + 400))
+    simulate(dut, producer, consumer, cycles=8 * sum(max(len(a), R) for a, _, _ in tiles) + 400)
     return got
 
 
@@ -161,11 +153,8 @@ def amaranth_ws(dut: SystolicArray, tiles, seed: int, gap=0.3, stall=0.3) -> np.
             beat = await stream_get(ctx, dut.o, rng, stall)
             got.append([beat[j] for j in range(C)])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    for tb in (weights, producer, consumer):
-        sim.add_testbench(tb)
-    sim.run_until(1e-6 * (8 * sum(max(len(a), dut.rows + dut.cols) for _, a, _ in tiles) + 400))
+    simulate(dut, weights, producer, consumer,
+             cycles=8 * sum(max(len(a), dut.rows + dut.cols) for _, a, _ in tiles) + 400)
     return np.array(got).reshape(-1, C)
 
 
@@ -240,16 +229,9 @@ def test_documented_latency_is_measured(dataflow):
         ctx.set(dut.i.valid, 1)
         await ctx.tick().until(dut.i.ready)  # the beat is accepted at this edge
         ctx.set(dut.i.valid, 0)
-        for cycle in range(1, 40):
-            if ctx.get(dut.o.valid):
-                seen["latency"] = cycle
-                return
-            await ctx.tick()
+        seen["latency"] = await edges_until_valid(ctx, dut.o.valid, limit=40)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
     assert seen["latency"] == dut.latency
 
 
@@ -266,19 +248,14 @@ COCOTB_CASES = [
 
 
 @pytest.mark.parametrize("overrides", COCOTB_CASES)
-def test_cocotb_verilator(overrides):
-    unit = get_unit("systolic")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=11, vectors=1500)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_verilator(testbench, overrides):
+    testbench("systolic", overrides=overrides, seed=11, vectors=1500)
 
 
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
+@pytest.mark.icarus
 @pytest.mark.parametrize("overrides", COCOTB_CASES[2:4])
-def test_cocotb_icarus(overrides):
-    unit = get_unit("systolic")
-    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="icarus", seed=5,
-                     vectors=500)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_icarus(testbench, overrides):
+    testbench("systolic", overrides=overrides, seed=5, vectors=500)
 
 
 @pytest.mark.slow
@@ -292,10 +269,8 @@ def test_cocotb_icarus(overrides):
     {"rows": "3", "cols": "6", "dataflow": "ws", "a_width": "12", "b_width": "10",
      "b_signed": "false", "acc_width": "48", "bias_width": "40", "max_k": "1000"},
 ])
-def test_cocotb_verilator_large_and_mixed(overrides):
-    unit = get_unit("systolic")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=3)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_verilator_large_and_mixed(testbench, overrides):
+    testbench("systolic", overrides=overrides, seed=3)
 
 
 SWEEP_CAPS = {"rows": 6, "cols": 6, "max_k": 400}
@@ -306,14 +281,12 @@ def sampled_params(draw: int) -> dict:
 
 
 @pytest.mark.parametrize("draw", [0])
-def test_cocotb_sampled_parameters(draw):
+def test_cocotb_sampled_parameters(testbench, draw):
     """Any valid parameter set passes, not only the hand-picked ones."""
-    result = run_sim(get_unit("systolic"), sampled_params(draw), seed=draw, vectors=800)
-    assert result.tests == 2 and result.failed == 0, result
+    testbench("systolic", sampled_params(draw), seed=draw, vectors=800)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", range(1, 7))
-def test_cocotb_sampled_parameters_slow(draw):
-    result = run_sim(get_unit("systolic"), sampled_params(draw), seed=draw, vectors=1500)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_sampled_parameters_slow(testbench, draw):
+    testbench("systolic", sampled_params(draw), seed=draw, vectors=1500)

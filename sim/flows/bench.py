@@ -33,9 +33,7 @@ def _bench_sim(unit, params: dict[str, Any], sizes: list[int], seed: int, label:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.jsonl"
         result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
-                         quiet=True,
-                         extra_env={"HETEROTRON_BENCH": ",".join(map(str, sizes)),
-                                    "HETEROTRON_BENCH_OUT": str(out)})
+                         quiet=True, bench=list(sizes), bench_out=out)
         if not result.ok:
             raise ToolError(f"bench simulation failed for {label}; "
                             f"see {result.results_xml.parent / 'sim.log'}")

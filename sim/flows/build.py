@@ -26,9 +26,13 @@ __all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest",
            "generator_sources", "locked"]
 
 
+#: The user's setting for where generated files are cached.
+ENV_BUILD_DIR = "HETEROTRON_BUILD_DIR"
+
+
 def build_root() -> Path:
     """Where generated files are cached: ``$HETEROTRON_BUILD_DIR`` or ``./build``."""
-    return Path(os.environ.get("HETEROTRON_BUILD_DIR", "build")).resolve()
+    return Path(os.environ.get(ENV_BUILD_DIR, "build")).resolve()
 
 
 def _version() -> str:

@@ -281,7 +281,7 @@ def prove_router(params: dict[str, Any], out_dir: Path, depth: int = 0,
     """Write the proof, run ``yowasp-sby``, return whether every property was proved.
     ``depth`` 0 picks the induction depth from the buffer depth; ``router_cls`` lets the
     tests prove a deliberately broken router fails."""
-    proof = RouterProof(router_cls, **params)
+    proof = RouterProof(router_cls, **router_cls.validate_params(params))  # refused: never built
     out_dir.mkdir(parents=True, exist_ok=True)
     il = out_dir / "router_proof.il"
     il.write_text(rtlil.convert(proof, name="top"))

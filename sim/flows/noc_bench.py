@@ -50,8 +50,7 @@ def bench_noc(mesh: str = "4x4", rates: list[float] | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "noc.json"
             result = run_sim(unit, params, seed=seed, stalls=False, testcase="test_bench",
-                             quiet=True, extra_env={"HETEROTRON_BENCH": json.dumps(cfg),
-                                                    "HETEROTRON_BENCH_OUT": str(out)})
+                             quiet=True, bench=cfg, bench_out=out)
             if not result.ok:
                 raise ToolError(f"bench simulation failed for {pattern}; see "
                                 f"{result.results_xml.parent / 'sim.log'}")

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,11 @@ from heterotron.sim.flows.toolchain import (
     icarus_available,
 )
 from heterotron.sim.flows.units import Unit
+from heterotron.tb import env as tb_env
 
-__all__ = ["SIMULATORS", "SimResult", "run_sim", "ENV_PARAMS", "ENV_VECTORS", "ENV_STALLS"]
+__all__ = ["SIMULATORS", "SimResult", "run_sim"]
 
 SIMULATORS = ("verilator", "icarus")
-
-#: Environment variables the testbench reads (see ``heterotron.tb.common``).
-ENV_PARAMS = "HETEROTRON_PARAMS"
-ENV_VECTORS = "HETEROTRON_VECTORS"
-ENV_STALLS = "HETEROTRON_STALLS"
 
 TIMESCALE = ("1ns", "1ps")  # Amaranth's Verilog has no `timescale of its own
 
@@ -87,11 +84,13 @@ def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, wav
 def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
             seed: int | None = None, waves: bool = False, vectors: int | None = None,
             stalls: bool = True, testcase: str | None = None,
-            extra_env: dict[str, str] | None = None, quiet: bool = False) -> SimResult:
+            bench: Sequence[int] | Mapping[str, Any] | None = None,
+            bench_out: Path | None = None, quiet: bool = False) -> SimResult:
     """Generate, build and simulate ``unit`` with ``params``; return the outcome.
 
-    ``vectors`` (testbench's random vectors) and ``stalls`` (random valid gaps and back-pressure)
-    reach the testbench through its environment, as do the parameters and ``extra_env``;
+    ``vectors`` (testbench's random vectors), ``stalls`` (random valid gaps and back-pressure)
+    and ``bench`` / ``bench_out`` (the bench test's set-up and output file) reach the testbench
+    through its environment (:mod:`heterotron.tb.env`), as do the parameters;
     ``seed`` seeds it; ``testcase`` runs one test of the module. ``quiet`` sends the
     simulator's log to ``sim.log`` in the run folder instead of standard output.
     """
@@ -112,10 +111,8 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
 
     run_dir = build_root() / "runs" / f"{unit.name}-{gen.key}-{simulator}-seed{seed}-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {ENV_PARAMS: json.dumps(gen.params), ENV_STALLS: "1" if stalls else "0"}
-    if vectors is not None:
-        env[ENV_VECTORS] = str(vectors)
-    env.update(extra_env or {})
+    env = tb_env.encode(gen.params, vectors=vectors, stalls=stalls, bench=bench,
+                        bench_out=bench_out)
     _log(f"simulating {unit.name} {json.dumps(gen.params)} on {simulator}, seed {seed}")
     t0 = time.monotonic()
     # hdl_toplevel_lang is given because a reused build skips runner.build(), which is where
