@@ -13,21 +13,21 @@ import json
 
 import cocotb
 import numpy as np
-from amaranth.hdl import Const
 
 from heterotron.hdl.contract.params import defaults
 from heterotron.hdl.gemm import GemmEngine, GemmError, Op
 from heterotron.sim.golden.systolic import gemm, operand_range, output_order
 from heterotron.tb import env
 from heterotron.tb.common import (
+    STALL_PHASES,
     ClockedBench,
     Scoreboard,
     StreamSink,
     StreamSource,
+    encode,
     make_rng,
     params_from_env,
     port_shapes,
-    stalls_from_env,
     vectors_from_env,
 )
 
@@ -48,16 +48,16 @@ class GemmBench:
         self.a_rng = operand_range(p["a_width"], p["a_signed"])
         self.b_rng = operand_range(p["b_width"], p["b_signed"])
         self.bias_rng = operand_range(p["bias_width"], True)
-        stalls = stalls_from_env() if stalls is None else stalls
-        gap = 0.3 if stalls else 0.0
+        # The common defaults (random gaps and stalls unless the runner switched them off),
+        # or none at all for the bench test.
+        gap = stall = None if stalls is None or stalls else 0.0
         self.cycle_of_cmd: list[int] = []
         self.cycle_of_out: list[int] = []
         self.cmd = StreamSource(dut, "cmd", rng, gap=gap,
                                 on_send=lambda w: self.cycle_of_cmd.append(self.bench.cycle))
         self.data = StreamSource(dut, "data", rng, gap=gap)
         self.scoreboard = Scoreboard("o", fmt=self._fmt_out)
-        self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
-                               on_beat=self._on_out)
+        self.sink = StreamSink(dut, "o", rng, stall=stall, on_beat=self._on_out)
         parts = [self.cmd, self.data, self.sink]
         self.cfg = None
         if p["requant"]:
@@ -76,11 +76,6 @@ class GemmBench:
         return (f"row {view.row}, col {view.col}, last {view.last}, "
                 f"data {[int(v) for v in view.data]}")
 
-    def set_stalls(self, gap: float, stall: float) -> None:
-        if stalls_from_env():
-            self.cmd.gap = self.data.gap = gap
-            self.sink.stall = stall
-
     # -- stimulus ---------------------------------------------------------------------------
 
     def operand(self, shape, rng_lohi, extreme: str | None = None) -> np.ndarray:
@@ -93,7 +88,7 @@ class GemmBench:
 
     def command(self, op: Op, trans=0, bias=0, m=0, k=0, n=0) -> int:
         fields = {"op": op, "trans": int(trans), "bias": int(bias), "m": m, "k": k, "n": n}
-        return Const.cast(self.cmd_layout.const(fields)).value
+        return encode(self.cmd_layout, fields)
 
     def elements(self, values: np.ndarray) -> list[int]:
         mask = (1 << self.elem_width) - 1
@@ -110,7 +105,7 @@ class GemmBench:
         for j in range(C):
             fields = {"lane": j, "m": int(self.scale_m[j]), "e": int(self.scale_e[j])}
             fields = {k: v for k, v in fields.items() if k in self.cfg_layout.members}
-            words.append(Const.cast(self.cfg_layout.const(fields)).value)
+            words.append(encode(self.cfg_layout, fields))
         self.cfg.send(words)
         await self.bench.wait_until(lambda: self.cfg.idle, 100 + 20 * C, "scale writes")
 
@@ -131,9 +126,8 @@ class GemmBench:
                     out_width=self.p["out_width"])
         order = output_order(M, N, self.C)
         for idx, ((row, col), lanes) in enumerate(zip(order, want, strict=True)):
-            word = Const.cast(self.out_layout.const({
-                "data": [int(v) for v in lanes], "row": row, "col": col,
-                "last": idx == len(order) - 1})).value
+            word = encode(self.out_layout, {"data": [int(v) for v in lanes], "row": row,
+                                            "col": col, "last": idx == len(order) - 1})
             self.scoreboard.expect(word, f"{label}: beat {idx} (row {row}, col {col})")
         self.cmd.send(words)
         self.data.send(elems)
@@ -168,10 +162,9 @@ async def test_random(dut):
     p, rng = tb.p, tb.rng
     if p["requant"]:
         await tb.write_scales()
-    phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.6), (0.6, 0.0)]
     jobs = vectors_from_env(DEFAULT_JOBS)
     for j in range(jobs):
-        tb.set_stalls(*phases[j % len(phases)])
+        tb.bench.set_stalls(*STALL_PHASES[j % len(STALL_PHASES)])
         M = _dim(rng, tb.R, p["max_m"])
         K = _dim(rng, tb.R, p["max_k"])
         N = _dim(rng, tb.C, p["max_n"])
@@ -183,7 +176,7 @@ async def test_random(dut):
         await tb.drain(f"job {j} M={M} K={K} N={N}")
     # Extremes: every operand at its most negative (largest positive products) over max_k,
     # bias at its largest; then the mixed-sign corner with the smallest bias.
-    tb.set_stalls(0.2, 0.2)
+    tb.bench.set_stalls(0.2, 0.2)
     M, N, K = min(tb.R + 1, p["max_m"]), min(tb.C + 1, p["max_n"]), p["max_k"]
     for ea, eb, be in (("lo", "lo", "hi"), ("lo", "hi", "lo"), ("hi", "hi", "hi")):
         tb.job(tb.operand((M, K), tb.a_rng, ea), tb.operand((K, N), tb.b_rng, eb),

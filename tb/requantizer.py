@@ -8,32 +8,26 @@ from __future__ import annotations
 
 import cocotb
 import numpy as np
-from amaranth.hdl import Const
 from amaranth.lib import data
 
 from heterotron.hdl.contract.params import defaults, inspect_only
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.sim.golden.requantizer import requantize
 from heterotron.tb.common import (
+    STALL_PHASES,
     ClockedBench,
     Scoreboard,
     StreamSink,
     StreamSource,
+    decode,
+    encode,
     make_rng,
-    pack,
     params_from_env,
     port_shapes,
-    stalls_from_env,
-    unpack,
     vectors_from_env,
 )
 
 DEFAULT_VECTORS = 10_000
-
-
-def _offset(layout, name: str) -> int:
-    """Bit offset of field ``name`` of a payload (a plain lane array is the ``z``/``data``)."""
-    return layout[name].offset if isinstance(layout, data.StructLayout) else 0
 
 
 class RequantizerBench:
@@ -47,26 +41,37 @@ class RequantizerBench:
         self.latency = inspect_only(Requantizer(**p)).latency
         shapes = port_shapes(Requantizer, p)
         self.cfg_layout, self.in_layout, self.out_layout = shapes["cfg"], shapes["i"], shapes["o"]
-        stalls = stalls_from_env()
-        self.source = StreamSource(dut, "i", rng, gap=0.3 if stalls else 0.0)
-        self.cfg = StreamSource(dut, "cfg", rng, gap=0.3 if stalls else 0.0)
+        self.source = StreamSource(dut, "i", rng)
+        self.cfg = StreamSource(dut, "cfg", rng)
         self.scoreboard = Scoreboard("o", fmt=self._fmt_out)
-        self.sink = StreamSink(dut, "o", rng, stall=0.3 if stalls else 0.0,
-                               on_beat=self.scoreboard.got)
+        self.sink = StreamSink(dut, "o", rng, on_beat=self.scoreboard.got)
         self.bench = ClockedBench(dut, [self.source, self.cfg, self.sink])
         shape = (self.groups, self.lanes)
         self.table = {k: np.zeros(shape, dtype=np.int64) for k in ("m", "e", "m_y", "e_y")}
         self.beats = 0  # beats handed to the source; beat n uses channel group n % groups
 
     def _fmt_out(self, word: int) -> str:
-        lanes = unpack(word >> _offset(self.out_layout, "data"), self.p["out_width"], self.lanes)
+        beat = decode(self.out_layout, word)
         if not self.meta_width:
-            return str(lanes)
-        return f"data {lanes}, meta {word >> _offset(self.out_layout, 'meta'):#x}"
+            return str([int(v) for v in beat])
+        return f"data {[int(v) for v in beat.data]}, meta {int(beat.meta):#x}"
 
-    def set_stalls(self, gap: float, stall: float) -> None:
-        if stalls_from_env():
-            self.source.gap, self.sink.stall = gap, stall
+    def _in_word(self, z, y, meta: int) -> int:
+        """One input beat: the lanes of ``z`` (and ``y``, ``meta`` where the unit has them)."""
+        if not isinstance(self.in_layout, data.StructLayout):
+            return encode(self.in_layout, [int(v) for v in z])
+        fields = {"z": [int(v) for v in z]}
+        if self.residual:
+            fields["y"] = [int(v) for v in y]
+        if self.meta_width:
+            fields["meta"] = meta
+        return encode(self.in_layout, fields)
+
+    def _out_word(self, out, meta: int) -> int:
+        lanes = [int(v) for v in out]
+        if not self.meta_width:
+            return encode(self.out_layout, lanes)
+        return encode(self.out_layout, {"data": lanes, "meta": meta})
 
     # -- stimulus ---------------------------------------------------------------------------
 
@@ -106,7 +111,7 @@ class RequantizerBench:
                 address = {"group": g, "lane": k}  # where the layout has them
                 fields = {name: address[name] if name in address else int(scales[name][g, k])
                           for name in self.cfg_layout.members}
-                words.append(Const.cast(self.cfg_layout.const(fields)).value)
+                words.append(encode(self.cfg_layout, fields))
         self.cfg.send(words)
         await self.bench.wait_until(lambda: self.cfg.idle, 100 + 20 * len(words), "cfg writes")
         for key in self.table:
@@ -123,22 +128,16 @@ class RequantizerBench:
         if self.residual:
             want = requantize(z, t["m"][rows], t["e"][rows], p["out_width"],
                               y=y, m_y=t["m_y"][rows], e_y=t["e_y"][rows])
-            y_at = _offset(self.in_layout, "y")
-            words = [pack(zz, p["in_width"]) | (pack(yy, p["res_width"]) << y_at)
-                     for zz, yy in zip(z, y, strict=True)]
         else:
             want = requantize(z, t["m"][rows], t["e"][rows], p["out_width"])
-            words = [pack(zz, p["in_width"]) for zz in z]
         metas = [0] * n
         if self.meta_width:
             metas = [int.from_bytes(self.rng.bytes(8), "little") & ((1 << self.meta_width) - 1)
                      for _ in range(n)]
-            words = [w | (meta << _offset(self.in_layout, "meta"))
-                     for w, meta in zip(words, metas, strict=True)]
-        meta_at = _offset(self.out_layout, "meta") if self.meta_width else 0
+        words = [self._in_word(z[j], None if y is None else y[j], metas[j]) for j in range(n)]
         for j, (w, row, meta) in enumerate(zip(want, rows, metas, strict=True)):
             ctx = f"input beat {self.beats + j}, group {row}"
-            self.scoreboard.expect(pack(w, p["out_width"]) | (meta << meta_at), ctx)
+            self.scoreboard.expect(self._out_word(w, meta), ctx)
         self.source.send(words)
         self.beats += n
 
@@ -158,12 +157,11 @@ async def test_random(dut):
     await tb.bench.start()
     total = vectors_from_env(DEFAULT_VECTORS)
     batches = 5
-    stall_phases = [(0.0, 0.0), (0.3, 0.3), (0.0, 0.7), (0.7, 0.0), (0.5, 0.5)]
     done = 0
     for b in range(batches):
         n = total // batches + (1 if b < total % batches else 0)
         await tb.write_scales(tb.rand_scales())
-        tb.set_stalls(*stall_phases[b % len(stall_phases)])
+        tb.bench.set_stalls(*STALL_PHASES[b % len(STALL_PHASES)])
         z = tb.rand_inputs(n, tb.p["in_width"])
         y = tb.rand_inputs(n, tb.p["res_width"]) if tb.residual else None
         tb.send(z, y)
@@ -237,7 +235,7 @@ async def test_corners(dut):
         if start == 0:
             scales["m"][0, 0] = 0  # m = 0 must give 0 whatever the input (first round only)
         await tb.write_scales(scales)
-        tb.set_stalls(0.3, 0.3)
+        tb.bench.set_stalls(0.3, 0.3)
         reps = 12
         z = np.zeros((reps * G, L), dtype=np.int64)
         y = np.zeros((reps * G, L), dtype=np.int64)

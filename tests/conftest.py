@@ -8,14 +8,21 @@ import ast
 import functools
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from heterotron.sim.flows.runner import SimResult, run_sim
+from heterotron.sim.flows.runner import ENV_VERILATOR_OPT, SimResult, run_sim
 from heterotron.sim.flows.toolchain import icarus_available
 from heterotron.sim.flows.units import get_unit
+
+
+def pytest_configure(config):
+    # Verilator models compiled at -O0: a test's model runs for seconds, so the compile time
+    # is what counts (about 40% less); a user's own setting wins.
+    os.environ.setdefault(ENV_VERILATOR_OPT, "-O0")
 
 
 def pytest_runtest_setup(item):

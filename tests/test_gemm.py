@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from heterotron.hdl.contract.params import ParamError, sample_valid
 from heterotron.hdl.gemm import GemmEngine, GemmError, Op
 from heterotron.scripts.cli import main
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.systolic import gemm, output_order
-from heterotron.tb.amaranth_sim import stream_get, stream_put
+from heterotron.tb.amaranth_sim import simulate, stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 
@@ -70,11 +67,7 @@ def run_engine(dut: GemmEngine, program, n_out: int, seed=0, gap=0.2, stall=0.2,
             p = await stream_get(ctx, dut.o, rng, stall)
             out.append(([p.data[j] for j in range(dut.cols)], p.row, p.col, p.last))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(host)
-    sim.add_testbench(sink)
-    sim.run_until(1e-6 * cycles)
+    simulate(dut, host, sink, cycles=cycles)
     return out, errors
 
 
@@ -167,10 +160,7 @@ def test_error_flags_are_sticky_until_cleared():
         ctx.set(dut.error_clear, 0)
         seen.append(ctx.get(dut.error))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(host)
-    sim.run()
+    simulate(dut, host)
     both = GemmError.DIMS | GemmError.RANGE
     assert [GemmError(v) for v in seen] == [GemmError.DIMS, GemmError.DIMS, both, both, NONE,
                                             GemmError.DIMS]
@@ -212,10 +202,7 @@ def test_requant_latency_is_the_requantizers(dataflow):
                 await ctx.tick()
                 cycles += 1
 
-        sim = Simulator(dut)
-        sim.add_clock(1e-6)
-        sim.add_testbench(host)
-        sim.run()
+        simulate(dut, host)
         tags[requant], latency[requant] = out, dut.latency
     assert firsts[True] - firsts[False] == latency[True] - latency[False]
     want = gemm(a, b, cols=2, scale_m=np.ones(2, dtype=np.int64),
@@ -250,10 +237,8 @@ COCOTB_CASES = [
 
 
 @pytest.mark.parametrize("overrides", COCOTB_CASES)
-def test_cocotb_verilator(overrides):
-    unit = get_unit("gemm")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=21, vectors=8)
-    assert result.tests == 2 and result.failed == 0, result  # test_bench is skipped
+def test_cocotb_verilator(testbench, overrides):
+    testbench("gemm", overrides=overrides, seed=21, vectors=8)  # test_bench runs skipped
 
 
 @pytest.mark.slow
@@ -265,10 +250,8 @@ def test_cocotb_verilator(overrides):
     {"rows": "7", "cols": "5", "dataflow": "ws", "b_signed": "false", "max_m": "60",
      "max_k": "90", "max_n": "60"},
 ])
-def test_cocotb_verilator_slow(overrides):
-    unit = get_unit("gemm")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=4, vectors=12)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_verilator_slow(testbench, overrides):
+    testbench("gemm", overrides=overrides, seed=4, vectors=12)
 
 
 # -- benchmark --------------------------------------------------------------------------------
@@ -308,14 +291,12 @@ def sampled_gemm_params(draw: int) -> dict:
 
 
 @pytest.mark.parametrize("draw", [0])
-def test_cocotb_sampled_parameters(draw):
+def test_cocotb_sampled_parameters(testbench, draw):
     """Any valid engine configuration passes, not only the hand-picked ones."""
-    result = run_sim(get_unit("gemm"), sampled_gemm_params(draw), seed=draw, vectors=6)
-    assert result.tests == 2 and result.failed == 0, result
+    testbench("gemm", sampled_gemm_params(draw), seed=draw, vectors=6)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", range(1, 5))
-def test_cocotb_sampled_parameters_slow(draw):
-    result = run_sim(get_unit("gemm"), sampled_gemm_params(draw), seed=draw, vectors=8)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_sampled_parameters_slow(testbench, draw):
+    testbench("gemm", sampled_gemm_params(draw), seed=draw, vectors=8)

@@ -9,17 +9,14 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from heterotron.hdl.contract.params import ParamError, inspect_only, sample
 from heterotron.hdl.requantizer import Requantizer
-from heterotron.sim.flows.runner import run_sim
-from heterotron.sim.flows.toolchain import icarus_available
 from heterotron.sim.flows.units import get_unit
 from heterotron.sim.golden.requantizer import dyadic, requantize, round_shift, saturate
-from heterotron.tb.amaranth_sim import stream_get, stream_put
+from heterotron.tb.amaranth_sim import simulate, stream_get, stream_put
 
 # -- golden model -----------------------------------------------------------------------------
 
@@ -202,11 +199,7 @@ def amaranth_run(dut: Requantizer, scales, z, y=None, seed=0):
                 payload = payload.data
             out.append([int(payload[k]) for k in range(dut.lanes)])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(writer)
-    sim.add_testbench(reader)
-    sim.run()
+    simulate(dut, writer, reader)
     assert meta_out == meta_in, "metadata must leave with its own beat, untouched"
     return np.array(out)
 
@@ -274,10 +267,7 @@ def test_documented_latency_is_measured_latency(kwargs):
                 return
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
     assert seen["latency"] == dut.latency
 
 
@@ -304,10 +294,7 @@ def test_cfg_is_one_stream_of_the_documented_layout():
             seen.append(ctx.get(dut.cfg.ready))
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
     assert seen == [1, 1, 1, 1]
 
 
@@ -352,11 +339,7 @@ def test_a_write_applies_to_the_beat_accepted_with_it(kwargs):
             if valid:
                 got.append([int(payload[k]) for k in range(L)])
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
-    sim.run()
+    simulate(dut, driver, monitor)
     assert got == want
 
 
@@ -417,28 +400,22 @@ COCOTB_CASES = [
 
 
 @pytest.mark.parametrize("overrides", COCOTB_CASES)
-def test_cocotb_verilator(overrides):
-    unit = get_unit("requantizer")
-    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="verilator", seed=1234)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_verilator(testbench, overrides):
+    testbench("requantizer", overrides=overrides, seed=1234)
 
 
-@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed")
+@pytest.mark.icarus
 @pytest.mark.parametrize("overrides", COCOTB_CASES[:3])
-def test_cocotb_icarus(overrides):
-    unit = get_unit("requantizer")
-    result = run_sim(unit, unit.resolve(overrides=overrides), simulator="icarus", seed=99)
-    assert result.tests == 2 and result.failed == 0, result
+def test_cocotb_icarus(testbench, overrides):
+    testbench("requantizer", overrides=overrides, seed=99)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("draw", range(6))
-def test_cocotb_verilator_sampled_parameters(draw):
+def test_cocotb_verilator_sampled_parameters(testbench, draw):
     """The full testbench for sampled parameter sets (what `heterotron sim --param` promises)."""
-    unit = get_unit("requantizer")
-    params = sample(unit.params, np.random.default_rng([23, draw]), SWEEP_CAPS)
-    result = run_sim(unit, params, seed=draw, vectors=3000)
-    assert result.tests == 2 and result.failed == 0, result
+    params = sample(get_unit("requantizer").params, np.random.default_rng([23, draw]), SWEEP_CAPS)
+    testbench("requantizer", params, seed=draw, vectors=3000)
 
 
 @pytest.mark.slow
@@ -447,8 +424,6 @@ def test_cocotb_verilator_sampled_parameters(draw):
     {"lanes": "8", "channels": "64", "residual": "true", "res_width": "22"},
     {"lanes": "5", "in_width": "16", "out_width": "4", "m_width": "8", "max_shift": "30"},
 ])
-def test_cocotb_verilator_long(overrides, seed):
+def test_cocotb_verilator_long(testbench, overrides, seed):
     """More seeds, more vectors, larger configurations."""
-    unit = get_unit("requantizer")
-    result = run_sim(unit, unit.resolve(overrides=overrides), seed=seed, vectors=40_000)
-    assert result.tests == 2 and result.failed == 0, result
+    testbench("requantizer", overrides=overrides, seed=seed, vectors=40_000)
