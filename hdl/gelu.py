@@ -9,12 +9,12 @@ from heterotron.hdl.contract.numerics import GELU_MIN_ONE_BITS, gelu_field_bits
 from heterotron.hdl.contract.params import Param, Parameterised
 from heterotron.hdl.ports import raise_error, sticky_errors
 from heterotron.hdl.rowstream import (
-    REQUANT_EXTRA,
     SfuError,
     delay,
     mul_pipe,
     mul_stages,
     reg,
+    requant_latency,
     requant_stages,
     row_unit_ports,
 )
@@ -98,7 +98,7 @@ class Gelu(Parameterised, wiring.Component):
         g = Signal((-(x * erf)).shape())
         return {"square": mul_stages(t.shape(), t.shape()),
                 "product": mul_stages(x.shape(), erf.shape()),
-                "requant": mul_stages(g.shape(), unsigned(31)) + REQUANT_EXTRA}
+                "requant": requant_latency((g.shape(), unsigned(31)))}
 
     @property
     def latency(self) -> int:

@@ -10,7 +10,6 @@ from amaranth.lib.memory import Memory
 from heterotron.hdl.contract.params import Param, Parameterised
 from heterotron.hdl.ports import sticky_errors
 from heterotron.hdl.rowstream import (
-    REQUANT_EXTRA,
     RowIngest,
     RowIssuer,
     SeqDivider,
@@ -21,6 +20,7 @@ from heterotron.hdl.rowstream import (
     mul_pipe,
     mul_stages,
     reg,
+    requant_latency,
     requant_stages,
     row_unit_ports,
     tree_pipe,
@@ -138,7 +138,7 @@ class LayerNorm(Parameterised, wiring.Component):
         y = Signal(((prod >> (RECIP_BITS - 30)) + Signal(signed(self.bias_width))).shape())
         z = Signal(Mux(Signal(), -y, y).shape())
         return {"product": mul_stages(dev.shape(), recip.shape()),
-                "requant": mul_stages(z.shape(), unsigned(31)) + REQUANT_EXTRA}
+                "requant": requant_latency((z.shape(), unsigned(31)))}
 
     @property
     def row_cycles(self) -> dict:

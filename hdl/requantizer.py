@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.params import Param, Parameterised
-from heterotron.hdl.rowstream import REQUANT_EXTRA, delay, mul_stages, reg, requant_stages
+from heterotron.hdl.rowstream import delay, reg, requant_latency, requant_stages
 
 __all__ = ["Requantizer"]
 
@@ -134,17 +134,13 @@ class Requantizer(Parameterised, wiring.Component):
         """Depth of the scale table: beats per row."""
         return self.channels // self.lanes
 
-    def _mul_stages(self) -> int:
-        """Register stages of the widest product (what :func:`requant_stages` pads to)."""
-        m = unsigned(self.m_width)
-        widths = [self.in_width] + ([self.res_width] if self.residual else [])
-        return max(mul_stages(signed(w), m) for w in widths)
-
     @property
     def latency(self) -> int:
         """Cycles from an accepted beat to its result: the operand and table-read stage, then
-        :func:`requant_stages` (the product's stages and ``REQUANT_EXTRA``)."""
-        return 1 + self._mul_stages() + REQUANT_EXTRA
+        :func:`requant_stages`."""
+        m = unsigned(self.m_width)
+        widths = [self.in_width] + ([self.res_width] if self.residual else [])
+        return 1 + requant_latency(*((signed(w), m) for w in widths))
 
     def elaborate(self, platform):
         m = Module()

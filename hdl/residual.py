@@ -9,11 +9,10 @@ from amaranth.lib import data, wiring
 from heterotron.hdl.contract.params import Param, Parameterised
 from heterotron.hdl.ports import raise_error, sticky_errors
 from heterotron.hdl.rowstream import (
-    REQUANT_EXTRA,
     SfuError,
     delay,
-    mul_stages,
     reg,
+    requant_latency,
     requant_stages,
     row_unit_ports,
 )
@@ -78,8 +77,8 @@ class ResidualAdd(Parameterised, wiring.Component):
                                   "e_r": unsigned(6)})
 
     def _requant_stages(self) -> int:
-        return max(mul_stages(signed(self.a_width), unsigned(31)),
-                   mul_stages(signed(self.r_width), unsigned(31))) + REQUANT_EXTRA
+        return requant_latency((signed(self.a_width), unsigned(31)),
+                               (signed(self.r_width), unsigned(31)))
 
     @property
     def latency(self) -> int:

@@ -18,10 +18,10 @@ from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.ports import error_ports, raise_error
 
-__all__ = ["SfuError", "row_unit_ports", "count_width", "row_layout", "lane_valid", "reg", "delay",
-           "mul_pipe", "mul_stages", "requant_stages", "REQUANT_EXTRA", "tree_stages",
-           "tree_pipe", "bit_length", "SeqDivider", "SeqIsqrt", "bank_depth", "RowIngest",
-           "RowIssuer"]
+__all__ = ["SfuError", "row_unit_ports", "count_width", "row_layout", "lane_valid", "reg",
+           "delay", "mul_pipe", "mul_stages", "requant_stages", "requant_latency", "REQUANT_EXTRA",
+           "tree_stages", "tree_pipe", "bit_length", "SeqDivider", "SeqIsqrt", "bank_depth",
+           "RowIngest", "RowIssuer"]
 
 
 class SfuError(enum.IntFlag):
@@ -153,6 +153,13 @@ def mul_pipe(m: Module, en, a, b, name: str) -> Value:
 REQUANT_EXTRA = 3
 
 
+def requant_latency(*terms) -> int:
+    """Stages of :func:`requant_stages` for terms whose ``z`` and ``mul`` have these shapes
+    (``(z_shape, mul_shape)`` pairs): the widest product's, then :data:`REQUANT_EXTRA`. A unit
+    can count its latency before it elaborates."""
+    return max(mul_stages(z, mul) for z, mul in terms) + REQUANT_EXTRA
+
+
 def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Signal, int]:
     """``sat(sum(round_shift(z * mul, e)))`` -- the contract of
     :func:`heterotron.sim.golden.requantizer.requantize` -- pipelined: the product
@@ -160,8 +167,9 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Sig
     the shift kept one bit wide, round half up and add, saturate. ``terms`` is a list of
     ``(z, mul, e)``; every register loads when ``en`` is high. Returns the output register
     (``signed(out_width)``) and the number of stages."""
-    mstages = max(mul_stages(Value.cast(z).shape(), Value.cast(mul).shape())
-                  for z, mul, _ in terms)
+    stages = requant_latency(*((Value.cast(z).shape(), Value.cast(mul).shape())
+                               for z, mul, _ in terms))
+    mstages = stages - REQUANT_EXTRA
     rounded = []
     for t, (z, mul, e) in enumerate(terms):
         z, mul = Value.cast(z), Value.cast(mul)
@@ -179,7 +187,7 @@ def requant_stages(m: Module, en, terms, out_width: int, name: str) -> tuple[Sig
     out = Signal(signed(out_width), name=f"{name}_out")
     with m.If(en):
         m.d.sync += out.eq(Mux(total > hi, hi, Mux(total < lo, lo, total)))
-    return out, mstages + REQUANT_EXTRA
+    return out, stages
 
 
 def bit_length(value):
