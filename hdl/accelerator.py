@@ -1,9 +1,9 @@
 """The accelerator's top level, from one description (``[accelerator]``, see
 :mod:`heterotron.hdl.contract.accel`).
 
-So far this module checks a description with the units' own parameter rules (the contract
-knows the structure, the components know their parameters); the tiles, their sockets and the
-top level are built on it (issue 19, in progress).
+This module checks a description with the units' own parameter rules (the contract knows the
+structure, the components know their parameters); the top level that builds it is
+:class:`heterotron.hdl.top.Accelerator`.
 """
 
 from __future__ import annotations

@@ -103,9 +103,32 @@ def load_config(name_or_path: str) -> tuple[str, dict[str, Any]]:
     for unit, table in config.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {unit!r} must be a table [{unit}] of parameters")
-        if unit not in UNITS:
+        if unit not in UNITS and unit != ACCELERATOR:
             raise ConfigError(f"{source}: unknown unit [{unit}]; known units: {', '.join(UNITS)}")
     return source, config
+
+
+#: The table of an accelerator description (``heterotron generate/sim accelerator``), and the
+#: configuration used when the one given has none.
+ACCELERATOR = "accelerator"
+DEFAULT_ACCELERATOR = "accel-2d"
+
+
+def resolve_description(args):
+    """The checked accelerator description of ``--config`` (or of ``accel-2d`` when that
+    configuration has no ``[accelerator]`` table); every problem listed."""
+    from heterotron.hdl.accelerator import describe
+    from heterotron.hdl.contract.accel import DescriptionError
+
+    if getattr(args, "param", None):
+        raise UsageError("--param does not apply to the accelerator: edit its description")
+    source, config = load_config(args.config)
+    if ACCELERATOR not in config:
+        source, config = load_config(DEFAULT_ACCELERATOR)
+    try:
+        return source, describe(config[ACCELERATOR])
+    except DescriptionError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
@@ -121,7 +144,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 def add_unit_args(p: argparse.ArgumentParser, unit: bool = True) -> None:
     """``<unit> --config --param``; without ``unit`` the command names its unit itself."""
     if unit:
-        p.add_argument("unit", help=f"unit name ({', '.join(UNITS)})")
+        p.add_argument("unit", help=f"unit name ({', '.join(UNITS)}) or {ACCELERATOR} (the "
+                       "whole accelerator of the configuration's [accelerator] description)")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="configuration name or TOML file (default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from heterotron.scripts.common import (
+    ACCELERATOR,
     Commands,
     UsageError,
     add_unit_args,
@@ -14,6 +15,7 @@ from heterotron.scripts.common import (
     load_config,
     local_configs,
     param_pairs,
+    resolve_description,
     resolve_unit,
 )
 from heterotron.sim.flows.units import UNITS
@@ -39,6 +41,8 @@ def cmd_list(args) -> int:
 def cmd_generate(args) -> int:
     from heterotron.sim.flows.build import generate
 
+    if args.unit == ACCELERATOR:
+        return generate_accelerator(args)
     unit, params = resolve_unit(args)
     out = generate(unit, params, Path(args.output))
     meta = json.loads(out.sidecar.read_text())
@@ -96,6 +100,8 @@ def cmd_lint(args) -> int:
 def cmd_sim(args) -> int:
     from heterotron.sim.flows.runner import run_sim
 
+    if args.unit == ACCELERATOR:
+        return sim_accelerator(args)
     unit, params = resolve_unit(args)
     if args.vectors is not None and args.vectors < 1:
         raise UsageError(f"--vectors must be a positive integer, not {args.vectors}")
@@ -112,6 +118,42 @@ def cmd_sim(args) -> int:
         print(f"  reproduce: heterotron sim {unit.name} --sim {result.simulator} "
               f"--seed {result.seed} " + " ".join(f"--param {kv}"
                                                  for kv in param_pairs(result.params)))
+    return 0 if result.ok else 1
+
+
+def generate_accelerator(args) -> int:
+    from heterotron.sim.flows.accel import generate_accelerator as generate
+
+    source, desc = resolve_description(args)
+    out = generate(desc, Path(args.output))
+    meta = json.loads(out.sidecar.read_text())
+    print(f"accelerator from {source}: {len(desc.tiles)} tiles on a {desc.params['nx']}x"
+          f"{desc.params['ny']}x{desc.params['nz']} mesh, {desc.n_planes} planes, config hash "
+          f"{desc.config_hash:#010x}")
+    for t in desc.tiles:
+        print(f"  tile {t.index:<2} {t.kind.name.lower():<8} at {list(t.at)}")
+    print(f"  verilog  {out.verilog}")
+    print(f"  sidecar  {out.sidecar}  (contract version {meta['version']}, "
+          f"{len(meta['opcodes'])} opcodes, {len(meta['ports'])} ports)")
+    return 0
+
+
+def sim_accelerator(args) -> int:
+    from heterotron.sim.flows.accel import run_accelerator
+
+    source, desc = resolve_description(args)
+    if args.vectors is not None and args.vectors < 1:
+        raise UsageError(f"--vectors must be a positive integer, not {args.vectors}")
+    result = run_accelerator(desc, simulator=args.sim, seed=args.seed, waves=args.waves,
+                             vectors=args.vectors, stalls=not args.no_stalls)
+    status = "PASS" if result.ok else "FAIL"
+    print(f"{status} accelerator from {source} on {result.simulator}, seed {result.seed}: "
+          f"{result.tests} tests, {result.failed} failed (build {result.build_seconds:.1f} s, "
+          f"run {result.run_seconds:.1f} s)")
+    print(f"  results: {result.results_xml}")
+    if not result.ok:
+        print(f"  reproduce: heterotron sim accelerator --config {args.config} --sim "
+              f"{result.simulator} --seed {result.seed}")
     return 0 if result.ok else 1
 
 

@@ -13,7 +13,7 @@ import tomllib
 
 from heterotron.hdl.accelerator import describe
 from heterotron.hdl.contract import accel, hostlink
-from heterotron.hdl.contract.accel import DescriptionError, TileKind
+from heterotron.hdl.contract.accel import AccelError, DescriptionError, TileKind
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = ["accel-2d", "accel-3d"]
@@ -226,3 +226,28 @@ def test_crc_and_framing():
         hostlink.parse_frame(bytes(bad))
     with pytest.raises(hostlink.FrameError, match="shorter"):
         hostlink.parse_frame(b"\x01\x02")
+
+
+def test_docs_isa_tables_match_the_contract():
+    """docs/isa.md's opcode, layout, register, flag and host tables say what the contract
+    defines (so the page cannot drift)."""
+    import re
+    text = (CONFIGS.parent / "docs" / "isa.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\d+) \| `(\w+)` \| (\d+) \|([^|]*)\|", text, re.M)
+    want = [(op.cls.name.lower(), str(op.code), op.name, str(1 + op.words),
+             ", ".join(f"{n}:{f.width}" for n, f in op.args)) for op in accel.OPCODES]
+    assert [(c, k, n, w, a.strip()) for c, k, n, w, a in rows] == want
+    for name in ("MSG_HEADER", "DATA_INFO", "DONE_WORD", "REGION", "REQ_ARGS", "INSTR_HEAD"):
+        fields = ", ".join(f"{n} {f.offset}:{f.width}" for n, f in getattr(accel, name))
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| `{name}`"))
+        assert fields in line.replace(" (a REGION)", ""), (name, fields, line)
+    for reg in accel.Reg:
+        assert re.search(rf"^\| `{reg.name}` \| {int(reg):#04x} \|", text, re.M), reg
+    for flag in AccelError:
+        assert re.search(rf"^\| `{flag.name}` \| {int(flag)} \|", text, re.M), flag
+    for op in hostlink.Op:
+        assert re.search(rf"^\| `{op.name}` \| {int(op):#04x} \|", text, re.M), op
+    for st in hostlink.Status:
+        assert re.search(rf"^\| `{st.name}` \| {int(st):#04x} \|", text, re.M), st
+    assert f"Contract version: **{accel.VERSION}**" in text
+    assert f"`{accel.MAGIC:#010X}`".replace("0X", "0x") in text

@@ -104,7 +104,7 @@ def test_user_errors_are_one_line_and_exit_2(capsys, argv, message):
 
 @pytest.mark.parametrize("content, message", [
     ("[requantizer\nlanes=2", "not valid TOML"),
-    ("[accelerator]\nlanes = 2\n", "unknown unit [accelerator]"),
+    ("[accelerater]\nlanes = 2\n", "unknown unit [accelerater]"),
     ("requantizer = 3\n", "must be a table"),
     ('[requantizer]\nlanes = "2"\n', "lanes must be an integer in [1, 64], not '2'"),
 ])

@@ -20,6 +20,7 @@ LAYER_OF = {
     "heterotron.hdl.contract": "contract",
     "heterotron.hdl": "components",
     "heterotron.sim.golden": "golden",
+    "heterotron.sim.host": "host",
     "heterotron.tb": "testbenches",
     "heterotron.sim.flows": "flows",
     "heterotron.sim.studies": "flows",
@@ -30,9 +31,10 @@ MAY_IMPORT = {
     "contract": {"contract"},
     "components": {"contract", "components"},
     "golden": {"contract", "golden"},
-    "testbenches": {"contract", "components", "golden", "testbenches"},
-    "flows": {"contract", "components", "golden", "testbenches", "flows"},
-    "cli": {"contract", "components", "golden", "testbenches", "flows", "cli"},
+    "host": {"contract", "host"},
+    "testbenches": {"contract", "components", "golden", "host", "testbenches"},
+    "flows": {"contract", "components", "golden", "host", "testbenches", "flows"},
+    "cli": {"contract", "components", "golden", "host", "testbenches", "flows", "cli"},
     "data": set(),
 }
 

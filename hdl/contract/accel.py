@@ -192,6 +192,13 @@ class Description:
     def n_planes(self) -> int:
         return max(self.planes.values()) + 1
 
+    def table(self) -> dict:
+        """The description as an ``[accelerator]`` table again (defaults filled in), so it can
+        travel as JSON and be checked once more on the other side."""
+        return {**self.params, "planes": dict(self.planes),
+                "tile": [{"kind": t.kind.name.lower(), "at": list(t.at), **t.params}
+                         for t in self.tiles]}
+
     def canonical(self) -> dict:
         return {"params": self.params, "planes": self.planes,
                 "tiles": [{"kind": t.kind.name.lower(), "at": list(t.at), **t.params}

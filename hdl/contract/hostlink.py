@@ -25,7 +25,7 @@ memory map :attr:`Status.BUS_ERROR`, a frame whose bytes stop for ``timeout`` cy
 **Commands** (:class:`Op`; payload in, payload out on ``OK``):
 
 ``PING``         ``-``                                  -> ``magic u32, version u16, tiles u8,
-                                                           flit_width u8, config_hash u32``
+                                                           word_bytes u8, config_hash u32``
 ``WRITE_MEM``    ``addr u32, data (4 n bytes)``         -> ``-``
 ``READ_MEM``     ``addr u32, nbytes u16``               -> ``data (nbytes)``
 ``WRITE_PROG``   ``words u32 x n`` (a burst to the program queue) -> ``free u16``
@@ -33,8 +33,13 @@ memory map :attr:`Status.BUS_ERROR`, a frame whose bytes stop for ``timeout`` cy
 ``WRITE_REG``    ``reg u16, value u32``                 -> ``-``
 
 ``addr`` is a byte address of the memory map (:mod:`heterotron.hdl.contract.accel`); memory
-accesses are whole 32-bit words (``addr`` and the length multiples of 4, at most
-``MAX_PAYLOAD`` bytes), else ``BAD_COMMAND``.
+accesses are whole 32-bit words (``addr`` and the length multiples of 4, 4 to ``MAX_PAYLOAD``
+bytes), else ``BAD_COMMAND``; an address outside every scratchpad window (or an access running
+past its end) is ``BUS_ERROR``. ``WRITE_MEM`` answers once the data is in the scratchpad.
+``WRITE_PROG`` takes 1 to ``MAX_PAYLOAD / 4`` words. ``READ_REG``/``WRITE_REG`` of a register
+that does not exist, or a write to a read-only one, is ``BUS_ERROR``; only ``ERROR`` is
+writable (1s clear flags). An unknown op, or a payload of the wrong length for its op, is
+``BAD_COMMAND``.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from amaranth.lib import data, wiring
 from heterotron.hdl.contract.params import defaults
 from heterotron.sim.flows.units import Unit
 
-__all__ = ["Generated", "build_root", "generate", "sidecar", "source_digest",
-           "generator_sources", "locked"]
+__all__ = ["Generated", "build_root", "generate", "generate_from", "sidecar", "port_list",
+           "source_digest", "generator_sources", "locked"]
 
 
 #: The user's setting for where generated files are cached.
@@ -101,12 +101,6 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def cache_key(unit: Unit, params: dict[str, Any]) -> str:
-    blob = json.dumps({"unit": unit.name, "params": params, "src": source_digest()},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (parallel test workers share the cache)."""
@@ -133,17 +127,6 @@ def describe_shape(shape) -> Any:
 
 def sidecar(unit: Unit, component: wiring.Component, module: str) -> dict[str, Any]:
     """Ports, parameters and latency of a generated module, from the component itself."""
-    ports = [
-        {"name": "clk", "direction": "input", "width": 1},
-        {"name": "rst", "direction": "input", "width": 1},
-    ]
-    for path, member, _value in component.signature.flatten(component):
-        ports.append({
-            "name": "__".join(str(p) for p in path),
-            "direction": "input" if member.flow == wiring.In else "output",
-            "width": Shape.cast(member.shape).width,
-            "shape": describe_shape(member.shape),
-        })
     return {
         "format": "heterotron-sidecar/1",
         "generator": f"heterotron {_version()}",
@@ -156,8 +139,24 @@ def sidecar(unit: Unit, component: wiring.Component, module: str) -> dict[str, A
         **({"timing": component.timing} if hasattr(component, "timing") else {}),
         "clock": "clk (rising edge)",
         "reset": "rst (synchronous, active high)",
-        "ports": ports,
+        "ports": port_list(component),
     }
+
+
+def port_list(component: wiring.Component) -> list[dict[str, Any]]:
+    """The generated module's ports, clock and reset first."""
+    ports = [
+        {"name": "clk", "direction": "input", "width": 1},
+        {"name": "rst", "direction": "input", "width": 1},
+    ]
+    for path, member, _value in component.signature.flatten(component):
+        ports.append({
+            "name": "__".join(str(p) for p in path),
+            "direction": "input" if member.flow == wiring.In else "output",
+            "width": Shape.cast(member.shape).width,
+            "shape": describe_shape(member.shape),
+        })
+    return ports
 
 
 @dataclass(frozen=True)
@@ -177,24 +176,36 @@ def generate(unit: Unit, params: dict[str, Any], out_dir: Path | None = None) ->
     """
     params = defaults(unit.params, params)
     unit.validate(params)
-    key = cache_key(unit, params)
+
+    def make():
+        component = unit.build(params)
+        return component, sidecar(unit, component, unit.name)
+    return generate_from(unit.name, params, make, params, out_dir)
+
+
+def generate_from(name: str, key_source: Any, make, params: dict[str, Any],
+                  out_dir: Path | None = None) -> Generated:
+    """Write ``<name>.v`` and ``<name>.json`` from ``make() -> (component, sidecar dict)``,
+    cached under the hash of ``key_source`` (JSON) and the generator's sources."""
+    blob = json.dumps({"unit": name, "params": key_source, "src": source_digest()},
+                      sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
     cached = out_dir is None
-    directory = build_root() / "gen" / unit.name / key if cached else Path(out_dir)
-    v_path, j_path = directory / f"{unit.name}.v", directory / f"{unit.name}.json"
+    directory = build_root() / "gen" / name / key if cached else Path(out_dir)
+    v_path, j_path = directory / f"{name}.v", directory / f"{name}.json"
     if not cached:
         directory.mkdir(parents=True, exist_ok=True)
-        _write(unit, params, v_path, j_path)
-        return Generated(v_path, j_path, unit.name, params, key)
+        _write(name, make, v_path, j_path)
+        return Generated(v_path, j_path, name, params, key)
     with locked(directory):
         if not (v_path.exists() and j_path.exists()):
-            _write(unit, params, v_path, j_path)
-    return Generated(v_path, j_path, unit.name, params, key)
+            _write(name, make, v_path, j_path)
+    return Generated(v_path, j_path, name, params, key)
 
 
-def _write(unit: Unit, params: dict[str, Any], v_path: Path, j_path: Path) -> None:
-    component = unit.build(params)
-    text = verilog.convert(component, name=unit.name, emit_src=False)
-    meta = sidecar(unit, component, unit.name)
+def _write(name: str, make, v_path: Path, j_path: Path) -> None:
+    component, meta = make()
+    text = verilog.convert(component, name=name, emit_src=False)
     # Write to temporary names first: an interrupted run never leaves a half file in the cache.
     v_tmp, j_tmp = v_path.with_suffix(".v.tmp"), j_path.with_suffix(".json.tmp")
     v_tmp.write_text(text)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterotron.sim.flows.build import build_root, generate, locked
+from heterotron.sim.flows.build import Generated, build_root, generate, locked
 from heterotron.sim.flows.toolchain import (
     VERILATOR_WAIVERS,
     ToolError,
@@ -26,7 +26,7 @@ from heterotron.sim.flows.toolchain import (
 from heterotron.sim.flows.units import Unit
 from heterotron.tb import env as tb_env
 
-__all__ = ["SIMULATORS", "SimResult", "run_sim"]
+__all__ = ["SIMULATORS", "SimResult", "run_sim", "simulate_generated"]
 
 SIMULATORS = ("verilator", "icarus")
 
@@ -105,6 +105,15 @@ def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, wav
         return time.monotonic() - t0
 
 
+def check_simulator(simulator: str) -> None:
+    """Refuse an unknown or missing simulator; set up the tools' environment."""
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    if simulator == "icarus" and not icarus_available():
+        raise ToolError("Icarus Verilog is not installed (apt-get install iverilog)")
+    apply_tool_env()
+
+
 def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
             seed: int | None = None, waves: bool = False, vectors: int | None = None,
             stalls: bool = True, testcase: str | None = None,
@@ -118,15 +127,24 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
     ``seed`` seeds it; ``testcase`` runs one test of the module. ``quiet`` sends the
     simulator's log to ``sim.log`` in the run folder instead of standard output.
     """
+    check_simulator(simulator)
+    return simulate_generated(generate(unit, params), unit.testbench, simulator=simulator,
+                              seed=seed, waves=waves, vectors=vectors, stalls=stalls,
+                              testcase=testcase, bench=bench, bench_out=bench_out, quiet=quiet)
+
+
+def simulate_generated(gen: Generated, testbench: str, *, simulator: str = "verilator",
+                       seed: int | None = None, waves: bool = False, vectors: int | None = None,
+                       stalls: bool = True, testcase: str | None = None,
+                       bench: Sequence[int] | Mapping[str, Any] | None = None,
+                       bench_out: Path | None = None, quiet: bool = False) -> SimResult:
+    """Build and simulate generated Verilog with the cocotb ``testbench`` module; the
+    testbench gets ``gen.params`` as its parameters (see :func:`run_sim`)."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
-    if simulator not in SIMULATORS:
-        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
-    if simulator == "icarus" and not icarus_available():
-        raise ToolError("Icarus Verilog is not installed (apt-get install iverilog)")
-    apply_tool_env()
-    gen = generate(unit, params)
+    check_simulator(simulator)
+    name = gen.module
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     opt = _verilator_opt() if simulator == "verilator" else ""
@@ -134,15 +152,15 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
     runner = get_runner(simulator)
     build_seconds = _build(runner, simulator, gen.verilog, gen.module, build_dir, waves)
 
-    run_dir = build_root() / "runs" / f"{unit.name}-{gen.key}-{simulator}-seed{seed}-{os.getpid()}"
+    run_dir = build_root() / "runs" / f"{name}-{gen.key}-{simulator}-seed{seed}-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
     env = tb_env.encode(gen.params, vectors=vectors, stalls=stalls, bench=bench,
                         bench_out=bench_out)
-    _log(f"simulating {unit.name} {json.dumps(gen.params)} on {simulator}, seed {seed}")
+    _log(f"simulating {name} {json.dumps(gen.params)[:200]} on {simulator}, seed {seed}")
     t0 = time.monotonic()
     # hdl_toplevel_lang is given because a reused build skips runner.build(), which is where
     # cocotb would otherwise infer it from the sources.
-    results = runner.test(test_module=unit.testbench, hdl_toplevel=gen.module,
+    results = runner.test(test_module=testbench, hdl_toplevel=gen.module,
                           hdl_toplevel_lang="verilog",
                           build_dir=build_dir, test_dir=run_dir, seed=seed, extra_env=env,
                           waves=waves, testcase=testcase, timescale=TIMESCALE,
@@ -155,5 +173,5 @@ def run_sim(unit: Unit, params: dict[str, Any], *, simulator: str = "verilator",
         found = sorted(run_dir.glob("*.vcd")) + sorted(run_dir.glob("*.fst"))
         found += sorted(build_dir.glob("*.vcd")) + sorted(build_dir.glob("*.fst"))
         wave_file = found[0] if found else None
-    return SimResult(unit.name, simulator, gen.params, seed, tests, failed, Path(results),
+    return SimResult(name, simulator, gen.params, seed, tests, failed, Path(results),
                      wave_file, build_seconds, run_seconds)

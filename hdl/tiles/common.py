@@ -1,0 +1,56 @@
+"""What every tile shares: its per-message-class packet ports and small packet helpers.
+
+A tile talks to the network through one stream per message class it uses (the top level maps
+classes onto physical planes, merging and splitting them per packet):
+
+* ``<cls>_rx : In(stream of rx_word(width))``: packets of that class for this tile, one word
+  per beat, ``last`` on the final one. The first word is the
+  :data:`~heterotron.hdl.contract.accel.MSG_HEADER`.
+* ``<cls>_tx : Out(stream of tx_word(width, tiles))``: packets to send; ``dest`` (a tile
+  index) is read on the first beat and must stay the same until ``last``.
+
+The DATA class is ``flit_width`` bits wide (its header words use the low 32 bits); CMD, REQ
+and DONE are 32-bit words (:data:`~heterotron.hdl.contract.accel.WORD`). The contract's plane
+rule keeps DATA alone on its plane, so a plane is one width.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, unsigned
+from amaranth.lib import data, stream
+
+from heterotron.hdl.contract.accel import MAX_TILES, MSG_HEADER, WORD, MsgClass
+
+__all__ = ["CLASS_PORTS", "rx_word", "tx_word", "tile_bits", "header_value", "class_width"]
+
+#: The name prefix of each class's ports on a tile.
+CLASS_PORTS = {MsgClass.CMD: "cmd", MsgClass.REQ: "req", MsgClass.DATA: "data",
+               MsgClass.DONE: "done"}
+
+
+def tile_bits() -> int:
+    return (MAX_TILES - 1).bit_length()
+
+
+def class_width(cls: MsgClass, flit_width: int) -> int:
+    return flit_width if cls == MsgClass.DATA else WORD
+
+
+def rx_word(width: int) -> stream.Signature:
+    return stream.Signature(data.StructLayout({"data": unsigned(width), "last": 1}))
+
+
+def tx_word(width: int) -> stream.Signature:
+    return stream.Signature(data.StructLayout({"data": unsigned(width), "last": 1,
+                                               "dest": unsigned(tile_bits())}))
+
+
+def header_value(**fields):
+    """A :data:`MSG_HEADER` as an Amaranth value from field values (constants or signals):
+    ``header_value(cls=MsgClass.DONE, owner=t, length=1)``."""
+    parts = []
+    for name, fld in MSG_HEADER:
+        v = fields.pop(name, 0)
+        parts.append(v[:fld.width] if hasattr(v, "shape") else Const(int(v), fld.width))
+    assert not fields, f"unknown header fields {sorted(fields)}"
+    return Cat(*parts)

@@ -1,0 +1,259 @@
+"""The host driver: framed, checked commands to the accelerator over a byte transport.
+
+One driver for the board and the simulation. A :class:`Transport` moves bytes (a serial port,
+:class:`SerialTransport`; the cocotb testbench's simulated host port); :class:`Device` speaks
+the protocol of :mod:`heterotron.hdl.contract.hostlink` over it and takes the accelerator's
+constants (tiles, registers, memory map, config hash) from the sidecar that ``heterotron
+generate accelerator`` writes, never from a hand-copied table.
+
+The driver is ``async`` so that the same code runs inside cocotb (where waiting means letting
+the simulator run) and on a board (``asyncio.run(...)``; the serial transport blocks briefly).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from heterotron.hdl.contract import hostlink
+from heterotron.hdl.contract.hostlink import FLAG, Op, Status
+
+__all__ = ["Transport", "SerialTransport", "Device", "HostError", "HostTimeout",
+           "FrameReader"]
+
+
+class HostError(RuntimeError):
+    """The device answered a command with a status other than OK."""
+
+    def __init__(self, op: Op, status: Status | int, detail: str = ""):
+        self.op, self.status = op, status
+        name = Status(status).name if status in set(Status) else f"status {status}"
+        super().__init__(f"{Op(op).name}: {name}{': ' + detail if detail else ''}")
+
+
+class HostTimeout(HostError):
+    """No (well-formed) answer within the timeout."""
+
+    def __init__(self, op: Op, detail: str):
+        self.op, self.status = op, None
+        RuntimeError.__init__(self, f"{Op(op).name}: no answer ({detail})")
+
+
+class Transport(Protocol):
+    """Moves bytes to and from the device."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self, timeout: float) -> bytes:
+        """Some bytes that arrived (``b""`` when none came within ``timeout`` seconds, or
+        the transport's own measure of time)."""
+        ...
+
+
+class SerialTransport:
+    """A serial port (pyserial), e.g. a board's FTDI UART."""
+
+    def __init__(self, port: str, baud: int = 115200):
+        try:
+            import serial
+        except ImportError:  # pragma: no cover - depends on the machine
+            raise RuntimeError("the serial transport needs pyserial: pip install pyserial") \
+                from None
+        self._port = serial.Serial(port, baud, timeout=0)
+
+    async def send(self, data: bytes) -> None:
+        self._port.write(data)
+        self._port.flush()
+
+    async def receive(self, timeout: float) -> bytes:
+        self._port.timeout = timeout
+        first = self._port.read(1)
+        if not first:
+            return b""
+        self._port.timeout = 0
+        return first + self._port.read(self._port.in_waiting or 0)
+
+    def close(self) -> None:
+        self._port.close()
+
+
+class FrameReader:
+    """Splits received bytes into frames (unstuffed), keeping a partial frame between calls."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames = []
+        while True:
+            try:
+                start = self._buf.index(FLAG)
+            except ValueError:
+                self._buf.clear()
+                return frames
+            try:
+                end = self._buf.index(FLAG, start + 1)
+            except ValueError:
+                del self._buf[:start]
+                return frames
+            chunk = bytes(self._buf[start:end + 1])
+            del self._buf[:end]  # the closing FLAG may open the next frame
+            frames += hostlink.unstuff_frames(chunk)
+
+
+class Device:
+    """The accelerator behind a transport.
+
+    Parameters
+    ----------
+    transport : Transport
+    sidecar : dict
+        The ``heterotron generate accelerator`` sidecar (``accelerator.json``).
+    timeout : float
+        Seconds (or the transport's unit) to wait for each answer.
+    retries : int
+        Times a command answered ``BAD_CRC`` (the device saw a corrupted frame and did
+        nothing) is sent again.
+    """
+
+    def __init__(self, transport: Transport, sidecar: dict[str, Any], *, timeout: float = 1.0,
+                 retries: int = 2):
+        self.transport, self.sidecar = transport, sidecar
+        self.timeout, self.retries = timeout, retries
+        self._reader = FrameReader()
+        self._seq = 0
+        self.registers = sidecar["registers"]
+        self.tile_registers = sidecar["tile_registers"]
+
+    # -- framing --------------------------------------------------------------------------------
+
+    async def _answer(self, op: Op, seq: int) -> tuple[int, bytes]:
+        for _ in range(64):
+            data = await self.transport.receive(self.timeout)
+            if not data:
+                raise HostTimeout(op, f"after {self.timeout} s")
+            for frame in self._reader.feed(data):
+                try:
+                    status, got_seq, payload = hostlink.parse_frame(frame)
+                except hostlink.FrameError as exc:
+                    raise HostError(op, -1, f"corrupted answer ({exc})") from None
+                if got_seq == seq:
+                    return status, payload
+        raise HostTimeout(op, "no answer with this command's sequence number")
+
+    async def command(self, op: Op, payload: bytes = b"", *, check: bool = True
+                      ) -> tuple[int, bytes]:
+        """Send one command; return ``(status, payload)``; raise :class:`HostError` on a
+        status other than OK when ``check``."""
+        for attempt in range(self.retries + 1):
+            self._seq = (self._seq + 1) & 0xFF
+            seq = self._seq
+            await self.transport.send(hostlink.stuff(hostlink.command_frame(op, seq, payload)))
+            status, answer = await self._answer(op, seq)
+            if status != Status.BAD_CRC or attempt == self.retries:
+                break
+        if check and status != Status.OK:
+            raise HostError(op, status)
+        return status, answer
+
+    async def resync(self) -> None:
+        """Send frame delimiters (ends any partial frame on the device) and forget partial
+        answers."""
+        await self.transport.send(bytes([FLAG, FLAG]))
+        self._reader = FrameReader()
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, int]:
+        """The device's identity; raises when it is not the accelerator of the sidecar."""
+        _, p = await self.command(Op.PING)
+        magic, version, tiles, word_bytes, config_hash = struct.unpack("<IHBBI", p)
+        found = {"magic": magic, "version": version, "tiles": tiles, "word_bytes": word_bytes,
+                 "config_hash": config_hash}
+        want = {"magic": self.sidecar["magic"], "version": self.sidecar["version"],
+                "tiles": len(self.sidecar["tiles"]),
+                "config_hash": self.sidecar["config_hash"]}
+        wrong = {k: (found[k], v) for k, v in want.items() if found[k] != v}
+        if wrong:
+            raise HostError(Op.PING, Status.OK, "not the accelerator of this sidecar: "
+                            + ", ".join(f"{k} {a:#x} != {b:#x}" for k, (a, b) in wrong.items()))
+        return found
+
+    def address(self, tile: int, local: int = 0) -> int:
+        """The memory-map address of byte ``local`` of memory tile ``tile``."""
+        for window in self.sidecar["memory_map"]:
+            if window["tile"] == tile:
+                return window["base"] + local
+        raise ValueError(f"tile {tile} is not a memory tile")
+
+    async def write_mem(self, addr: int, data: bytes) -> None:
+        if len(data) % 4 or addr % 4:
+            raise ValueError("memory writes are whole 32-bit words at word addresses")
+        step = hostlink.MAX_PAYLOAD - 4
+        for off in range(0, len(data), step):
+            chunk = data[off:off + step]
+            await self.command(Op.WRITE_MEM, struct.pack("<I", addr + off) + chunk)
+
+    async def read_mem(self, addr: int, nbytes: int) -> bytes:
+        if nbytes % 4 or addr % 4:
+            raise ValueError("memory reads are whole 32-bit words at word addresses")
+        out = bytearray()
+        for off in range(0, nbytes, hostlink.MAX_PAYLOAD):
+            n = min(hostlink.MAX_PAYLOAD, nbytes - off)
+            _, p = await self.command(Op.READ_MEM, struct.pack("<IH", addr + off, n))
+            out += p
+        return bytes(out)
+
+    async def write_program(self, words: Iterable[int], *, poll_limit: int = 100000) -> None:
+        """Queue instruction words, in bursts, waiting for room when the queue is full."""
+        words = list(words)
+        step = hostlink.MAX_PAYLOAD // 4
+        i = 0
+        polls = 0
+        while i < len(words):
+            free = await self.read_reg(self.registers["queue_free"])
+            n = min(step, len(words) - i, free)
+            if n == 0:
+                polls += 1
+                if polls > poll_limit:
+                    raise HostTimeout(Op.WRITE_PROG, "the program queue never drained")
+                continue
+            await self.command(Op.WRITE_PROG, struct.pack(f"<{n}I", *words[i:i + n]))
+            i += n
+
+    async def read_reg(self, reg: int) -> int:
+        _, p = await self.command(Op.READ_REG, struct.pack("<H", reg))
+        return struct.unpack("<I", p)[0]
+
+    async def write_reg(self, reg: int, value: int) -> None:
+        await self.command(Op.WRITE_REG, struct.pack("<HI", reg, value))
+
+    async def status(self) -> dict[str, int]:
+        r = self.registers
+        names = ("status", "error", "retired", "last_id", "queue_free", "cycles")
+        return {n: await self.read_reg(r[n]) for n in names}
+
+    async def counters(self) -> list[dict[str, int]]:
+        """Each tile's status word and counters."""
+        tr = self.tile_registers
+        out = []
+        for t in self.sidecar["tiles"]:
+            base = tr["base"] + t["index"] * tr["stride"]
+            row = {"tile": t["index"], "kind": t["kind"]}
+            for name in ("status", "busy", "stalled", "items", "last_id"):
+                row[name] = await self.read_reg(base + tr[name])
+            out.append(row)
+        return out
+
+    async def wait_idle(self, *, polls: int = 100000) -> dict[str, int]:
+        """Poll until the program queue is empty and no instruction is in flight."""
+        for _ in range(polls):
+            st = await self.read_reg(self.registers["status"])
+            if not st & 1:
+                return await self.status()
+        raise HostTimeout(Op.READ_REG, f"still running after {polls} polls")
+
+    async def clear_errors(self) -> None:
+        await self.write_reg(self.registers["error"], 0xFFFFFFFF)
