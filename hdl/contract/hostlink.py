@@ -17,10 +17,13 @@ ignored, so a host may send ``FLAG`` bytes freely to resynchronise.
 no final XOR) of every byte before it. ``seq`` is the host's; the response repeats it, so the
 host can tell an answer from a stale one. Every command frame gets exactly one response frame:
 a frame with a bad CRC gets :attr:`Status.BAD_CRC` (seq 0 when the frame is too short to carry
-one), an unknown op or a malformed payload :attr:`Status.BAD_COMMAND`, an address outside the
-memory map :attr:`Status.BUS_ERROR`, a frame whose bytes stop for ``timeout`` cycles
-:attr:`Status.TIMEOUT` (the partial frame is dropped), a program burst the queue cannot take
-:attr:`Status.QUEUE_FULL` (nothing of it is queued).
+one), an unknown op, a malformed payload or a frame longer than the port takes
+:attr:`Status.BAD_COMMAND`, an address outside the memory map :attr:`Status.BUS_ERROR`, a
+frame whose bytes stop for ``timeout`` cycles :attr:`Status.TIMEOUT` (the frame is dropped,
+and so are its remaining bytes up to the next ``FLAG``, without a second answer), a program
+burst the queue cannot take, or a good frame the port has no room for (send it again),
+:attr:`Status.QUEUE_FULL` (nothing of it is done). The seq of an answer to a refused frame is
+the frame's second byte as received (0 when it has fewer than two).
 
 **Commands** (:class:`Op`; payload in, payload out on ``OK``):
 
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FLAG", "ESC", "ESC_XOR", "MAX_PAYLOAD", "CRC_POLY", "CRC_INIT", "Op", "Status",
+__all__ = ["FLAG", "ESC", "ESC_XOR", "MAX_PAYLOAD", "OVERHEAD", "CRC_POLY", "CRC_INIT", "Op", "Status",
            "crc16", "stuff", "unstuff_frames", "command_frame", "response_frame",
            "parse_frame", "FrameError"]
 

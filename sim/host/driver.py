@@ -114,8 +114,8 @@ class Device:
     timeout : float
         Seconds (or the transport's unit) to wait for each answer.
     retries : int
-        Times a command answered ``BAD_CRC`` (the device saw a corrupted frame and did
-        nothing) is sent again.
+        Times a command answered ``BAD_CRC`` or ``QUEUE_FULL`` (the device saw a corrupted
+        frame, or had no room for it, and did nothing) is sent again.
     """
 
     def __init__(self, transport: Transport, sidecar: dict[str, Any], *, timeout: float = 1.0,
@@ -152,7 +152,8 @@ class Device:
             seq = self._seq
             await self.transport.send(hostlink.stuff(hostlink.command_frame(op, seq, payload)))
             status, answer = await self._answer(op, seq)
-            if status != Status.BAD_CRC or attempt == self.retries:
+            # Both mean the device did nothing: a corrupted frame, or no room for it.
+            if status not in (Status.BAD_CRC, Status.QUEUE_FULL) or attempt == self.retries:
                 break
         if check and status != Status.OK:
             raise HostError(op, status)
