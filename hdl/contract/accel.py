@@ -389,6 +389,11 @@ def _link_problems(t: Tile, params: dict) -> list[str]:
                     f"{where}: a result beat of cols x {ob} bytes = {beat} bytes must be a "
                     f"power of two below or a multiple of the {word}-byte word, so a beat "
                     "never straddles two words")
+            elif -(-beat // word) > params["max_packet"]:
+                problems.append(
+                    f"{where}: a result beat of {beat} bytes needs {-(-beat // word)} data "
+                    f"beats, more than max_packet = {params['max_packet']} (a result beat is "
+                    "one packet)")
         for name in ("max_m", "max_k", "max_n"):
             if p[name] > 0xFFFF:
                 problems.append(f"{where}: {name} must fit the 16-bit region fields")

@@ -16,7 +16,7 @@ rule keeps DATA alone on its plane, so a plane is one width.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, unsigned
+from amaranth.hdl import Cat, Const, Value, unsigned
 from amaranth.lib import data, stream
 
 from heterotron.hdl.contract.accel import MAX_TILES, MSG_HEADER, WORD, MsgClass
@@ -51,6 +51,10 @@ def header_value(**fields):
     parts = []
     for name, fld in MSG_HEADER:
         v = fields.pop(name, 0)
-        parts.append(v[:fld.width] if hasattr(v, "shape") else Const(int(v), fld.width))
+        if hasattr(v, "shape"):  # a value: zero-extended or cut to the field
+            v = Value.cast(v)
+            parts.append(Cat(v, Const(0, fld.width))[:fld.width])
+        else:
+            parts.append(Const(int(v), fld.width))
     assert not fields, f"unknown header fields {sorted(fields)}"
     return Cat(*parts)
