@@ -3,7 +3,7 @@ buffers, with operand transposes and an optional requantizer on the way out."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -46,6 +46,18 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _pick(sel, values):
+    """``values[sel]`` as a tree of 2-way multiplexers over the bits of ``sel`` (an index past
+    the end picks the last value)."""
+    values = list(values)
+    bits = max(len(values) - 1, 0).bit_length()
+    values += [values[-1]] * ((1 << bits) - len(values))
+    for b in range(bits):
+        pairs = zip(values[::2], values[1::2], strict=True)
+        values = [Mux(sel[b], hi, lo) for lo, hi in pairs]
+    return values[0]
+
+
 def _step_loops(m, levels, done=()):
     """One step of a nest of counting loops, innermost level first.
 
@@ -67,13 +79,13 @@ def _step_loops(m, levels, done=()):
 class GemmEngine(Parameterised, wiring.Component):
     """Runs ``C = op(A) op(B) (+ bias)`` for any ``M <= max_m``, ``K <= max_k``, ``N <= max_n``.
 
-    The host loads operands over ``data``, one element per beat, row by row of the matrix *as
-    it is stored*: after ``LOAD_A`` with ``trans = 0`` the elements are ``A[0, 0], A[0, 1], ...``
-    (``m`` rows of ``k``); with ``trans = 1`` they are ``A^T`` (``k`` rows of ``m``), so the
-    engine computes ``A^T B`` from a matrix stored ``K x M``. ``LOAD_B`` likewise takes ``B``
-    (``k x n``) or ``B^T`` (``n x k``). The loader scatters elements into the layout the
-    dataflow reads (a buffer word is one array row or column of operands), so transposes cost
-    nothing at run time. ``RUN`` then streams the result:
+    The host loads operands over ``data`` (one element per beat, or up to ``data_lanes``: see
+    below), row by row of the matrix *as it is stored*: after ``LOAD_A`` with ``trans = 0``
+    the elements are ``A[0, 0], A[0, 1], ...`` (``m`` rows of ``k``); with ``trans = 1`` they
+    are ``A^T`` (``k`` rows of ``m``), so the engine computes ``A^T B`` from a matrix stored
+    ``K x M``. ``LOAD_B`` likewise takes ``B`` (``k x n``) or ``B^T`` (``n x k``). The loader
+    scatters elements into the layout the dataflow reads (a buffer word is one array row or
+    column of operands), so transposes cost nothing at run time. ``RUN`` then streams the result:
 
     * beats come column tile by column tile (``cols`` columns), rows ``0 .. M - 1`` inside;
       each carries ``row``, ``col`` (first column) and ``last`` (final beat of the GEMM);
@@ -81,6 +93,20 @@ class GemmEngine(Parameterised, wiring.Component):
     * with ``requant`` every lane goes through :class:`Requantizer` (lane ``j`` uses the scale
       written at ``lane = j`` on ``cfg``), the tags riding through it as its ``meta``; else
       lanes are full ``acc_width`` sums.
+
+    Wide loads (``data_lanes = D > 1``): a beat carries ``count`` (1 to ``D``) elements, the
+    next ones of the element stream above, element 0 first. The loader writes one chunk of the
+    beat per cycle and sets ``ready`` in the cycle it writes the beat's last one. Loads are
+    *fast* when the stored rows run along a buffer word's lanes: OS: ``LOAD_A`` with ``trans
+    = 1`` (so a compiler stores A^T, ``K x M``, for OS), ``LOAD_B`` with ``trans = 0``,
+    ``LOAD_BIAS``; WS: ``LOAD_A`` and ``LOAD_B`` with ``trans = 0``, ``LOAD_BIAS``. A fast
+    chunk is up to ``min(left in the beat, lanes left in the word, left in the stored row)``
+    elements (``rows`` lanes a word for A, ``cols`` for B and the bias), so a fast load
+    costs about ``elements / min(D, lanes)`` cycles; the other loads write one element a
+    cycle. A beat may cross the end of a stored row, and even of a load: the rest of it
+    goes to the next row, or waits for the next load (a load takes exactly its elements, as
+    with ``D = 1``). A ``count`` above ``D`` counts as ``D``; a beat with ``count = 0`` is
+    taken without elements.
 
     Output-stationary runs each ``rows x cols`` output tile over all of K; weight-stationary
     keeps a ``rows x cols`` tile of B in the array, streams all ``M`` rows of A past it, and
@@ -96,13 +122,19 @@ class GemmEngine(Parameterised, wiring.Component):
         Requantize the results to ``out_width`` bits.
     out_width : int
         Requantized output width, 2 to 32.
+    data_lanes : int
+        Operand elements a ``data`` beat can carry, 1 to 32 (1: the beat is one element).
 
     Members
     -------
     cmd : In(stream.Signature(StructLayout))
         ``op`` (:class:`Op`), ``trans``, ``bias``, ``m``, ``k``, ``n``. Taken only when idle.
     data : In(stream.Signature(signed(...)))
-        Operand elements for the load in progress.
+        Operand elements for the load in progress (``signed`` of the widest operand, bias
+        included, with ``data_lanes = 1``); with ``data_lanes = D > 1`` a
+        ``StructLayout({"data": ArrayLayout(signed(...), D), "count": range(1, D + 1)})``:
+        ``count`` elements, ``data[0]`` first (the lanes past ``count`` are ignored).
+        Every element taken is range-checked against its operand (``RANGE``).
     o : Out(stream.Signature(StructLayout))
         ``data`` (``cols`` lanes), ``row``, ``col``, ``last``.
     cfg : In(stream.Signature(cfg_layout))
@@ -136,6 +168,8 @@ class GemmEngine(Parameterised, wiring.Component):
         Param("max_n", int, 256, "largest N", 2, 4096),
         Param("requant", bool, False, "requantize results (else full acc_width out)"),
         Param("out_width", int, 8, "requantized output width", 2, 32),
+        Param("data_lanes", int, 1, "operand elements per data beat (1: a plain element)",
+              1, 32),
     )
 
     @classmethod
@@ -182,7 +216,7 @@ class GemmEngine(Parameterised, wiring.Component):
                 # One value past each maximum fits, so an oversized request is seen (DIMS).
                 "m": range(max_m + 2), "k": range(max_k + 2), "n": range(max_n + 2),
             }))),
-            "data": In(stream.Signature(signed(elem_w))),
+            "data": In(stream.Signature(self._data_shape(p["data_lanes"], elem_w))),
             "o": Out(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(out_lane, p["cols"]), **self._tag_layout(p).members,
             }))),
@@ -195,11 +229,23 @@ class GemmEngine(Parameterised, wiring.Component):
             members["cfg"] = In(stream.Signature(self._requant.cfg_layout))
         super().__init__(members)
 
+    @staticmethod
+    def _data_shape(lanes: int, elem_w: int):
+        if lanes == 1:
+            return signed(elem_w)
+        return data.StructLayout({"data": data.ArrayLayout(signed(elem_w), lanes),
+                                  "count": range(1, lanes + 1)})
+
     @property
     def cfg_layout(self) -> data.StructLayout | None:
         """Payload of ``cfg``, the requantizer's scale-table write (``None`` without
         ``requant``: there is no ``cfg`` port)."""
         return self._requant.cfg_layout if self._requant is not None else None
+
+    @property
+    def data_width(self) -> int:
+        """Bits of one element on ``data`` (signed: the widest operand, bias included)."""
+        return self._elem_w
 
     @property
     def latency(self) -> int:
@@ -315,38 +361,90 @@ class GemmEngine(Parameterised, wiring.Component):
                                  ld_cols.eq(cmd.n)]
 
         # -- loader ---------------------------------------------------------------------------
-        m.d.comb += self.data.ready.eq(loading)
-        elem = self.data.payload
-        take = Signal()
-        m.d.comb += take.eq(self.data.valid & self.data.ready)
+        # Each cycle with a beat there, the loader writes one chunk of it: up to
+        # min(left in the beat, lanes left in the word, left in the stored row) elements in the
+        # fast direction (lane j of the word takes element off + j - lane of the beat), one in
+        # the slow direction. ``ready`` is high in the cycle that writes the beat's last chunk.
+        D = p["data_lanes"]
+        if D == 1:
+            elems, count = [self.data.payload], 1
+        else:
+            elems, count = [self.data.payload.data[i] for i in range(D)], self.data.payload.count
         a_lo, a_hi = operand_range(p["a_width"], p["a_signed"])
         b_lo, b_hi = operand_range(p["b_width"], p["b_signed"])
         bias_lo, bias_hi = operand_range(p["bias_width"], True)
         lo = Mux(ld_target == Op.LOAD_A, a_lo, Mux(ld_target == Op.LOAD_B, b_lo, bias_lo))
         hi = Mux(ld_target == Op.LOAD_A, a_hi, Mux(ld_target == Op.LOAD_B, b_hi, bias_hi))
+        step = Signal()  # a chunk is written this cycle
+        m.d.comb += step.eq(loading & self.data.valid)
         lane_en = Signal(lanes_max)
-        m.d.comb += lane_en.eq(1 << ld_lane)
+        lane_data = [Signal(signed(self._elem_w), name=f"ld_elem{j}") for j in range(lanes_max)]
+        if D == 1:
+            chunk, finish = 1, 1
+            m.d.comb += lane_en.eq(Mux(step, 1 << ld_lane, 0))
+            for v in lane_data:
+                m.d.comb += v.eq(elems[0])
+            with m.If(step & ((elems[0] < lo) | (elems[0] > hi))):
+                raise_error(m, raised, GemmError.RANGE)
+        else:
+            ld_off = Signal(range(D), name="ld_off")  # elements of the beat already written
+            cnt = Signal(range(D + 1), name="ld_count")
+            left = Signal(range(D + 1), name="ld_left")
+            room_lane = Signal(range(lanes_max + 1), name="ld_room_lane")
+            room_row = Signal(range(dim_max + 1), name="ld_room_row")
+            if (1 << len(count)) - 1 > D:
+                m.d.comb += cnt.eq(Mux(count > D, D, count))
+            else:  # (count cannot exceed D: no constant comparison for Verilator to flag)
+                m.d.comb += cnt.eq(count)
+            m.d.comb += [left.eq(cnt - ld_off),
+                         room_lane.eq(ld_lanes - ld_lane), room_row.eq(ld_cols - ld_c)]
+            fast_n = Signal(range(min(D, lanes_max) + 1), name="ld_fast_chunk")
+            m1 = Mux(left < room_lane, left, room_lane)
+            m.d.comb += fast_n.eq(Mux(m1 < room_row, m1, room_row))
+            chunk = Signal(range(min(D, lanes_max) + 1), name="ld_chunk")
+            finish = Signal(name="ld_finish")
+            m.d.comb += [chunk.eq(Mux(ld_fast, fast_n, Mux(left != 0, 1, 0))),
+                         finish.eq(chunk == left)]
+            shift = Signal(signed(max(D, lanes_max).bit_length() + 2), name="ld_shift")
+            m.d.comb += shift.eq(ld_off - ld_lane)
+            bad = []
+            for j in range(lanes_max):
+                sel = Signal(range(D), name=f"ld_sel{j}")
+                # (ld_lane <= j holds for every lane value from the top one on: no constant
+                # comparison for Verilator to flag)
+                from_lane = (ld_lane <= j) if j < (1 << len(ld_lane)) - 1 else 1
+                m.d.comb += [
+                    sel.eq(shift + j),
+                    lane_en[j].eq(step & from_lane & (ld_lane + chunk > j)),
+                    lane_data[j].eq(_pick(sel, elems)),
+                ]
+                bad.append(lane_en[j] & ((lane_data[j] < lo) | (lane_data[j] > hi)))
+            with m.If(Cat(*bad).any()):
+                raise_error(m, raised, GemmError.RANGE)
+            with m.If(step):
+                m.d.sync += ld_off.eq(Mux(finish, 0, ld_off + chunk))
+        m.d.comb += self.data.ready.eq(loading & finish)
         for wr, target, n_lanes in ((a_wr, Op.LOAD_A, R), (b_wr, Op.LOAD_B, C),
                                     (bias_wr, Op.LOAD_BIAS, C)):
             m.d.comb += [
                 wr.addr.eq(ld_addr),
-                wr.en.eq(Mux(take & (ld_target == target), lane_en[:n_lanes], 0)),
+                wr.en.eq(Mux(ld_target == target, lane_en[:n_lanes], 0)),
             ]
             for j in range(n_lanes):
-                m.d.comb += wr.data[j].eq(elem)
-        with m.If(take):
-            with m.If((elem < lo) | (elem > hi)):
-                raise_error(m, raised, GemmError.RANGE)
-            row_end = ld_c == ld_cols - 1
-            lane_wrap = ld_lane == ld_lanes - 1
+                m.d.comb += wr.data[j].eq(lane_data[j])
+        with m.If(step & (chunk != 0)):
+            row_end = ld_c + chunk == ld_cols
             with m.If(ld_fast):
+                lane_wrap = ld_lane + chunk == ld_lanes
                 with m.If(row_end):
                     m.d.sync += [ld_c.eq(0), ld_lane.eq(0), ld_base.eq(ld_base + 1),
                                  ld_addr.eq(ld_base + 1)]
                 with m.Else():
-                    m.d.sync += [ld_c.eq(ld_c + 1), ld_lane.eq(Mux(lane_wrap, 0, ld_lane + 1)),
+                    m.d.sync += [ld_c.eq(ld_c + chunk),
+                                 ld_lane.eq(Mux(lane_wrap, 0, ld_lane + chunk)),
                                  ld_addr.eq(Mux(lane_wrap, ld_addr + ld_stride, ld_addr))]
             with m.Else():
+                lane_wrap = ld_lane == ld_lanes - 1
                 with m.If(row_end):
                     new_base = Mux(lane_wrap, ld_base + ld_stride, ld_base)
                     m.d.sync += [ld_c.eq(0), ld_lane.eq(Mux(lane_wrap, 0, ld_lane + 1)),

@@ -44,7 +44,11 @@ class GemmBench:
         shapes = port_shapes(GemmEngine, p)
         self.cmd_layout, self.out_layout = shapes["cmd"], shapes["o"]
         self.cfg_layout = shapes.get("cfg")  # the requantizer's scale writes
-        self.elem_width = shapes["data"].width
+        # data_lanes > 1: beats of random count (StructLayout data, count), else one element
+        self.data_lanes = p["data_lanes"]
+        self.data_layout = shapes["data"]
+        self.elem_width = (self.data_layout.width if self.data_lanes == 1
+                           else self.data_layout["data"].shape.elem_shape.width)
         self.a_rng = operand_range(p["a_width"], p["a_signed"])
         self.b_rng = operand_range(p["b_width"], p["b_signed"])
         self.bias_rng = operand_range(p["bias_width"], True)
@@ -91,8 +95,22 @@ class GemmBench:
         return encode(self.cmd_layout, fields)
 
     def elements(self, values: np.ndarray) -> list[int]:
-        mask = (1 << self.elem_width) - 1
-        return [int(v) & mask for v in values.flat]
+        return [int(v) for v in values.flat]
+
+    def beats(self, elems: list[int]) -> list[int]:
+        """The words on ``data`` for a stream of elements: one each, or with ``data_lanes =
+        D > 1`` beats of 1 to D of them (beats may cross stored rows and loads)."""
+        D = self.data_lanes
+        if D == 1:
+            mask = (1 << self.elem_width) - 1
+            return [e & mask for e in elems]
+        words, i = [], 0
+        while i < len(elems):
+            part = elems[i:i + int(self.rng.integers(1, D + 1))]
+            i += len(part)
+            words.append(encode(self.data_layout, {"data": part + [0] * (D - len(part)),
+                                                   "count": len(part)}))
+        return words
 
     async def write_scales(self) -> None:
         """Random per-lane requantisation scales through ``cfg``, one beat per lane."""
@@ -130,7 +148,7 @@ class GemmBench:
                                             "col": col, "last": idx == len(order) - 1})
             self.scoreboard.expect(word, f"{label}: beat {idx} (row {row}, col {col})")
         self.cmd.send(words)
-        self.data.send(elems)
+        self.data.send(self.beats(elems))
         self.macs += M * K * N
 
     async def drain(self, what: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from amaranth.hdl import signed
 
-from heterotron.hdl.contract.params import ParamError, sample_valid
+from heterotron.hdl.contract.params import ParamError, inspect_only, sample_valid
 from heterotron.hdl.gemm import GemmEngine, GemmError, Op
 from heterotron.scripts.cli import main
 from heterotron.sim.golden.systolic import gemm, output_order
@@ -220,6 +221,163 @@ def test_engine_rejects_overflowing_configuration():
         GemmEngine(max_m=0)
     with pytest.raises(ParamError, match=r"the A buffer would be 2097152 words x 8 bits"):
         GemmEngine(rows=1, cols=1, max_m=1024, max_k=2048, max_n=2)
+
+
+# -- wide loads (data_lanes > 1) ---------------------------------------------------------------
+
+
+def pack_beats(elems, lanes, rng, full=False, empty=0.0):
+    """The element stream in beats of ``count`` 1 .. ``lanes`` (all ``lanes`` with ``full``),
+    the lanes past ``count`` random 24-bit values (out of any int8 operand's range); with
+    probability ``empty`` a beat of ``count = 0`` before one."""
+    elems, beats, i = [int(e) for e in elems], [], 0
+    while i < len(elems):
+        if empty and rng.random() < empty:
+            beats.append({"data": [int(v) for v in rng.integers(-(1 << 23), 1 << 23, lanes)],
+                          "count": 0})
+        n = lanes if full else int(rng.integers(1, lanes + 1))
+        part = elems[i:i + n]
+        i += len(part)
+        junk = [int(v) for v in rng.integers(-(1 << 23), 1 << 23, lanes - len(part))]
+        beats.append({"data": part + junk, "count": len(part)})
+    return beats
+
+
+def run_wide(dut: GemmEngine, program, n_out: int, seed=0, gap=0.2, stall=0.2, full=False,
+             empty=0.0, cycles=40000):
+    """Like :func:`run_engine` with ``data_lanes`` beats: the program's elements in one
+    stream, beats crossing stored rows and loads, commands issued beside it as the engine
+    gets idle. Returns the output beats, the sticky flags at the end and, per load, the
+    cycles from its command's edge to the engine idle again."""
+    rng = np.random.default_rng(seed)
+    out, flags, load_cycles = [], [], []
+    elems = [int(e) for _, es in program for e in (es if es is not None else [])]
+    beats = pack_beats(elems, dut.data_lanes, rng, full, empty)
+
+    async def commands(ctx):
+        for cmd, elems in program:
+            await ctx.tick().until(~dut.busy)
+            fields = {"op": cmd["op"], "trans": cmd.get("trans", 0), "bias": cmd.get("bias", 0),
+                      "m": cmd.get("m", 0), "k": cmd.get("k", 0), "n": cmd.get("n", 0)}
+            await stream_put(ctx, dut.cmd, fields)
+            if elems is not None:
+                n = 0
+                while ctx.get(dut.busy) or n == 0:
+                    await ctx.tick()
+                    n += 1
+                load_cycles.append(n)
+
+    async def feed(ctx):
+        for beat in beats:
+            await stream_put(ctx, dut.data, beat, rng, gap)
+
+    async def sink(ctx):
+        for _ in range(n_out):
+            p = await stream_get(ctx, dut.o, rng, stall)
+            out.append(([p.data[j] for j in range(dut.cols)], p.row, p.col, p.last))
+        for _ in range(5):
+            await ctx.tick()
+        flags.append(GemmError(ctx.get(dut.error)))
+
+    simulate(dut, commands, feed, sink, cycles=cycles)
+    assert len(out) == n_out, f"{len(out)} of {n_out} beats"
+    return out, flags[0], load_cycles
+
+
+@pytest.mark.parametrize("lanes", [2, 3, 4, 8])
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_wide_loads_in_amaranth_sim(dataflow, lanes):
+    """``data_lanes`` beats of random ``count`` with gaps and back-pressure: every transpose
+    (fast and slow loads), a bias, sizes that are no multiple of the lanes, four jobs back to
+    back (beats cross rows and loads), now and then a beat of ``count = 0``."""
+    rng = np.random.default_rng(lanes * 7 + (dataflow == "ws"))
+    dut = GemmEngine(rows=3, cols=4, dataflow=dataflow, max_m=12, max_k=12, max_n=12,
+                     data_lanes=lanes)
+    program, want = [], []
+    for trans_a, trans_b in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+        M, K, N = (int(v) for v in rng.integers(1, 10, 3))
+        a = rng.integers(-128, 128, (M, K))
+        b = rng.integers(-128, 128, (K, N))
+        bias = rng.integers(-(1 << 23), 1 << 23, N) if trans_a == trans_b else None
+        program += job_program(a, b, trans_a, trans_b, bias)
+        want += [(lane, row, col) for lane, (row, col) in
+                 zip(gemm(a, b, cols=4, bias=bias).tolist(), output_order(M, N, 4),
+                     strict=True)]
+    out, flags, _ = run_wide(dut, program, len(want), seed=lanes, empty=0.05)
+    assert [(o[0], o[1], o[2]) for o in out] == want
+    assert flags == NONE
+
+
+def chunks(rows, cols, lanes, data_lanes):
+    """Cycles of a fast load fed full beats without gaps: chunks cut at beat ends, word ends
+    and stored-row ends."""
+    n, off = 0, 0
+    for _ in range(rows):
+        c = 0
+        while c < cols:
+            step = min(data_lanes - off, lanes - c % lanes, cols - c)
+            c, off, n = c + step, (off + step) % data_lanes, n + 1
+    return n
+
+
+@pytest.mark.parametrize("lanes", [3, 4, 8])
+def test_fast_loads_take_elements_over_lanes_cycles(lanes):
+    """Without gaps, a fast load (OS: A^T, B, bias) writes min(data_lanes, word lanes)
+    elements a cycle; a slow one (A stored M x K) one."""
+    rng = np.random.default_rng(lanes)
+    R, C = 4, 4
+    dut = GemmEngine(rows=R, cols=C, dataflow="os", max_m=16, max_k=16, max_n=16,
+                     data_lanes=lanes)
+    M = K = N = 16
+    a, b = rng.integers(-128, 128, (M, K)), rng.integers(-128, 128, (K, N))
+    bias = rng.integers(-1000, 1000, N)
+    program = (job_program(a, b, 1, 0, bias)[:3] + job_program(a, b, 0, 0)[:1]
+               + [({"op": Op.RUN, "bias": 1}, None)])
+    want = gemm(a, b, cols=C, bias=bias)
+    out, flags, cycles = run_wide(dut, program, len(want), gap=0, stall=0, full=True)
+    assert np.array([o[0] for o in out]).tolist() == want.tolist()
+    assert flags == NONE
+    load_at, load_b, load_bias, load_a = cycles
+    per = min(lanes, R)
+    # (the count runs from the edge after the command's to the one after the last write)
+    assert load_at <= chunks(K, M, R, lanes) + 1
+    assert load_b <= chunks(K, N, C, lanes) + 1
+    assert load_bias <= chunks(1, N, C, lanes) + 1
+    assert load_a >= M * K  # slow: one element a cycle
+    if R % lanes == 0 or lanes % R == 0:  # chunks cut only at word ends
+        assert load_at <= M * K / per + 1 and load_b <= K * N / per + 1
+
+
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_wide_loads_flag_out_of_range_elements(dataflow):
+    """An element out of its operand's range in a wide beat, in a fast chunk and in a slow
+    load, raises RANGE; elements past ``count`` (junk) never do."""
+    rng = np.random.default_rng(3)
+    for trans in (0, 1):
+        dut = GemmEngine(rows=2, cols=2, dataflow=dataflow, max_m=6, max_k=6, max_n=6,
+                         data_lanes=4)
+        a, b = rng.integers(-128, 128, (3, 4)), rng.integers(-128, 128, (4, 5))
+        bad = b.copy()
+        bad[2, 3] = 300
+        program = job_program(a, b, 0, 0)[:1] + job_program(a, bad, 0, trans)[1:]
+        out, flags, _ = run_wide(dut, program, len(gemm(a, b, cols=2)), seed=trans)
+        assert flags == GemmError.RANGE
+        dut = GemmEngine(rows=2, cols=2, dataflow=dataflow, max_m=6, max_k=6, max_n=6,
+                         data_lanes=4)
+        _, flags, _ = run_wide(dut, job_program(a, b, trans, trans), len(gemm(a, b, cols=2)),
+                               seed=trans)
+        assert flags == NONE
+
+
+def test_wide_data_port_shape():
+    dut = inspect_only(GemmEngine(rows=2, cols=2, max_m=4, max_k=4, max_n=4, data_lanes=3))
+    shape = dut.data.payload.shape()
+    assert list(shape.members) == ["data", "count"]
+    assert shape["data"].shape.length == 3 and shape["data"].shape.elem_shape == signed(24)
+    narrow = inspect_only(GemmEngine(rows=2, cols=2, max_m=4, max_k=4, max_n=4))
+    assert narrow.data.payload.shape() == signed(24) == signed(dut.data_width)
+    with pytest.raises(ParamError, match=r"data_lanes must be an integer in \[1, 32\]"):
+        GemmEngine(data_lanes=33)
 
 
 # -- cocotb testbench -------------------------------------------------------------------------

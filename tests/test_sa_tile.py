@@ -33,12 +33,13 @@ from heterotron.hdl.contract.accel import (
     unpack,
 )
 from heterotron.hdl.contract.params import ParamError, inspect_only
+from heterotron.hdl.gemm import GemmEngine, Op
 from heterotron.hdl.tiles.sa import SaTile
 from heterotron.sim.flows.lint import verilator_lint, yosys_check
 from heterotron.sim.flows.toolchain import ToolError, verilator_root
 from heterotron.sim.golden.requantizer import requantize
 from heterotron.sim.golden.systolic import operand_range
-from heterotron.tb.amaranth_sim import simulate
+from heterotron.tb.amaranth_sim import simulate, stream_put
 
 CONTROL, SA, MEM_A, MEM_B = 0, 2, 1, 3  # tile indices
 MEM_BYTES = 8192
@@ -374,6 +375,18 @@ def test_gemm_through_the_network(name):
     check_gemm(dut, rng, M, K, N, trans_a, trans_b, with_bias, seed=3)
 
 
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_gemm_with_one_element_a_word(dataflow):
+    """4-byte containers at W = 32: the engine's data port is one element a beat
+    (``data_lanes = 1``)."""
+    rng = np.random.default_rng(17)
+    dut = SaTile(index=SA, control=CONTROL, **dict(SMALL, dataflow=dataflow, a_width=17,
+                                                   b_width=17, bias_width=20, acc_width=40,
+                                                   requant=True))
+    assert dut.data_lanes == 1
+    check_gemm(dut, rng, 3, 5, 3, 1, 0, True, seed=5)
+
+
 def draw_params(rng) -> dict:
     """Random tile parameters the tile accepts (small arrays and buffers)."""
     for _ in range(200):
@@ -500,6 +513,99 @@ def test_cycles_without_back_pressure():
     assert run.cycles <= beats * per_packet + 40, run.cycles
 
 
+
+def bare_run_cycles(params: dict, M: int, K: int, N: int) -> int:
+    """Cycles of a RUN on the tile's engine alone (no back-pressure): from the edge that takes
+    the command to the one that takes the last result beat."""
+    dut = GemmEngine(**params)
+    lanes = dut.data_lanes
+    counted = []
+
+    def cmd(op, m=0, k=0, n=0):
+        return {"op": op, "trans": 0, "bias": 0, "m": m, "k": k, "n": n}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for c, n_elems in ((cmd(Op.LOAD_A, m=M, k=K), M * K), (cmd(Op.LOAD_B, k=K, n=N), K * N)):
+            await stream_put(ctx, dut.cmd, c)
+            for i in range(0, n_elems, lanes):
+                count = min(lanes, n_elems - i)
+                await stream_put(ctx, dut.data, {"data": [0] * lanes, "count": count})
+            await ctx.tick().until(~dut.busy)
+        await stream_put(ctx, dut.cmd, cmd(Op.RUN))
+        cycles = 0
+        while True:
+            cycles += 1
+            if ctx.get(dut.o.valid) and ctx.get(dut.o.payload.last):
+                break
+            await ctx.tick()
+        counted.append(cycles)
+
+    simulate(dut, bench)
+    return counted[0]
+
+
+def test_wide_loads_and_result_buffer_keep_up():
+    """W = 32, int8 operands: a LOAD of a 16 x 16 operand in the fast direction (B, and A
+    stored K x M for OS) moves a word (4 elements) a cycle; a RUN of 16^3 on a 4 x 4 OS tile
+    with int8 results (one 4-cycle packet per result beat, a tile's 4 beats in a burst) takes
+    little more than the bare engine's RUN: the result buffer absorbs the bursts."""
+    rng = np.random.default_rng(2)
+    params = dict(rows=4, cols=4, dataflow="os", max_m=16, max_k=16, max_n=16, requant=True)
+    dut = SaTile(index=SA, control=CONTROL, **params)
+    assert dut.data_lanes == 4 and dut.engine_params["data_lanes"] == 4
+    mems = Memories(rng, dut.word_bytes)
+    prog = Program(dut, mems)
+    M = K = N = 16
+    a, b = operand(rng, (M, K), 8, True), operand(rng, (K, N), 8, True)
+    prog.load(Port.A, a.T, 1)
+    prog.load(Port.B, b)
+    sm, se = rng.integers(0, 1 << 20, 4), rng.integers(8, 21, 4)
+    for lane in range(4):
+        prog.scale(lane, int(se[lane]), int(sm[lane]))
+    dest = mems.region(MEM_B, M, N, dut.result_bytes)
+    prog.run(dest)
+    lanes = np.arange(N) % 4
+    want = expect_result(mems, dest, requantize(a @ b, sm[lanes], se[lanes], 8))
+    run_program(dut, mems.data, prog.instrs, gap=0, stall=0, mem_packet=64)
+    assert mems.data == want
+    load_a, load_b, run = prog.instrs[0], prog.instrs[1], prog.instrs[-1]
+    # 5 CMD beats, decode, engine command, check, 6 REQ words, 64 words behind one packet
+    # header, the DONE
+    assert load_a.cycles <= M * K / 4 + 40, load_a.cycles
+    assert load_b.cycles <= K * N / 4 + 40, load_b.cycles
+    bare = bare_run_cycles(dut.engine_params, M, K, N)
+    assert run.cycles <= 1.3 * bare, (run.cycles, bare)
+
+
+
+def test_result_buffer_keeps_the_engine_running():
+    """8 x 8 OS, K = 128, int32 results at W = 32: a tile's 8 result beats are 8 packets of
+    11 beats (88 cycles) per 128 cycles of work. With a buffer of ``rows`` beats the engine
+    never waits for them (the RUN is the bare engine's plus the last tile's packets); with 2
+    it stalls on every tile's burst."""
+    M, K, N = 16, 128, 16
+    runs = {}
+    for depth in (2, 8):
+        rng = np.random.default_rng(6)
+        dut = SaTile(index=SA, control=CONTROL, rows=8, cols=8, dataflow="os", max_m=M,
+                     max_k=K, max_n=N, result_depth=depth)
+        mems = Memories(rng, dut.word_bytes)
+        prog = Program(dut, mems)
+        a, b = operand(rng, (M, K), 8, True), operand(rng, (K, N), 8, True)
+        prog.load(Port.A, a.T, 1)
+        prog.load(Port.B, b)
+        dest = mems.region(MEM_B, M, N, dut.result_bytes)
+        prog.run(dest)
+        want = expect_result(mems, dest, a @ b)
+        run_program(dut, mems.data, prog.instrs, gap=0, stall=0, mem_packet=64)
+        assert mems.data == want
+        runs[depth] = prog.instrs[-1].cycles
+    bare = bare_run_cycles(dut.engine_params, M, K, N)
+    assert runs[8] <= bare + 8 * 11 + 15, (runs, bare)
+    assert runs[2] > runs[8] + 60, (runs, bare)
+
+
 # -- parameters -------------------------------------------------------------------------------
 
 
@@ -518,6 +624,8 @@ def test_cycles_without_back_pressure():
     ({"cols": 8, "max_packet": 4}, r"max_packet must be at least 8"),
     ({"bias_width": 40}, r"bias_width must be at most acc_width"),  # the engine's own rule
     ({"rows": 0}, r"rows must be an integer in \[1, 32\]"),
+    ({"result_depth": 1}, r"result_depth must be an integer in \[2, 1024\]"),
+    ({"data_lanes": 4}, r"unknown parameter 'data_lanes'"),  # the tile's own choice
 ])
 def test_parameters_refused(given, message):
     with pytest.raises(ParamError, match=message):
@@ -533,6 +641,14 @@ def test_parameters_accepted_and_exposed():
     assert tile.engine_params["cols"] == 8 and tile.engine_params["requant"]
     assert tile.parameters["max_packet"] == 8
     assert elem_bytes(tile.a_width) == 1
+    # the engine takes a word of the narrowest container a beat
+    assert tile.data_lanes == tile.engine_params["data_lanes"] == 8
+    assert tile.parameters["result_depth"] == 16 and "data_lanes" not in tile.parameters
+    assert inspect_only(SaTile(a_width=16, b_width=12, max_k=8)).data_lanes == 2
+    assert inspect_only(SaTile(a_width=17, b_width=17, bias_width=32, acc_width=48,
+                               requant=True, max_k=8)).data_lanes == 1
+    # what a description's engine check hands the tile (data_lanes = 1 filled in) is taken
+    assert inspect_only(SaTile(**GemmEngine.validate_params({}))).data_lanes == 4
     assert set(tile.signature.members) == {"cmd_rx", "req_tx", "data_rx", "data_tx", "done_tx",
                                            "busy"}
 
@@ -544,6 +660,8 @@ def test_parameters_accepted_and_exposed():
     dict(rows=2, cols=2, max_m=16, max_k=16, max_n=16),
     dict(rows=1, cols=1, dataflow="ws", requant=True, flit_width=128, max_m=4, max_k=4,
          max_n=4),
+    # 32 elements a beat, 4-byte results, the smallest result buffer
+    dict(rows=4, cols=4, flit_width=256, result_depth=2, max_m=8, max_k=8, max_n=8),
 ])
 def test_verilog_lints_clean(tmp_path, given):
     try:

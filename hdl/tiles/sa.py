@@ -8,11 +8,14 @@ The tile takes the SA instructions of the contract
   command (A: ``m, k = rows, cols``, transposed ``k, m = rows, cols``; B: ``k, n = rows,
   cols``, transposed ``n, k = rows, cols``; bias: ``n = cols``), sends a REQ for region ``src``
   to its memory tile, and unpacks the DATA packets that answer (their three header beats
-  skipped) into the engine's ``data`` port, one element per cycle, in stored row order: row
+  skipped) into the engine's ``data`` port, one beat per data word, in stored row order: row
   ``r`` is ``ceil(cols * eb / word_bytes)`` words, element ``j`` at byte ``j * eb`` of them,
   sign-extended from its container when the operand is signed (bias always), zero-extended
-  otherwise. When the engine has every element it answers DONE, with ``error = UNIT`` if the
-  engine raised a flag (or an element did not even fit the engine's data port), and clears
+  otherwise. The engine is built with ``data_lanes`` = the elements of the narrowest operand
+  container in a word (:attr:`SaTile.data_lanes`); a word's beat carries its elements that
+  belong to the row (``count``: ``word_bytes / eb``, fewer in the last word of a row). When
+  the engine has every element it answers DONE, with ``error = UNIT`` if the engine raised a
+  flag (or an element did not even fit the engine's data port), and clears
   the engine's sticky flags. A LOAD the engine refuses (a size of 0 or above its maximum:
   ``DIMS``) sends no REQ and is answered at once with ``UNIT``.
 * ``SCALE(lane, e, m)``: one write on the engine's ``cfg`` (requant only), then DONE.
@@ -27,18 +30,25 @@ The tile takes the SA instructions of the contract
 Unknown instructions (not of class SA, an unknown code, a LOAD of port 0, SCALE without
 requant) are answered with DONE and ``ILLEGAL`` (the control tile should never send them).
 
-Throughput: loading takes one element per cycle while data words are there (a packet's
-header beats are taken while the previous word is still being unpacked); a RUN sends one
-packet of ``3 + ceil(cols * ob / word_bytes)`` beats per result beat, back to back, so it keeps
-up with the engine whenever the engine needs at least that many cycles per beat. There is no
-result buffer: a burst of beats (an OS tile's ``rows`` beats, a WS column tile's ``M``) stalls
-the engine's pipeline until its packets have left.
+Throughput: when the engine loads in its fast direction (OS: A stored ``K x M`` with ``trans
+= 1``, B with ``trans = 0``, the bias; WS: A and B with ``trans = 0``, the bias; see
+:class:`~heterotron.hdl.gemm.GemmEngine`) it takes up to a buffer word's lanes (``rows`` for
+A, ``cols`` for B and the bias) of elements a cycle, so a LOAD runs at link rate, a data word
+a cycle, while a word holds no more elements than that (else in ``ceil(elements / lanes)``
+cycles a word); in the slow direction the engine takes one element a cycle. A packet's
+three header beats cost three link cycles (the word register is taken as the engine takes the
+previous word). A RUN sends one packet of ``3 + ceil(cols * ob / word_bytes)`` beats per
+result beat, back to back, from a result buffer of ``result_depth`` beats between the
+engine's ``o`` and the packetiser, so the engine runs on while a burst of beats (an OS tile's
+``rows``, a WS column tile's ``M``) drains: with ``result_depth >= rows`` an OS engine stalls
+only when the packets of a tile take longer than the tile's ``K`` cycles of work.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed
 from amaranth.lib import enum, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.accel import (
@@ -67,7 +77,9 @@ _SA_OPS = {op.name: op for op in OPCODES if op.cls == TileKind.SA}
 _LOAD, _SCALE, _RUN = _SA_OPS["LOAD"], _SA_OPS["SCALE"], _SA_OPS["RUN"]
 #: Argument words of the longest SA instruction (the instruction register's size).
 _ARG_WORDS = max(op.words for op in _SA_OPS.values())
-_ENGINE_PARAMS = tuple(q.name for q in GemmEngine.PARAMS)
+#: The engine's parameters a tile takes (``data_lanes`` the tile derives itself).
+_ENGINE_PARAMS = tuple(q.name for q in GemmEngine.PARAMS if q.name != "data_lanes")
+_DATA_LANES_DEFAULT = next(q.default for q in GemmEngine.PARAMS if q.name == "data_lanes")
 
 
 class _State(enum.Enum, shape=4):
@@ -104,8 +116,13 @@ class SaTile(Parameterised, wiring.Component):
         Data-plane and scratchpad word bits (a power of two, 32 to 256).
     max_packet : int
         Most data beats in one packet (a result beat's packet must fit).
+    result_depth : int
+        Result beats buffered between the engine and the packetiser, 2 to 1024 (default 16;
+        OS needs ``rows`` to take a tile's burst without stalling the engine).
     rows, cols, dataflow, a_width, ..., requant, out_width
-        The :class:`~heterotron.hdl.gemm.GemmEngine` parameters.
+        The :class:`~heterotron.hdl.gemm.GemmEngine` parameters but ``data_lanes``, which
+        the tile derives (:attr:`data_lanes`); a ``data_lanes`` given at the engine's default
+        (1, as a description's engine check fills it in) is ignored.
 
     Members
     -------
@@ -128,12 +145,24 @@ class SaTile(Parameterised, wiring.Component):
         Param("control", int, 0, "the control tile's index", 0, MAX_TILES - 1),
         _accel_param("flit_width"),
         _accel_param("max_packet"),
-        *GemmEngine.PARAMS,
+        Param("result_depth", int, 16, "result beats buffered between the engine and the "
+              "packetiser (OS: >= rows keeps a tile's burst from stalling the engine)", 2, 1024),
+        *(q for q in GemmEngine.PARAMS if q.name in _ENGINE_PARAMS),
     )
 
     @staticmethod
     def _out_width(p) -> int:
         return p["out_width"] if p["requant"] else p["acc_width"]
+
+    @classmethod
+    def validate_params(cls, given=None):
+        """As :meth:`Parameterised.validate_params`; a ``data_lanes`` at the engine's default
+        (what a description's engine check fills in) is dropped: the tile sets its engine's
+        ``data_lanes`` itself (:attr:`data_lanes`)."""
+        given = dict(given or {})
+        if "data_lanes" in given and given["data_lanes"] == _DATA_LANES_DEFAULT:
+            del given["data_lanes"]
+        return super().validate_params(given)
 
     @classmethod
     def check_params(cls, p):
@@ -184,7 +213,13 @@ class SaTile(Parameterised, wiring.Component):
     def engine_params(self) -> dict:
         """The parameters of the engine inside (built at elaboration, so a tile made only to
         be inspected leaves no unused engine behind)."""
-        return {k: self._params[k] for k in _ENGINE_PARAMS}
+        return {**{k: self._params[k] for k in _ENGINE_PARAMS}, "data_lanes": self.data_lanes}
+
+    @property
+    def data_lanes(self) -> int:
+        """The engine's ``data_lanes``: the elements of the narrowest operand container in
+        one word (a word of a wider operand fills fewer)."""
+        return self.word_bytes // min(self.operand_bytes.values())
 
     @property
     def word_bytes(self) -> int:
@@ -412,91 +447,109 @@ class SaTile(Parameterised, wiring.Component):
 
         self._loader(m, eng, ld_port, ld_rows, ld_cols, ld_r, ld_j, ld_all, ld_active, pk_hdr,
                      wvalid, own_err, clear)
-        self._formatter(m, eng, dest, head, b_n, run_end)
+        # -- the result buffer: the engine runs on while packets drain -----------------------
+        # (A buffered FIFO of 2 would hold a one-word memory, of zero-width address: 2 is a
+        # plain SyncFIFO, two registers.)
+        res_shape = eng.o.payload.shape()
+        depth = p["result_depth"]
+        make = SyncFIFOBuffered if depth > 2 else SyncFIFO
+        m.submodules.results = fifo = make(width=Shape.cast(res_shape).width, depth=depth)
+        m.d.comb += [fifo.w_data.eq(eng.o.payload.as_value()), fifo.w_en.eq(eng.o.valid),
+                     eng.o.ready.eq(fifo.w_rdy)]
+        self._formatter(m, fifo, res_shape(fifo.r_data), dest, head, b_n, run_end)
         return m
 
     # -- operand loader ---------------------------------------------------------------------
 
     def _loader(self, m, eng, ld_port, ld_rows, ld_cols, ld_r, ld_j, ld_all, ld_active,
                 pk_hdr, wvalid, own_err, clear):
-        """DATA packets on ``data_rx`` -> elements on the engine's ``data``: a word register
-        unpacked one element per cycle, the next word (or a header beat) taken as the last
-        element of the current one goes."""
+        """DATA packets on ``data_rx`` -> beats on the engine's ``data``: each word of a row
+        one beat of its elements (``count`` of them: the last word of a row may be partial),
+        from a word register; the next word (or a header beat) is taken as the engine takes
+        the current one."""
         p = self._params
         W, wb = p["flit_width"], p["flit_width"] // 8
         eb = self.operand_bytes
+        D = self.data_lanes
         signs = {Port.A: p["a_signed"], Port.B: p["b_signed"], Port.BIAS: True}
         per_word = {q: wb // b for q, b in eb.items()}
         rx = self.data_rx
         wreg = Signal(W, name="rx_word")
-        lane = Signal(range(max(max(per_word.values()), 2)), name="rx_lane")
 
         def by_port(values):
             return Mux(ld_port == Port.A, values[Port.A],
                        Mux(ld_port == Port.B, values[Port.B], values[Port.BIAS]))
 
-        # The element in the word's low bits, extended from its container.
-        ext = {}
-        for q in (Port.A, Port.B, Port.BIAS):
-            bits = wreg[:8 * eb[q]]
-            v = Signal(signed(33), name=f"rx_elem_{q.name.lower()}")
-            m.d.comb += v.eq(bits.as_signed() if signs[q] else bits)
-            ext[q] = v
-        elem = Signal(signed(33), name="rx_elem")
-        m.d.comb += elem.eq(by_port(ext))
-        elem_w = len(eng.data.payload)
-        m.d.comb += [eng.data.payload.eq(elem), eng.data.valid.eq(wvalid & ld_active)]
+        # Element i of the word, extended from its container (0 past the port's elements).
+        elems = []
+        for i in range(D):
+            ext = {}
+            for q in (Port.A, Port.B, Port.BIAS):
+                ext[q] = 0
+                if i < per_word[q]:
+                    bits = wreg[8 * eb[q] * i:8 * eb[q] * (i + 1)]
+                    ext[q] = Signal(signed(33), name=f"rx_elem{i}_{q.name.lower()}")
+                    m.d.comb += ext[q].eq(bits.as_signed() if signs[q] else bits)
+            e = Signal(signed(33), name=f"rx_elem{i}")
+            m.d.comb += e.eq(by_port(ext))
+            elems.append(e)
+        left = Signal(len(ld_cols), name="rx_left")  # elements left in the row
+        count = Signal(range(D + 1), name="rx_count")  # elements of the word in the row
+        n_word = by_port(per_word)
+        m.d.comb += [left.eq(ld_cols - ld_j), count.eq(Mux(left < n_word, left, n_word))]
+        if D == 1:
+            m.d.comb += eng.data.payload.eq(elems[0])
+        else:
+            m.d.comb += eng.data.payload.count.eq(count)
+            for i in range(D):
+                m.d.comb += eng.data.payload.data[i].eq(elems[i])
+        m.d.comb += eng.data.valid.eq(wvalid & ld_active)
 
         take = Signal()
-        word_end = Signal()
-        m.d.comb += [
-            take.eq(eng.data.valid & eng.data.ready),
-            word_end.eq((lane == by_port(per_word) - 1) | (ld_j == ld_cols - 1)),
-        ]
+        m.d.comb += take.eq(eng.data.valid & eng.data.ready)
         is_hdr = pk_hdr != 3
-        free = ~wvalid | (take & word_end)
+        free = ~wvalid | take
         m.d.comb += rx.ready.eq(ld_active & ~ld_all & (is_hdr | free))
 
         # An element wider than the engine's data port would reach it truncated, possibly in
         # range: flag it here (the engine checks the operand's own range).
+        elem_w = eng.data_width
         wide = [q for q in eb if 8 * eb[q] + (0 if signs[q] else 1) > elem_w]
         with m.If(clear):
             m.d.sync += own_err.eq(0)
         if wide:
             lo, hi = -(1 << (elem_w - 1)), (1 << (elem_w - 1)) - 1
-            with m.Elif(take & ((elem < lo) | (elem > hi))):
+            bad = [(i < count) & ((e < lo) | (e > hi)) for i, e in enumerate(elems)]
+            with m.Elif(take & Cat(*bad).any()):
                 m.d.sync += own_err.eq(1)
 
         with m.If(take):
-            with m.If(word_end):
-                m.d.sync += wvalid.eq(0)
-            with m.Else():
-                m.d.sync += [wreg.eq(by_port({q: wreg >> (8 * b) for q, b in eb.items()})),
-                             lane.eq(lane + 1)]
-            with m.If(ld_j == ld_cols - 1):
+            m.d.sync += wvalid.eq(0)
+            with m.If(count == left):
                 m.d.sync += [ld_j.eq(0), ld_r.eq(ld_r + 1)]
                 with m.If(ld_r == ld_rows - 1):
                     m.d.sync += ld_all.eq(1)
             with m.Else():
-                m.d.sync += ld_j.eq(ld_j + 1)
+                m.d.sync += ld_j.eq(ld_j + count)
         with m.If(rx.valid & rx.ready):
             with m.If(rx.payload.last):
                 m.d.sync += pk_hdr.eq(0)
             with m.Elif(is_hdr):
                 m.d.sync += pk_hdr.eq(pk_hdr + 1)
             with m.If(~is_hdr):
-                m.d.sync += [wreg.eq(rx.payload.data), wvalid.eq(1), lane.eq(0)]
+                m.d.sync += [wreg.eq(rx.payload.data), wvalid.eq(1)]
 
     # -- result formatter -------------------------------------------------------------------
 
-    def _formatter(self, m, eng, dest, head, b_n, run_end):
-        """Result beats on the engine's ``o`` -> one DATA packet each on ``data_tx``."""
+    def _formatter(self, m, fifo, beat, dest, head, b_n, run_end):
+        """Result beats (``beat``, out of the result buffer ``fifo``) -> one DATA packet
+        each on ``data_tx``."""
         p = self._params
         W, wb, C = p["flit_width"], p["flit_width"] // 8, p["cols"]
         ob = self.result_bytes
         beat_bytes = C * ob
         max_beats = -(-beat_bytes // wb)
-        o, tx = eng.o, self.data_tx
+        tx = self.data_tx
 
         pk_valid = Signal(name="tx_valid")
         pk_i = Signal(range(max_beats + 3), name="tx_beat")
@@ -510,18 +563,20 @@ class SaTile(Parameterised, wiring.Component):
         lanes = []
         for j in range(C):
             v = Signal(signed(8 * ob), name=f"tx_lane{j}")
-            m.d.comb += v.eq(o.payload.data[j])
+            m.d.comb += v.eq(beat.data[j])
             lanes.append(v)
         rem = Signal(range(p["max_n"] + 2), name="tx_rem")
         nvalid = Signal(range(C + 1), name="tx_nvalid")
         nbytes = Signal(range(beat_bytes + 1), name="tx_nbytes_in")
-        m.d.comb += [rem.eq(b_n - o.payload.col), nvalid.eq(Mux(rem >= C, C, rem)),
+        m.d.comb += [rem.eq(b_n - beat.col), nvalid.eq(Mux(rem >= C, C, rem)),
                      nbytes.eq(nvalid * ob)]
 
         final = Signal()
         send = Signal()
+        take = Signal()
         m.d.comb += [final.eq(pk_i == pk_nbeats + 2), send.eq(tx.valid & tx.ready),
-                     o.ready.eq(~pk_valid | (tx.ready & final)),
+                     fifo.r_en.eq(~pk_valid | (tx.ready & final)),
+                     take.eq(fifo.r_rdy & fifo.r_en),
                      run_end.eq(send & final & pk_ack)]
 
         with m.If(send):
@@ -532,11 +587,11 @@ class SaTile(Parameterised, wiring.Component):
             if beat_bytes > wb:
                 with m.If(pk_i >= 3):
                     m.d.sync += img.eq(img >> W)
-        with m.If(o.valid & o.ready):
+        with m.If(take):
             m.d.sync += [
-                pk_valid.eq(1), pk_i.eq(0), pk_ack.eq(o.payload.last), img.eq(Cat(*lanes)),
+                pk_valid.eq(1), pk_i.eq(0), pk_ack.eq(beat.last), img.eq(Cat(*lanes)),
                 pk_nbytes.eq(nbytes),
-                pk_start.eq(dest.addr + (o.payload.row * dest.stride + o.payload.col) * ob),
+                pk_start.eq(dest.addr + (beat.row * dest.stride + beat.col) * ob),
             ]
             if beat_bytes >= wb:
                 m.d.sync += pk_nbeats.eq((nbytes + wb - 1) >> _log2(wb))
