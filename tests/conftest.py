@@ -63,6 +63,27 @@ def run_testbench(unit_name: str, params: dict[str, Any] | None = None, *,
     return result
 
 
+def run_accelerator_testbench(desc, **options) -> SimResult:
+    """The accelerator's testbench (:mod:`heterotron.tb.accel`) on ``desc``; fails, naming
+    the seed and description, unless every declared test ran and passed."""
+    from heterotron.sim.flows.accel import TESTBENCH, run_accelerator
+
+    result = run_accelerator(desc, **options)
+    want = 1 if options.get("testcase") else declared_tests(TESTBENCH)
+    assert result.tests == want and result.failed == 0, (
+        f"accelerator testbench on {result.simulator}, seed {result.seed}, description "
+        f"{json.dumps(desc.table())}: {result.failed} of {result.tests} tests failed "
+        f"({want} expected to run); see {result.results_xml}")
+    return result
+
+
+@pytest.fixture
+def accelerator_testbench(request):
+    """:func:`run_accelerator_testbench`, on Icarus for a test marked ``icarus``."""
+    simulator = "icarus" if request.node.get_closest_marker("icarus") else "verilator"
+    return functools.partial(run_accelerator_testbench, simulator=simulator)
+
+
 @pytest.fixture
 def testbench(request):
     """:func:`run_testbench`, on Icarus for a test marked ``icarus``."""

@@ -372,6 +372,10 @@ class Program:
             raise ValueError(f"words {bad} are not 32-bit")
         self.words += words
 
+    def allocated(self) -> dict[int, int]:
+        """Bytes :meth:`alloc` has handed out so far, per memory tile (from address 0)."""
+        return dict(self._free)
+
     def free_bytes(self, mem_tile: Tile | int) -> int:
         i = _index(mem_tile)
         return _mem_bytes(self.desc, i) - self._free[i]
@@ -529,6 +533,17 @@ class Interpreter:
                 break
             self._instruction(*decode_instr(words[pos:end]))
             pos = end
+
+    def new_program(self, contents: dict[int, bytes] | None = None) -> None:
+        """Start another program on the same tiles (their operands and scales stay, as the
+        hardware's do): writes, errors and counters cleared, nothing in flight (the host
+        waited for the last one), and ``contents`` (tile -> bytes from address 0) copied
+        into the scratchpads."""
+        for t, data in (contents or {}).items():
+            self.mem[t][:len(data)] = data
+        self.writes, self.errors, self.error, self.retired = [], [], AccelError(0), 0
+        self._inflight = {}
+        self.pending = 0
 
     def result(self) -> Result:
         return Result(

@@ -129,8 +129,12 @@ class Device:
 
     # -- framing --------------------------------------------------------------------------------
 
+    #: Stale answers (another command's sequence number) skipped before giving up.
+    STALE = 16
+
     async def _answer(self, op: Op, seq: int) -> tuple[int, bytes]:
-        for _ in range(64):
+        stale = 0
+        while True:
             data = await self.transport.receive(self.timeout)
             if not data:
                 raise HostTimeout(op, f"after {self.timeout} s")
@@ -141,7 +145,10 @@ class Device:
                     raise HostError(op, -1, f"corrupted answer ({exc})") from None
                 if got_seq == seq:
                     return status, payload
-        raise HostTimeout(op, "no answer with this command's sequence number")
+                stale += 1
+                if stale > self.STALE:
+                    raise HostTimeout(op, f"{stale} answers, none with this command's "
+                                          "sequence number")
 
     async def command(self, op: Op, payload: bytes = b"", *, check: bool = True
                       ) -> tuple[int, bytes]:
