@@ -11,12 +11,29 @@ from __future__ import annotations
 from typing import Any
 
 from heterotron.hdl.contract.accel import Description, TileKind, parse_description
-from heterotron.hdl.gemm import GemmEngine
+from heterotron.hdl.contract.params import ParamError
+from heterotron.hdl.tiles.sa import SaTile
 
 __all__ = ["UNIT_CHECKS", "describe"]
 
+#: What the description sets for every tile (position, the links), not a tile's table.
+PLACED = ("index", "control", "flit_width", "max_packet")
+
+
+def _check_sa(given: dict[str, Any]) -> dict[str, Any]:
+    """An SA tile's table: the engine's parameters and the tile's own (``result_depth``),
+    by :class:`SaTile`'s rules. The link rules are the contract's, checked with the
+    description's real ``flit_width`` and ``max_packet``; here the tile's defaults stand in
+    (the narrowest link, on which every result beat that fits a wider one fits too)."""
+    for name in PLACED:
+        if name in given:
+            raise ParamError(f"{name} is the description's, not an SA tile parameter")
+    p = SaTile.validate_params({**given, "index": 1, "control": 0})
+    return {k: v for k, v in p.items() if k not in PLACED}
+
+
 #: The validation of each tile kind's unit parameters (defaults filled in).
-UNIT_CHECKS = {TileKind.SA: GemmEngine.validate_params}
+UNIT_CHECKS = {TileKind.SA: _check_sa}
 
 
 def describe(table: dict[str, Any]) -> Description:

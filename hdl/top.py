@@ -51,6 +51,9 @@ class Accelerator(wiring.Component):
     misrouted : Out(1)
         Sticky: a tile received a packet of a class it does not take (dropped); never
         happens in a correct design.
+    stall : In(tiles)
+        Test hook (tie to 0 in a design): while bit ``i`` is high, tile ``i`` takes nothing
+        from the network, so a testbench can put random back-pressure on every tile.
     """
 
     def __init__(self, desc: Description):
@@ -62,6 +65,7 @@ class Accelerator(wiring.Component):
             "watchdog": Out(1),
             "error": Out(len(AccelError)),
             "misrouted": Out(1),
+            "stall": In(len(desc.tiles)),
         })
 
     def plane_width(self, plane: int) -> int:
@@ -112,8 +116,12 @@ class Accelerator(wiring.Component):
                     split = PlaneSplit(takes, width, dims)
                     m.submodules[f"{t.name}_rx{k}"] = split
                     wiring.connect(m, mesh.rx[node], split.i)
+                    hold = self.stall[t.index]
                     for j, c in enumerate(takes):
-                        wiring.connect(m, split.o[j], getattr(tile, f"{CLASS_PORTS[c]}_rx"))
+                        src, dst = split.o[j], getattr(tile, f"{CLASS_PORTS[c]}_rx")
+                        m.d.comb += [dst.valid.eq(src.valid & ~hold),
+                                     src.ready.eq(dst.ready & ~hold),
+                                     dst.payload.eq(src.payload)]
                     misrouted.append(split.dropped)
                 else:  # nothing on this plane is for this tile: drain, and say so
                     stray = Signal(name=f"{t.name}_stray{k}")

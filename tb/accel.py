@@ -30,16 +30,39 @@ ANSWER_CYCLES = 200_000
 WAIT_POLLS = 4000
 
 
+class TileStalls:
+    """Random back-pressure on every tile: each cycle, bit ``i`` of the DUT's ``stall``
+    input holds tile ``i``'s network inputs with probability :attr:`p`."""
+
+    def __init__(self, dut, rng: np.random.Generator, tiles: int):
+        self.dut, self.rng, self.tiles, self.p = dut, rng, tiles, 0.0
+        dut.stall.value = 0
+
+    def sample(self) -> None:
+        pass
+
+    def drive(self) -> None:
+        bits = self.rng.random(self.tiles) < self.p if self.p else ()
+        self.dut.stall.value = sum(1 << i for i, b in enumerate(bits) if b)
+
+
 class SimTransport:
     """The host link in simulation: :class:`~heterotron.sim.host.driver.Transport` over the
     DUT's ``rx``/``tx`` byte streams; time is counted in clock cycles."""
 
-    def __init__(self, dut, rng: np.random.Generator):
+    def __init__(self, dut, rng: np.random.Generator, tiles: int):
         self.dut = dut
         self.received = bytearray()
         self.source = StreamSource(dut, "rx", rng)
         self.sink = StreamSink(dut, "tx", rng, on_beat=lambda b: self.received.append(b))
-        self.bench = ClockedBench(dut, [self.source, self.sink])
+        self.tiles = TileStalls(dut, rng, tiles)
+        self.bench = ClockedBench(dut, [self.source, self.sink, self.tiles])
+
+    def set_stalls(self, gap: float, stall: float, tile_stall: float) -> None:
+        """Host-link gaps and back-pressure, and every tile's back-pressure (none at all
+        when the runner switched stalls off)."""
+        self.bench.set_stalls(gap, stall)
+        self.tiles.p = tile_stall if env.stalls_from_env() else 0.0
 
     async def send(self, data: bytes) -> None:
         self.source.send(data)
@@ -66,7 +89,7 @@ def description():
 async def start(dut, salt: int):
     desc = description()
     rng = make_rng(salt)
-    link = SimTransport(dut, rng)
+    link = SimTransport(dut, rng, len(desc.tiles))
     await link.bench.start()
     dev = Device(link, accel.sidecar(desc), timeout=ANSWER_CYCLES)
     return desc, rng, link, dev
@@ -164,12 +187,12 @@ async def test_identity_and_registers(dut):
 @cocotb.test()
 async def test_random_programs(dut):
     """Random GEMM chains (transposes, bias, requantisation), moves and barriers on every SA
-    tile, under random gaps and back-pressure on the host link and every tile: every tensor
-    bit-exact."""
+    tile, under random gaps and back-pressure on the host link and on every tile's network
+    inputs, in three phases (some, none, heavy): every tensor bit-exact."""
     desc, rng, link, dev = await start(dut, 2)
     model = Golden(desc)
     for k in range(env.vectors_from_env(3)):
-        link.bench.set_stalls(*[(0.3, 0.3), (0.0, 0.0), (0.7, 0.7)][k % 3])
+        link.set_stalls(*[(0.3, 0.3, 0.3), (0.0, 0.0, 0.0), (0.7, 0.7, 0.6)][k % 3])
         prog, memories = golden.random_program(desc, rng, n_ops=6)
         await check_against_golden(dut, dev, model, memories, prog.words, prog.allocated(),
                                    f"program {k}")
@@ -180,6 +203,7 @@ async def test_bad_programs(dut):
     """An illegal instruction and a region past the scratchpad get their error flag, retire,
     and leave the accelerator working: the same random program then runs bit-exact."""
     desc, rng, link, dev = await start(dut, 3)
+    link.set_stalls(0.3, 0.3, 0.3)
     prog, memories = golden.random_program(desc, rng, n_ops=4)
     sa = desc.of_kind(TileKind.SA)[0]
     mem = desc.of_kind(TileKind.MEMORY)[0]
@@ -245,7 +269,7 @@ async def test_bench(dut):
     import json
 
     desc, rng, link, dev = await start(dut, 5)
-    link.bench.set_stalls(0.0, 0.0)
+    link.set_stalls(0.0, 0.0, 0.0)
     cfg = env.bench_config()
     size = int(cfg["size"])
     trans_a = bool(cfg.get("trans_a", True))

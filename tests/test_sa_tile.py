@@ -621,7 +621,7 @@ def test_result_buffer_keeps_the_engine_running():
                                    r"power of two"),
     ({"cols": 3, "flit_width": 64}, r"= 12 bytes must be a power of two below or a multiple "
                                     r"of the 8-byte word"),
-    ({"cols": 8, "max_packet": 4}, r"max_packet must be at least 8"),
+    ({"cols": 8, "max_packet": 4}, r"more than max_packet = "),
     ({"bias_width": 40}, r"bias_width must be at most acc_width"),  # the engine's own rule
     ({"rows": 0}, r"rows must be an integer in \[1, 32\]"),
     ({"result_depth": 1}, r"result_depth must be an integer in \[2, 1024\]"),

@@ -57,7 +57,8 @@ from heterotron.hdl.contract.params import Param, ParamError, check, defaults
 __all__ = [
     "VERSION", "MAGIC", "WORD", "TileKind", "MsgClass", "DEPENDS", "DEFAULT_PLANES",
     "ACCEL_PARAMS", "TILE_PARAMS", "MAX_TILES", "Tile", "Description", "DescriptionError",
-    "parse_description", "plane_problems", "elem_bytes", "EBYTES", "MSG_HEADER", "DONE_WORD",
+    "parse_description", "plane_problems", "sa_link_problems", "opcode", "RESERVED_CLASSES",
+    "elem_bytes", "EBYTES", "MSG_HEADER", "DONE_WORD",
     "DATA_INFO", "REQ_ARGS", "REGION", "INSTR_HEAD", "Opcode", "OPCODES", "Port", "AccelError",
     "Reg", "TileReg",
     "TILE_REG_BASE", "TILE_REG_STRIDE", "MEM_WINDOW_BITS", "memory_map", "pack", "unpack",
@@ -363,6 +364,35 @@ def parse_description(table: dict[str, Any], unit_checks: dict[TileKind, UnitChe
     return Description(params, dict(planes), tuple(tiles))
 
 
+def sa_link_problems(p: dict, flit_width: int, max_packet: int) -> list[str]:
+    """What an SA tile with unit parameters ``p`` needs that ``flit_width``-bit links and
+    scratchpad words, and packets of ``max_packet`` beats, cannot carry (the one statement of
+    these rules: the description and :class:`~heterotron.hdl.tiles.sa.SaTile` both ask it)."""
+    word = flit_width // 8
+    problems = []
+    for name in ("a_width", "b_width", "bias_width"):
+        if elem_bytes(p[name]) is None:
+            problems.append(f"{name} = {p[name]} does not fit a 32-bit memory element")
+    out = p["out_width"] if p["requant"] else p["acc_width"]
+    ob = elem_bytes(out)
+    if ob is None:
+        problems.append(f"results of {out} bits do not fit a 32-bit memory element (set "
+                        "requant = true or acc_width <= 32)")
+        return problems
+    beat = p["cols"] * ob
+    if beat % word and (beat & (beat - 1) or beat > word):
+        problems.append(f"a result beat of cols x {ob} bytes = {beat} bytes must be a power of "
+                        f"two below or a multiple of the {word}-byte word, so a beat never "
+                        "straddles two words")
+    elif -(-beat // word) > max_packet:
+        problems.append(f"a result beat of {beat} bytes needs {-(-beat // word)} data beats, "
+                        f"more than max_packet = {max_packet} (a result beat is one packet)")
+    for name in ("max_m", "max_k", "max_n"):
+        if p[name] > 0xFFFF:
+            problems.append(f"{name} must fit the 16-bit region fields")
+    return problems
+
+
 def _link_problems(t: Tile, params: dict) -> list[str]:
     """What a tile's unit needs that the links and the scratchpad cannot carry."""
     where = f"tile {t.index} ({t.kind.name.lower()})"
@@ -372,31 +402,8 @@ def _link_problems(t: Tile, params: dict) -> list[str]:
         if t.params["kbytes"] * 1024 % word:
             problems.append(f"{where}: kbytes must hold whole {word}-byte words")
     if t.kind == TileKind.SA and t.params:
-        p = t.params
-        for name in ("a_width", "b_width", "bias_width"):
-            if elem_bytes(p[name]) is None:
-                problems.append(f"{where}: {name} = {p[name]} does not fit a 32-bit memory "
-                                "element")
-        out = p["out_width"] if p["requant"] else p["acc_width"]
-        ob = elem_bytes(out)
-        if ob is None:
-            problems.append(f"{where}: results of {out} bits do not fit a 32-bit memory "
-                            "element (set requant = true or acc_width <= 32)")
-        else:
-            beat = p["cols"] * ob
-            if beat % word and (beat & (beat - 1) or beat > word):
-                problems.append(
-                    f"{where}: a result beat of cols x {ob} bytes = {beat} bytes must be a "
-                    f"power of two below or a multiple of the {word}-byte word, so a beat "
-                    "never straddles two words")
-            elif -(-beat // word) > params["max_packet"]:
-                problems.append(
-                    f"{where}: a result beat of {beat} bytes needs {-(-beat // word)} data "
-                    f"beats, more than max_packet = {params['max_packet']} (a result beat is "
-                    "one packet)")
-        for name in ("max_m", "max_k", "max_n"):
-            if p[name] > 0xFFFF:
-                problems.append(f"{where}: {name} must fit the 16-bit region fields")
+        problems += [f"{where}: {msg}" for msg in
+                     sa_link_problems(t.params, params["flit_width"], params["max_packet"])]
     return problems
 
 

@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FLAG", "ESC", "ESC_XOR", "MAX_PAYLOAD", "OVERHEAD", "CRC_POLY", "CRC_INIT", "Op", "Status",
-           "crc16", "stuff", "unstuff_frames", "command_frame", "response_frame",
+__all__ = ["FLAG", "ESC", "ESC_XOR", "MAX_PAYLOAD", "OVERHEAD", "CRC_POLY", "CRC_INIT", "Op",
+           "Status", "crc16", "stuff", "unstuff_frames", "command_frame", "response_frame",
            "parse_frame", "FrameError"]
 
 FLAG = 0x7E

@@ -66,6 +66,7 @@ from heterotron.hdl.contract.accel import (
     Port,
     TileKind,
     elem_bytes,
+    sa_link_problems,
 )
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
 from heterotron.hdl.gemm import GemmEngine, Op
@@ -176,26 +177,9 @@ class SaTile(Parameterised, wiring.Component):
             raise ParamError(f"index must differ from control = {p['control']} (the control "
                              "tile is a tile of its own)")
         GemmEngine.check_params(p)
-        for name in ("a_width", "b_width", "bias_width"):
-            if elem_bytes(p[name]) is None:
-                raise ParamError(f"{name} = {p[name]} does not fit a 32-bit memory element")
-        out = cls._out_width(p)
-        ob = elem_bytes(out)
-        if ob is None:
-            raise ParamError(f"results of {out} bits do not fit a 32-bit memory element (set "
-                             "requant = true or acc_width <= 32)")
-        word = fw // 8
-        beat = p["cols"] * ob
-        if beat % word and (beat & (beat - 1) or beat > word):
-            raise ParamError(
-                f"a result beat of cols x {ob} bytes = {beat} bytes must be a power of two "
-                f"below or a multiple of the {word}-byte word, so a beat never straddles two "
-                "words")
-        beats = -(-beat // word)
-        if beats > p["max_packet"]:
-            raise ParamError(f"max_packet must be at least {beats} (one result beat of "
-                             f"{beat} bytes is one packet of {beats} words), not "
-                             f"{p['max_packet']}")
+        problems = sa_link_problems(p, fw, p["max_packet"])
+        if problems:
+            raise ParamError(problems[0])
 
     def __init__(self, **given):
         p = self._take_params(given)
