@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Value, unsigned
 from amaranth.lib import data, stream
+from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.accel import MAX_TILES, MSG_HEADER, WORD, MsgClass
+from heterotron.hdl.contract.params import ParamError
 
-__all__ = ["CLASS_PORTS", "rx_word", "tx_word", "tile_bits", "header_value", "class_width"]
+__all__ = ["CLASS_PORTS", "rx_word", "tx_word", "tile_bits", "header_value", "class_width",
+           "class_ports", "check_placement"]
 
 #: The name prefix of each class's ports on a tile.
 CLASS_PORTS = {MsgClass.CMD: "cmd", MsgClass.REQ: "req", MsgClass.DATA: "data",
@@ -43,6 +46,23 @@ def rx_word(width: int) -> stream.Signature:
 def tx_word(width: int) -> stream.Signature:
     return stream.Signature(data.StructLayout({"data": unsigned(width), "last": 1,
                                                "dest": unsigned(tile_bits())}))
+
+
+def class_ports(flit_width: int, rx: tuple[MsgClass, ...] = (),
+                tx: tuple[MsgClass, ...] = ()) -> dict:
+    """A tile's network members: ``<cls>_rx`` for each class it takes, ``<cls>_tx`` for each
+    it sends, at the class's width."""
+    members = {f"{CLASS_PORTS[c]}_rx": In(rx_word(class_width(c, flit_width))) for c in rx}
+    members.update({f"{CLASS_PORTS[c]}_tx": Out(tx_word(class_width(c, flit_width)))
+                    for c in tx})
+    return members
+
+
+def check_placement(p: dict) -> None:
+    """A tile's ``index`` and the ``control`` tile's must differ."""
+    if p["index"] == p["control"]:
+        raise ParamError(f"index must differ from control = {p['control']} (the control tile "
+                         "is a tile of its own)")
 
 
 def header_value(**fields):

@@ -12,7 +12,7 @@ import enum
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from heterotron.hdl.contract.accel import (
     ACCEL_PARAMS,
@@ -33,7 +33,7 @@ from heterotron.hdl.contract.accel import (
 )
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
 from heterotron.hdl.ports import error_ports, raise_error, sticky_errors
-from heterotron.hdl.tiles.common import header_value, rx_word, tx_word
+from heterotron.hdl.tiles.common import check_placement, class_ports, header_value
 
 __all__ = ["MemoryTile", "MemoryTileError", "COPY"]
 
@@ -158,19 +158,13 @@ class MemoryTile(Parameterised, wiring.Component):
         if p["kbytes"] * 1024 % (fw // 8):
             raise ParamError(f"kbytes must hold whole {fw // 8}-byte words, not "
                              f"{p['kbytes']}")
-        if p["index"] == p["control"]:
-            raise ParamError(f"index must differ from control (the control tile's index), "
-                             f"not both {p['index']}")
+        check_placement(p)
 
     def __init__(self, **given):
         p = self._take_params(given)
-        w = p["flit_width"]
         super().__init__({
-            "cmd_rx": In(rx_word(WORD)),
-            "req_rx": In(rx_word(WORD)),
-            "data_rx": In(rx_word(w)),
-            "data_tx": Out(tx_word(w)),
-            "done_tx": Out(tx_word(WORD)),
+            **class_ports(p["flit_width"], rx=(MsgClass.CMD, MsgClass.REQ, MsgClass.DATA),
+                          tx=(MsgClass.DATA, MsgClass.DONE)),
             "busy": Out(1),
             **error_ports(MemoryTileError),
         })

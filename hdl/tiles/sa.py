@@ -49,7 +49,7 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed
 from amaranth.lib import enum, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from heterotron.hdl.contract.accel import (
     ACCEL_PARAMS,
@@ -70,7 +70,7 @@ from heterotron.hdl.contract.accel import (
 )
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
 from heterotron.hdl.gemm import GemmEngine, Op
-from heterotron.hdl.tiles.common import rx_word, tx_word
+from heterotron.hdl.tiles.common import check_placement, class_ports
 
 __all__ = ["SaTile"]
 
@@ -173,9 +173,7 @@ class SaTile(Parameterised, wiring.Component):
         fw = p["flit_width"]
         if fw & (fw - 1):
             raise ParamError(f"flit_width must be a power of two in [32, 256], not {fw}")
-        if p["index"] == p["control"]:
-            raise ParamError(f"index must differ from control = {p['control']} (the control "
-                             "tile is a tile of its own)")
+        check_placement(p)
         GemmEngine.check_params(p)
         problems = sa_link_problems(p, fw, p["max_packet"])
         if problems:
@@ -183,13 +181,9 @@ class SaTile(Parameterised, wiring.Component):
 
     def __init__(self, **given):
         p = self._take_params(given)
-        w = p["flit_width"]
         super().__init__({
-            "cmd_rx": In(rx_word(WORD)),
-            "req_tx": Out(tx_word(WORD)),
-            "data_rx": In(rx_word(w)),
-            "data_tx": Out(tx_word(w)),
-            "done_tx": Out(tx_word(WORD)),
+            **class_ports(p["flit_width"], rx=(MsgClass.CMD, MsgClass.DATA),
+                          tx=(MsgClass.REQ, MsgClass.DATA, MsgClass.DONE)),
             "busy": Out(1),
         })
 
