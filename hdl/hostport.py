@@ -210,8 +210,8 @@ class HostPort(Parameterised, wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a good frame's closing ``FLAG`` to its first byte on ``cmd``: the
-        commit, then the buffer read."""
-        return 2
+        commit, taking its length, then the buffer read."""
+        return 3
 
     def elaborate(self, platform):
         m = Module()
@@ -236,11 +236,16 @@ class HostPort(Parameterised, wiring.Component):
             wr.addr.eq(wptr[:abits]),
         ]
 
+        m.submodules.lengths = lengths = SyncFIFO(width=16, depth=self.FRAMES)
+        length = Signal(16, name="frame_length")
+        need_len = Signal(init=1)  # between frames: the next frame's length not yet taken
         advance = Signal()
         avail = Signal()
         m.d.comb += [
             advance.eq(~cmd.valid | cmd.ready),
-            avail.eq(rptr != start),
+            # A byte is read out only once its frame's length is taken (and, at a frame's
+            # end, the next one's is not taken in the cycle its last byte leaves).
+            avail.eq((rptr != start) & ~need_len & ~(cmd.valid & cmd.ready & cmd.payload.last)),
             rd.addr.eq(rptr[:abits]),
             rd.en.eq(advance),
             cmd.payload.data.eq(rd.data.data),
@@ -250,10 +255,15 @@ class HostPort(Parameterised, wiring.Component):
             m.d.sync += cmd.valid.eq(avail)
             with m.If(avail):
                 m.d.sync += rptr.eq(rptr + 1)
-        # The released frames' lengths, in order; the head is the frame on ``cmd``.
-        m.submodules.lengths = lengths = SyncFIFO(width=16, depth=self.FRAMES)
-        m.d.comb += [cmd.payload.length.eq(lengths.r_data),
-                     lengths.r_en.eq(cmd.valid & cmd.ready & cmd.payload.last)]
+        # The released frames' lengths, in order. The next frame's is taken into ``length``
+        # before its first byte is read out and held until the frame after it, so ``length``
+        # is a defined value at every cycle (a reader may look at it after ``last``).
+        m.d.comb += [cmd.payload.length.eq(length),
+                     lengths.r_en.eq(need_len & lengths.r_rdy)]
+        with m.If(need_len & lengths.r_rdy):
+            m.d.sync += [length.eq(lengths.r_data), need_len.eq(0)]
+        with m.If(cmd.valid & cmd.ready & cmd.payload.last):
+            m.d.sync += need_len.eq(1)
 
         # -- the port's own answers -------------------------------------------------------
         m.submodules.answers = answers = SyncFIFO(width=16, depth=self.ANSWERS)

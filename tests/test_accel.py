@@ -123,7 +123,11 @@ def test_cocotb_sampled_descriptions_slow(accelerator_testbench, draw):
                           vectors=4)
 
 
-@pytest.mark.slow
-@pytest.mark.icarus
-def test_cocotb_icarus(accelerator_testbench):
-    accelerator_testbench(shipped("accel-2d"), seed=5, vectors=1)
+def test_sim_accelerator_command(capsys):
+    """The README's main job: ``heterotron sim accelerator`` on the default configuration
+    (which has no [accelerator] table, so accel-2d), one random program."""
+    code = cli.main(["sim", "accelerator", "--seed", "3", "--vectors", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("PASS accelerator from ") and "accel-2d" in out
+    assert "5 tests, 0 failed" in out
