@@ -37,7 +37,7 @@ def sample_description(rng: np.random.Generator):
             continue
         at = [list(nodes[i]) for i in rng.permutation(len(nodes))[:1 + n_mem + n_sa]]
         tiles = [{"kind": "control", "at": at[0]}]
-        tiles += [{"kind": "memory", "at": a, "kbytes": int(rng.choice([4, 8, 16]))}
+        tiles += [{"kind": "memory", "at": a, "kbytes": int(rng.choice([16, 32]))}
                   for a in at[1:1 + n_mem]]
         for a in at[1 + n_mem:]:
             requant = bool(rng.integers(0, 2))
