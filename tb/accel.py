@@ -20,7 +20,7 @@ from heterotron.hdl.contract import accel, hostlink
 from heterotron.hdl.contract.accel import AccelError, TileKind
 from heterotron.hdl.contract.hostlink import Op, Status
 from heterotron.sim.golden import accel as golden
-from heterotron.sim.host.driver import Device
+from heterotron.sim.host.driver import Device, FrameReader
 from heterotron.tb import env
 from heterotron.tb.common import ClockedBench, StreamSink, StreamSource, make_rng
 
@@ -142,20 +142,22 @@ async def check_against_golden(dut, dev: Device, model: Golden, memories, words,
         f"{what}: retired {st['retired'] - before}, golden {result.retired}")
     assert st["error"] == int(result.error), (
         f"{what}: ERROR {AccelError(st['error'])!r}, golden {result.error!r}")
-    for w in result.writes:  # each tensor, so a mismatch names its instruction
+    # The used part of every scratchpad, read back once; each written tensor is judged in
+    # it first, so a mismatch names its instruction, then the whole part (nothing written
+    # where it should not be).
+    rtl = {t: await dev.read_mem(dev.address(t), n) for t, n in extent.items() if n}
+    for w in result.writes:
         r = w.region
         row_bytes = -(-r.cols * r.ebytes // 4) * 4
         for row in range(r.rows):
             start = r.addr + row * r.stride * r.ebytes
-            got = await dev.read_mem(dev.address(w.mem, start), row_bytes)
+            got = rtl[w.mem][start:start + row_bytes]
             want = result.memories[w.mem][start:start + row_bytes]
             assert got[:r.cols * r.ebytes] == want[:r.cols * r.ebytes], (
                 f"{what}: instruction {w.id} on tile {w.tile}: row {row} of its result in "
                 f"memory tile {w.mem} differs:\n  rtl    {got.hex()}\n  golden {want.hex()}")
-    for t, n in extent.items():
-        if n:
-            got = await dev.read_mem(dev.address(t), n)
-            assert got == result.memories[t][:n], f"{what}: memory tile {t} differs"
+    for t, got in rtl.items():
+        assert got == result.memories[t][:len(got)], f"{what}: memory tile {t} differs"
     assert int(dut.watchdog.value) == 0, f"{what}: watchdog"
     return result
 
@@ -250,7 +252,6 @@ async def test_bad_frames(dut):
 
 
 async def _one_answer(link: SimTransport, cycles: int = ANSWER_CYCLES):
-    from heterotron.sim.host.driver import FrameReader
     reader = FrameReader()
     for _ in range(8):
         frames = reader.feed(await link.receive(cycles))

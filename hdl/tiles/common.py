@@ -16,7 +16,7 @@ rule keeps DATA alone on its plane, so a plane is one width.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Value, unsigned
+from amaranth.hdl import Cat, Const, Signal, Value, unsigned
 from amaranth.lib import data, stream
 from amaranth.lib.wiring import In, Out
 
@@ -24,7 +24,7 @@ from heterotron.hdl.contract.accel import MAX_TILES, MSG_HEADER, WORD, MsgClass
 from heterotron.hdl.contract.params import ParamError
 
 __all__ = ["CLASS_PORTS", "rx_word", "tx_word", "tile_bits", "header_value", "class_width",
-           "class_ports", "check_placement"]
+           "class_ports", "check_placement", "packet_beat"]
 
 #: The name prefix of each class's ports on a tile.
 CLASS_PORTS = {MsgClass.CMD: "cmd", MsgClass.REQ: "req", MsgClass.DATA: "data",
@@ -56,6 +56,18 @@ def class_ports(flit_width: int, rx: tuple[MsgClass, ...] = (),
     members.update({f"{CLASS_PORTS[c]}_tx": Out(tx_word(class_width(c, flit_width)))
                     for c in tx})
     return members
+
+
+def packet_beat(m, port, limit: int, name: str) -> Signal:
+    """The position of ``port``'s current beat in its packet, counting up to ``limit`` (it
+    stays there for the rest of the packet) and back to 0 after ``last``."""
+    beat = Signal(range(limit + 1), name=name)
+    with m.If(port.valid & port.ready):
+        with m.If(port.payload.last):
+            m.d.sync += beat.eq(0)
+        with m.Elif(beat != limit):
+            m.d.sync += beat.eq(beat + 1)
+    return beat
 
 
 def check_placement(p: dict) -> None:

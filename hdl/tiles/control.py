@@ -160,7 +160,7 @@ from heterotron.hdl.contract.accel import (
 )
 from heterotron.hdl.contract.hostlink import MAX_PAYLOAD, Op, Status
 from heterotron.hdl.requantizer import Requantizer
-from heterotron.hdl.tiles.common import header_value, rx_word, tx_word
+from heterotron.hdl.tiles.common import header_value, packet_beat, rx_word, tx_word
 
 __all__ = ["ControlTile", "HOST_CMD_LAYOUT", "HOST_RESP_LAYOUT", "rsv_mask"]
 
@@ -335,15 +335,11 @@ class ControlTile(wiring.Component):
 
         # -- DONE sink (always ready) ---------------------------------------------------------
         m.d.comb += self.done_rx.ready.eq(1)
-        d_beat = Signal(2)
+        d_beat = packet_beat(m, self.done_rx, 2, "d_beat")
         d_valid = Signal()
         d_word = Signal(DONE_WORD)
         m.d.sync += d_valid.eq(0)
         with m.If(self.done_rx.valid):
-            with m.If(self.done_rx.payload.last):
-                m.d.sync += d_beat.eq(0)
-            with m.Elif(d_beat != 2):
-                m.d.sync += d_beat.eq(d_beat + 1)
             with m.If(d_beat == 1):
                 m.d.sync += [d_valid.eq(1), d_word.eq(self.done_rx.payload.data)]
         hits = {i: Signal(name=f"done_hit{i}") for i in others}
@@ -396,16 +392,12 @@ class ControlTile(wiring.Component):
         s.rb_count = rb_count = Signal(range(self.read_buffer_words + 1))
         s.rb_open = Signal()   # a host read collects its data
         s.rb_reset = Signal()
-        rx_beat = Signal(2)    # 0 header, 1 info, 2 address, 3 data
+        rx_beat = packet_beat(m, self.data_rx, 3, "rx_beat")  # 0 header, 1 info, 2 address, 3 data
         rx_port = Signal(4)
         m.d.comb += self.data_rx.ready.eq(1)
         rx_write = (self.data_rx.valid & (rx_beat == 3) & (rx_port == Port.HOST) & s.rb_open
                     & (rb_count < self.read_buffer_words))
         with m.If(self.data_rx.valid):
-            with m.If(self.data_rx.payload.last):
-                m.d.sync += rx_beat.eq(0)
-            with m.Elif(rx_beat != 3):
-                m.d.sync += rx_beat.eq(rx_beat + 1)
             with m.If(rx_beat == 0):
                 m.d.sync += rx_port.eq(MSG_HEADER(self.data_rx.payload.data[:WORD]).port)
         m.d.comb += [rbw.addr.eq(rb_count), rbw.data.eq(self.data_rx.payload.data),
