@@ -9,7 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from heterotron.hdl.accelerator import describe
 from heterotron.hdl.contract import accel, hostlink

@@ -6,31 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from heterotron.hdl.accelerator import describe
 from heterotron.hdl.contract import accel
-from heterotron.hdl.contract.accel import Description, DescriptionError
+from heterotron.hdl.contract.accel import Description
 from heterotron.hdl.top import Accelerator
 from heterotron.sim.flows.build import Generated, generate_from, port_list
 from heterotron.sim.flows.runner import SimResult, simulate_generated
 
-__all__ = ["NAME", "TESTBENCH", "load_description", "generate_accelerator", "run_accelerator",
+__all__ = ["NAME", "TESTBENCH", "generate_accelerator", "run_accelerator",
            "BENCH_TABLE", "bench_accelerator"]
 
 NAME = "accelerator"
 TESTBENCH = "heterotron.tb.accel"
-
-
-def load_description(text: str, source: str) -> Description:
-    """The checked description in a TOML text's ``[accelerator]`` table."""
-    try:
-        config = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DescriptionError([f"{source}: not valid TOML: {exc}"]) from None
-    if "accelerator" not in config:
-        raise DescriptionError([f"{source}: no [accelerator] table"])
-    return describe(config["accelerator"])
 
 
 def generate_accelerator(desc: Description, out_dir: Path | None = None) -> Generated:
