@@ -58,6 +58,11 @@ class Accelerator(wiring.Component):
 
     def __init__(self, desc: Description):
         self.desc = desc
+        unbuilt = [t.name for t in desc.tiles if t.kind in (TileKind.PIM, TileKind.SFU)]
+        if unbuilt:
+            raise ValueError(f"tiles {', '.join(unbuilt)}: PiM and SFU tiles run in the "
+                             "compiler and the program interpreter, but their RTL is not "
+                             "built yet (issue 20); generate a description without them")
         super().__init__({
             "rx": In(stream.Signature(unsigned(8))),
             "tx": Out(stream.Signature(unsigned(8))),

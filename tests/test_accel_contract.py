@@ -89,8 +89,9 @@ def test_every_problem_is_reported_one_line_each():
                                                    "kbytes": 0}]}, "kbytes must be"),
     ({"tile": [{"kind": "control", "at": [0, 0]}, {"kind": "memory", "at": [1, 0],
                                                    "size": 4}]}, "unknown parameter 'size'"),
-    ({"tile": [{"kind": "control", "at": [0, 0]}, {"kind": "pim", "at": [1, 0]}]},
-     "'pim' tiles are not placeable yet"),
+    ({"tile": [{"kind": "control", "at": [0, 0]}, {"kind": "pim", "at": [1, 0],
+                                                   "adc_share": 5}]},
+     "tile 1 (pim): adc_share must divide"),
     ({"tile": [{"kind": "control", "at": [0]}]}, "at must be [x, y] or [x, y, z]"),
     ({"nz": 9}, "nz must be an integer in [1, 4]"),
     ({"colour": "red"}, "accelerator: unknown parameter 'colour'"),
@@ -178,7 +179,7 @@ def test_instructions_round_trip_and_refuse_what_does_not_fit():
     with pytest.raises(ValueError, match="unknown fields"):
         accel.encode_instr(TileKind.SA, "RUN", 2, 1, colour=3)
     # Unknown opcodes decode as None (the control tile's ILLEGAL).
-    unknown = accel.pack(accel.INSTR_HEAD, cls=3, code=0, tile=0, id=1)
+    unknown = accel.pack(accel.INSTR_HEAD, cls=5, code=0, tile=0, id=1)  # class 5: free
     assert accel.decode_instr([unknown])[0] is None
 
 

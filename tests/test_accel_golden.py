@@ -348,7 +348,7 @@ def flags(res) -> list[AccelError]:
 def test_unknown_opcode_is_illegal():
     def build(prog, mems):
         prog.raw([pack(INSTR_HEAD, cls=2, code=7, tile=3, id=900)])  # SA code 7: none
-        prog.raw([pack(INSTR_HEAD, cls=3, code=0, tile=3, id=901)])  # class 3: reserved (pim)
+        prog.raw([pack(INSTR_HEAD, cls=5, code=0, tile=3, id=901)])  # class 5: free
         prog.raw([pack(INSTR_HEAD, cls=0, code=2, tile=0, id=902)])
         return [900, 901, 902]
     res, _ = error_case(build)

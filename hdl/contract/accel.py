@@ -52,7 +52,8 @@ from amaranth.lib import data
 
 from heterotron.hdl.contract import hostlink
 from heterotron.hdl.contract.noc import MESH_PARAMS, Topology, coord_bits
-from heterotron.hdl.contract.params import Param, ParamError, check, defaults
+from heterotron.hdl.contract.params import Param, ParamError, defaults
+from heterotron.hdl.contract.pim import PIM_PARAMS, check_pim_params
 
 __all__ = [
     "VERSION", "MAGIC", "WORD", "TileKind", "MsgClass", "DEPENDS", "DEFAULT_PLANES",
@@ -60,7 +61,8 @@ __all__ = [
     "parse_description", "plane_problems", "sa_link_problems", "opcode", "RESERVED_CLASSES",
     "elem_bytes", "EBYTES", "MSG_HEADER", "DONE_WORD",
     "DATA_INFO", "REQ_ARGS", "REGION", "INSTR_HEAD", "Opcode", "OPCODES", "Port", "AccelError",
-    "Reg", "TileReg",
+    "Reg", "TileReg", "SfuTable", "SFU_TABLE_WORDS", "SFU_OUT_BITS", "SFU_LN_IN_BITS",
+    "SFU_GELU_IN_BITS",
     "TILE_REG_BASE", "TILE_REG_STRIDE", "MEM_WINDOW_BITS", "memory_map", "pack", "unpack",
     "words_of", "from_words", "encode_instr", "decode_instr", "sidecar",
 ]
@@ -82,11 +84,13 @@ class TileKind(enum.IntEnum):
     CONTROL = 0
     MEMORY = 1
     SA = 2
-    # 3 (PIM) and 4 (SFU) are reserved for their tiles; 5-7 are free.
+    PIM = 3
+    SFU = 4
+    # 5-7 are free.
 
 
-#: Opcode classes reserved for tiles not yet placeable.
-RESERVED_CLASSES = {3: "pim", 4: "sfu"}
+#: Opcode classes reserved for tiles not yet placeable (none today; 5-7 are unassigned).
+RESERVED_CLASSES: dict[int, str] = {}
 
 
 class MsgClass(enum.IntEnum):
@@ -127,7 +131,48 @@ TILE_PARAMS = {
         Param("kbytes", int, 64, "scratchpad size in KiB", 1, 1 << (24 - 10)),
     ),
     TileKind.SA: (),  # the GemmEngine's parameters, checked by the component's own rules
+    # The crossbar's parameters (the PimTile's, with their rules in check_pim_params) and the
+    # socket's accumulator: the K blocks of a matmul are summed there, vector by vector.
+    TileKind.PIM: PIM_PARAMS + (
+        Param("max_m", int, 128, "most input vectors one MVM takes (accumulator rows)", 1,
+              4096),
+    ),
+    TileKind.SFU: (
+        Param("lanes", int, 4, "elements per cycle of every unit", 1, 16),
+        Param("max_row", int, 512, "longest row (LayerNorm: the hidden size; Softmax: the "
+              "sequence length)", 1, 1024),
+        Param("channels", int, 1536, "entries of each per-channel table (the widest row a "
+              "per-channel requantisation takes)", 1, 4096),
+        Param("variant", str, "ibert", "the Softmax unit's reciprocal",
+              choices=("ibert", "divfree")),
+    ),
 }
+
+#: Widest output an SFU operation writes (``out_bits``), per operation (the units' limits:
+#: Softmax 16 unsigned, GELU and LayerNorm 24, the requantizer 32).
+SFU_OUT_BITS = {"SOFTMAX": 16, "GELU": 24, "LAYERNORM": 24, "REQUANT": 32}
+#: Widest LayerNorm input (the unit's ``in_width``), and widest GELU input.
+SFU_LN_IN_BITS = 24
+SFU_GELU_IN_BITS = 24
+
+
+class SfuTable(enum.IntEnum):
+    """The SFU tile's per-channel tables (``TABLE which``), ``channels`` entries each; a
+    ``LN_BIAS`` entry is two words (low, then high: a signed 64-bit value), the rest one."""
+
+    RQ_BIAS = 0  #: REQUANT: added to the input before scaling (signed 32-bit)
+    RQ_M = 1  #: REQUANT: multiplier (below 2^31)
+    RQ_E = 2  #: REQUANT: shift (0..63)
+    LN_BIAS = 3  #: LayerNorm: the folded bias (signed, below 2^47 in magnitude)
+    LN_SIGN = 4  #: LayerNorm: the sign of gamma (1 or -1)
+    LN_OUT_M = 5  #: LayerNorm: the matmul copy's multiplier
+    LN_OUT_E = 6  #: LayerNorm: the matmul copy's shift
+    LN_RES_M = 7  #: LayerNorm: the residual copy's multiplier
+    LN_RES_E = 8  #: LayerNorm: the residual copy's shift
+
+
+#: Words per table entry.
+SFU_TABLE_WORDS = {t: 2 if t == SfuTable.LN_BIAS else 1 for t in SfuTable}
 
 #: Element container sizes in memory: code -> bytes.
 EBYTES = (1, 2, 4)
@@ -273,7 +318,7 @@ def _check_params(params: tuple[Param, ...], given: dict, where: str) -> tuple[d
     values = defaults(params, {k: v for k, v in given.items() if k in known})
     for q in params:
         try:
-            check((q,), **{q.name: values[q.name]})
+            q.validate(values[q.name], values)
         except ParamError as exc:
             problems.append(f"{where}: {exc}")
     return values, problems
@@ -349,6 +394,11 @@ def parse_description(table: dict[str, Any], unit_checks: dict[TileKind, UnitChe
         else:
             values, probs = _check_params(TILE_PARAMS[kind], unit, where)
             problems += probs
+            if kind == TileKind.PIM and not probs:
+                try:
+                    check_pim_params({q.name: values[q.name] for q in PIM_PARAMS})
+                except ParamError as exc:
+                    problems.append(f"{where}: {exc}")
         tiles.append(Tile(i, kind, at, values))
     for kind in (TileKind.CONTROL, TileKind.MEMORY):
         count = sum(t.kind == kind for t in tiles)
@@ -473,7 +523,8 @@ class Opcode:
     @property
     def words(self) -> int:
         """Argument words after the head."""
-        return -(-self.args.size // WORD) if self.args.size else 0
+        size = sum(w for _, _, w, _ in _fields(self.args))
+        return -(-size // WORD)
 
 
 def _args(fields: dict) -> data.StructLayout:
@@ -502,6 +553,58 @@ OPCODES = (
         "bias": unsigned(1), "rsv": unsigned(31), "dest": REGION,
     }), "C = A B (+ bias) into region dest (rows, cols must be M, N; ebytes the result "
         "container)"),
+)
+
+
+# PiM tile (docs/isa.md, "PiM tile"): the crossbar holds one block of a weight matrix at a
+# time; MVM sums a matmul's K blocks in the tile's accumulator and writes the rescaled sums.
+OPCODES += (
+    Opcode(TileKind.PIM, 0, "ADC", _args({
+        "gain": unsigned(32), "offset": unsigned(32), "sigma": unsigned(16),
+        "rsv": unsigned(16), "noise_seed": unsigned(32),
+    }), "sets the ADC's gain (1 .. 2^(12 + enob) - 1), offset (signed, in 2^-12 LSB), noise "
+        "sigma (0 without noise) and restarts every ADC's noise LFSR from noise_seed"),
+    Opcode(TileKind.PIM, 1, "PROGRAM", _args({
+        "fault_rate": unsigned(16), "rsv": unsigned(16), "fault_seed": unsigned(32),
+        "src": REGION,
+    }), "writes the crossbar from region src (N x K weights, N <= cols, K <= rows; the rest "
+        "of the array 0), stuck-at faults drawn at fault_rate / 2^16 from fault_seed"),
+    Opcode(TileKind.PIM, 2, "MVM", _args({
+        "acc": unsigned(1), "out": unsigned(1), "rsv": unsigned(30), "src": REGION,
+        "dest": REGION,
+    }), "multiplies every row of src (M x K inputs) by the crossbar: the accumulator takes "
+        "the sums (acc: adds them to the M rows it holds); with out, the accumulator rescaled "
+        "to the exact product's scale goes to dest (M x N int32)"),
+)
+
+# SFU tile (docs/isa.md, "SFU tile"): row-wise units behind one socket, constants in the
+# instruction, per-channel tables loaded from memory (SfuTable).
+OPCODES += (
+    Opcode(TileKind.SFU, 0, "TABLE", _args({
+        "which": unsigned(4), "rsv": unsigned(28), "src": REGION,
+    }), "loads per-channel table which (SfuTable) from region src (1 x n * words, 4-byte "
+        "elements; entries past n keep their values)"),
+    Opcode(TileKind.SFU, 1, "REQUANT", _args({
+        "out_bits": unsigned(6), "bias": unsigned(1), "res": unsigned(1), "e_y": unsigned(8),
+        "rsv": unsigned(16), "m_y": unsigned(32), "src": REGION, "y": REGION, "dest": REGION,
+    }), "dest = requantize(src + bias[c], m[c], e[c], out_bits), plus y by (m_y, e_y) with "
+        "res; c the column"),
+    Opcode(TileKind.SFU, 2, "SOFTMAX", _args({
+        "out_bits": unsigned(5), "rsv": unsigned(11), "valid": unsigned(16),
+        "x0": unsigned(32), "b": unsigned(32), "c": unsigned(32), "src": REGION,
+        "dest": REGION,
+    }), "dest = softmax_int of every row of src with i-exp constants (x0, b, c), unsigned "
+        "out_bits; columns from valid on are masked (0, out of the sum)"),
+    Opcode(TileKind.SFU, 3, "GELU", _args({
+        "out_bits": unsigned(6), "rsv": unsigned(18), "e": unsigned(8), "m": unsigned(32),
+        "b": unsigned(32), "c": unsigned(32), "one": unsigned(32), "src": REGION,
+        "dest": REGION,
+    }), "dest = requantize(i_gelu(src; b, c, one), m, e, out_bits)"),
+    Opcode(TileKind.SFU, 4, "LAYERNORM", _args({
+        "shift": unsigned(6), "out_bits": unsigned(6), "res_bits": unsigned(6),
+        "rsv": unsigned(14), "src": REGION, "dest": REGION, "res": REGION,
+    }), "LayerNorm of every row of src (tables LN_*): dest the out copy (LN_OUT_M/E, "
+        "out_bits), res the residual copy (LN_RES_M/E, res_bits)"),
 )
 
 
@@ -551,29 +654,49 @@ def memory_map(desc: Description) -> list[dict]:
 
 # -- encoding from the layouts ----------------------------------------------------------------
 
+_FIELDS: dict[int, tuple] = {}
+
+
+def _fields(layout: data.StructLayout) -> tuple:
+    """``(name, offset, width, nested layout or None)`` of each field, computed once per
+    layout (Amaranth recomputes widths on every access)."""
+    key = id(layout)
+    got = _FIELDS.get(key)
+    if got is None:
+        got = tuple((name, fld.offset, fld.width,
+                     fld.shape if isinstance(fld.shape, data.StructLayout) else None)
+                    for name, fld in layout)
+        _FIELDS[key] = got
+        _KEEP.append(layout)  # ids stay unique while the layout lives
+    return got
+
+
+_KEEP: list = []
+
+
 def pack(layout: data.StructLayout, **values) -> int:
     """The integer of ``layout`` with the given fields (nested layouts take a dict; missing
     fields are 0); a value that does not fit its field raises :class:`ValueError`."""
     out = 0
-    for name, fld in layout:
+    for name, offset, width, sub in _fields(layout):
         v = values.pop(name, 0)
-        if isinstance(fld.shape, data.StructLayout):
-            v = pack(fld.shape, **v) if isinstance(v, dict) else int(v)
+        if sub is not None:
+            v = pack(sub, **v) if isinstance(v, dict) else int(v)
         v = int(v)
-        if not 0 <= v < 1 << fld.width:
-            raise ValueError(f"field {name} = {v} does not fit {fld.width} bits")
-        out |= v << fld.offset
+        if not 0 <= v < 1 << width:
+            raise ValueError(f"field {name} = {v} does not fit {width} bits")
+        out |= v << offset
     if values:
         raise ValueError(f"unknown fields {sorted(values)}; layout has "
-                         f"{[n for n, _ in layout]}")
+                         f"{[n for n, *_ in _fields(layout)]}")
     return out
 
 
 def unpack(layout: data.StructLayout, value: int) -> dict:
     out = {}
-    for name, fld in layout:
-        v = (value >> fld.offset) & ((1 << fld.width) - 1)
-        out[name] = unpack(fld.shape, v) if isinstance(fld.shape, data.StructLayout) else v
+    for name, offset, width, sub in _fields(layout):
+        v = (value >> offset) & ((1 << width) - 1)
+        out[name] = unpack(sub, v) if sub is not None else v
     return out
 
 

@@ -93,11 +93,16 @@ from heterotron.hdl.contract.accel import (
     DATA_INFO,
     EBYTES,
     MSG_HEADER,
+    SFU_GELU_IN_BITS,
+    SFU_LN_IN_BITS,
+    SFU_OUT_BITS,
+    SFU_TABLE_WORDS,
     AccelError,
     Description,
     MsgClass,
     Opcode,
     Port,
+    SfuTable,
     Tile,
     TileKind,
     decode_instr,
@@ -107,12 +112,24 @@ from heterotron.hdl.contract.accel import (
     unpack,
 )
 from heterotron.hdl.contract.params import ParamError
+from heterotron.hdl.contract.pim import ADC_FRAC, PIM_PARAMS, RATE_BITS, SIGMA_BITS
+from heterotron.sim.golden.intops import (
+    ExpConsts,
+    GeluConsts,
+    LayerNormConsts,
+    check_exp_consts,
+    i_gelu,
+    layernorm_core,
+    softmax_int,
+)
+from heterotron.sim.golden.pim import PimTileModel
 from heterotron.sim.golden.requantizer import requantize
 from heterotron.sim.golden.systolic import gemm, operand_range
 
 __all__ = [
     "UNIT_DIMS", "UNIT_RANGE", "SA_PARAMS", "M_WIDTH", "MAX_SHIFT", "check_sa_params",
     "sa_params", "Region", "Program", "Expect", "to_bytes", "write_tensor", "read_tensor",
+    "PIM_DIMS", "PIM_RANGE", "SFU_CONFIG", "SFU_RANGE", "pim_params", "signed32",
     "HazardError", "Write", "Result", "Interpreter", "run_program", "encode_packet",
     "decode_packet", "split_data", "join_data", "random_program",
 ]
@@ -121,6 +138,16 @@ __all__ = [
 #: bits, ``GemmError`` of ``hdl/gemm.py`` (which a golden model may not import).
 UNIT_DIMS = 1
 UNIT_RANGE = 2
+#: A PiM tile's unit flags: ``PIM_DIMS`` (an MVM that adds to an accumulator holding another
+#: number of rows), ``PIM_RANGE`` (a refused weight, an input outside ``input_bits``, a result
+#: outside 32 bits).
+PIM_DIMS = 1
+PIM_RANGE = 2
+#: An SFU tile's unit flags: ``SFU_CONFIG`` (constants or table entries a unit refuses),
+#: ``SFU_RANGE`` (an input wider than the unit takes, or a LayerNorm row whose variance could
+#: overflow).
+SFU_CONFIG = 1
+SFU_RANGE = 2
 
 #: The GEMM engine's parameters an SA tile's ``params`` must hold (the golden model assumes
 #: no defaults: a description parsed with the engine's own check has them all).
@@ -161,6 +188,25 @@ def sa_params(tile: Tile) -> dict[str, Any]:
     return p
 
 
+def pim_params(tile: Tile) -> dict[str, Any]:
+    """A PiM tile's crossbar parameters (those of :class:`~.pim.PimTileModel`)."""
+    return {q.name: tile.params[q.name] for q in PIM_PARAMS}
+
+
+def signed32(v: int) -> int:
+    """A 32-bit field read as two's complement."""
+    v = int(v) & _WORD_MASK
+    return v - (1 << 32) if v >> 31 else v
+
+
+def _u32(v: int) -> int:
+    """A signed value as its 32-bit two's-complement field (:class:`ValueError` outside)."""
+    v = int(v)
+    if not -(1 << 31) <= v < 1 << 32:
+        raise ValueError(f"{v} does not fit a 32-bit field")
+    return v & _WORD_MASK
+
+
 def _index(tile: Tile | int) -> int:
     return tile.index if isinstance(tile, Tile) else int(tile)
 
@@ -183,6 +229,10 @@ def _merge(spans: Iterable[tuple[int, int, int]]) -> Spans:
         else:
             runs.append((lo, hi))
     return out
+
+
+def _union(spans: Iterable[Spans]) -> Spans:
+    return _merge((mem, lo, hi) for sp in spans for mem, runs in sp.items() for lo, hi in runs)
 
 
 def _overlap(x: Spans, y: Spans) -> tuple[int, int, int] | None:
@@ -364,6 +414,52 @@ class Program:
     def run(self, sa_tile: Tile | int, dest: Region, bias: bool = False) -> int:
         return self._emit(TileKind.SA, "RUN", sa_tile, bias=int(bias), dest=dest.fields())
 
+    # PiM tile (signed fields take negative values)
+    def adc(self, pim_tile: Tile | int, gain: int = 0, offset: int = 0, sigma: int = 0,
+            noise_seed: int = 0) -> int:
+        return self._emit(TileKind.PIM, "ADC", pim_tile, gain=gain, offset=_u32(offset),
+                          sigma=sigma, noise_seed=noise_seed & _WORD_MASK)
+
+    def program(self, pim_tile: Tile | int, src: Region, fault_rate: int = 0,
+                fault_seed: int = 0) -> int:
+        return self._emit(TileKind.PIM, "PROGRAM", pim_tile, fault_rate=fault_rate,
+                          fault_seed=fault_seed & _WORD_MASK, src=src.fields())
+
+    def mvm(self, pim_tile: Tile | int, src: Region, dest: Region | None = None,
+            acc: bool = False) -> int:
+        """Without ``dest`` the sums stay in the accumulator (``out`` 0)."""
+        return self._emit(TileKind.PIM, "MVM", pim_tile, acc=int(acc), out=int(dest is not None),
+                          src=src.fields(), dest=dest.fields() if dest is not None else 0)
+
+    # SFU tile
+    def table(self, sfu_tile: Tile | int, which: SfuTable | int, src: Region) -> int:
+        return self._emit(TileKind.SFU, "TABLE", sfu_tile, which=int(which), src=src.fields())
+
+    def requant(self, sfu_tile: Tile | int, src: Region, dest: Region, out_bits: int, *,
+                bias: bool = False, y: Region | None = None, m_y: int = 0, e_y: int = 0) -> int:
+        return self._emit(TileKind.SFU, "REQUANT", sfu_tile, out_bits=out_bits,
+                          bias=int(bias), res=int(y is not None), m_y=m_y, e_y=e_y,
+                          src=src.fields(), y=y.fields() if y is not None else 0,
+                          dest=dest.fields())
+
+    def softmax(self, sfu_tile: Tile | int, src: Region, dest: Region, x0: int, b: int, c: int,
+                out_bits: int = 8, valid: int | None = None) -> int:
+        return self._emit(TileKind.SFU, "SOFTMAX", sfu_tile, out_bits=out_bits,
+                          valid=src.cols if valid is None else valid, x0=_u32(x0), b=_u32(b),
+                          c=_u32(c), src=src.fields(), dest=dest.fields())
+
+    def gelu(self, sfu_tile: Tile | int, src: Region, dest: Region, b: int, c: int, one: int,
+             m: int, e: int, out_bits: int) -> int:
+        return self._emit(TileKind.SFU, "GELU", sfu_tile, out_bits=out_bits, e=e, m=m,
+                          b=_u32(b), c=_u32(c), one=_u32(one), src=src.fields(),
+                          dest=dest.fields())
+
+    def layernorm(self, sfu_tile: Tile | int, src: Region, dest: Region, res: Region,
+                  shift: int, out_bits: int, res_bits: int) -> int:
+        return self._emit(TileKind.SFU, "LAYERNORM", sfu_tile, shift=shift, out_bits=out_bits,
+                          res_bits=res_bits, src=src.fields(), dest=dest.fields(),
+                          res=res.fields())
+
     def raw(self, words: Iterable[int]) -> None:
         """Append arbitrary 32-bit words (e.g. an illegal instruction)."""
         words = [int(w) for w in words]
@@ -456,6 +552,28 @@ class _Sa:
     flags: int = 0
 
 
+@dataclass
+class _Pim:
+    """A PiM tile's state: the crossbar's golden model (registers, cells, LFSRs), the
+    weights it was last written with, and the accumulator."""
+
+    p: dict[str, Any]
+    max_m: int
+    model: PimTileModel
+    weights: np.ndarray
+    acc: np.ndarray | None = None
+    flags: int = 0
+
+
+@dataclass
+class _Sfu:
+    """An SFU tile's state: its per-channel tables and unit flags."""
+
+    p: dict[str, Any]
+    tables: dict[SfuTable, np.ndarray]
+    flags: int = 0
+
+
 _ILL, _ADDR = AccelError.ILLEGAL, AccelError.ADDRESS
 Problems = list[tuple[AccelError, str]]
 
@@ -504,6 +622,17 @@ class Interpreter:
             p = sa_params(t)
             self.sa[t.index] = _Sa(p, {Port.A: None, Port.B: None, Port.BIAS: None},
                                    np.zeros(p["cols"], np.int64), np.zeros(p["cols"], np.int64))
+        self.pim: dict[int, _Pim] = {}
+        for t in desc.of_kind(TileKind.PIM):
+            model = PimTileModel(tiles=1, **pim_params(t))
+            self.pim[t.index] = _Pim(model.p, t.params["max_m"], model,
+                                     np.zeros((model.cols, model.rows), np.int64))
+        self.sfu: dict[int, _Sfu] = {}
+        for t in desc.of_kind(TileKind.SFU):
+            n = t.params["channels"]
+            self.sfu[t.index] = _Sfu(dict(t.params), {
+                w: np.zeros(n, object if w == SfuTable.LN_BIAS else np.int64)
+                for w in SfuTable})
         self.error = AccelError(0)
         self.errors: list[tuple[int | None, AccelError, str]] = []
         self.retired = 0
@@ -550,8 +679,11 @@ class Interpreter:
             memories={i: bytes(m) for i, m in self.mem.items()}, writes=list(self.writes),
             error=self.error, errors=list(self.errors), retired=self.retired,
             last_id=self.last_id,
-            tile_errors={t.index: (self.sa[t.index].flags if t.index in self.sa else 0)
+            tile_errors={t.index: self._unit(t.index).flags if self._unit(t.index) else 0
                          for t in self.desc.tiles}, pending=self.pending)
+
+    def _unit(self, index: int):
+        return self.sa.get(index) or self.pim.get(index) or self.sfu.get(index)
 
     def _report(self, id: int | None, problems: Problems) -> None:
         flags = AccelError(0)
@@ -789,6 +921,307 @@ class Interpreter:
         c = _wrap(c, out_w, True)  # a no-op for a description whose accumulator cannot wrap
         write_tensor(self.mem[dest.mem], dest, c)
         self.writes.append(Write(id, tile.index, dest.mem, dest))
+
+    # -- PiM tile --------------------------------------------------------------------------------
+
+    def _unit_error(self, id: int, unit, flag: int, message: str) -> None:
+        unit.flags |= flag
+        self._report(id, [(AccelError.UNIT, message)])
+
+    def _adc(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.pim[tile.index]
+        p = st.p
+        gain, offset, sigma = args["gain"], signed32(args["offset"]), args["sigma"]
+        problems: Problems = []
+        if gain and p["adc_range"] == "fixed":
+            problems.append((_ILL, "ADC: the gain is fixed (adc_range = fixed): gain must be "
+                                   "0 (keep)"))
+        lim = 1 << (ADC_FRAC + p["enob"])
+        if gain >= lim:
+            problems.append((_ILL, f"ADC gain {gain} >= 2^{ADC_FRAC + p['enob']}"))
+        if not -lim <= offset < lim:
+            problems.append((_ILL, f"ADC offset {offset} outside [-2^{ADC_FRAC + p['enob']}, "
+                                   f"2^{ADC_FRAC + p['enob']})"))
+        if sigma and not p["noise"]:
+            problems.append((_ILL, "ADC sigma must be 0: the tile has no noise (noise = "
+                                   "false)"))
+        if sigma >> SIGMA_BITS:
+            problems.append((_ILL, f"ADC sigma {sigma} does not fit {SIGMA_BITS} bits"))
+        self._check(problems)
+        self._issue(id, tile.index, {}, {})
+        st.model.configure(gain=gain or None, offset=offset, sigma_q=sigma,
+                           noise_seed=args["noise_seed"])
+
+    def _program(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.pim[tile.index]
+        p, model = st.p, st.model
+        problems: Problems = []
+        src = self._region(args["src"], "PROGRAM src", problems)
+        rate = args["fault_rate"]
+        if rate and not p["faults"]:
+            problems.append((_ILL, "PROGRAM fault_rate must be 0: the tile has no fault "
+                                   "injection (faults = false)"))
+        if rate >> RATE_BITS:
+            problems.append((_ILL, f"PROGRAM fault_rate {rate} does not fit {RATE_BITS} bits"))
+        eb = elem_bytes(p["weight_bits"])
+        if src is not None:
+            if src.ebytes != eb:
+                problems.append((_ILL, f"PROGRAM src: {src.ebytes}-byte elements, but "
+                                       f"{p['weight_bits']}-bit weights are held in {eb}"))
+            if not (1 <= src.rows <= model.cols and 1 <= src.cols <= model.rows):
+                problems.append((_ILL, f"PROGRAM src: {src.rows} x {src.cols} weights do not "
+                                       f"fit the {model.cols} x {model.rows} crossbar (N x K)"))
+        self._check(problems)
+        self._issue(id, tile.index, src.spans(), {})
+        w = np.zeros((model.cols, model.rows), np.int64)
+        w[:src.rows, :src.cols] = read_tensor(self.mem[src.mem], src, True)
+        lim = (1 << (p["weight_bits"] - 1)) - 1
+        refused = np.abs(w) > lim
+        w = np.where(refused, st.weights, w)  # a refused weight keeps its cells
+        model.configure(fault_rate=rate, fault_seed=args["fault_seed"])
+        old = model.cells.copy()
+        model.program(w)
+        if refused.any():  # ... including the faults they were drawn with
+            S = model.S
+            keep = np.repeat(refused.T, 2 * S, axis=1)  # [rows, J]: bit-line j of column j // 2S
+            model.cells[0] = np.where(keep, old[0], model.cells[0])
+            self._unit_error(id, st, PIM_RANGE, f"PROGRAM: {int(refused.sum())} weights "
+                                                f"outside [-{lim}, {lim}] refused")
+        st.weights = w
+
+    def _mvm(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.pim[tile.index]
+        p, model = st.p, st.model
+        problems: Problems = []
+        src = self._region(args["src"], "MVM src", problems)
+        out, acc = args["out"], args["acc"]
+        eb = elem_bytes(p["input_bits"])
+        if src is not None:
+            if src.ebytes > eb:
+                problems.append((_ILL, f"MVM src: {src.ebytes}-byte elements, but inputs are "
+                                       f"{p['input_bits']} bits ({eb} bytes at most)"))
+            if not (1 <= src.rows <= st.max_m and 1 <= src.cols <= model.rows):
+                problems.append((_ILL, f"MVM src: {src.rows} x {src.cols} inputs; M must be "
+                                       f"in [1, max_m = {st.max_m}], K in [1, rows = "
+                                       f"{model.rows}]"))
+        dest = None
+        if out:
+            dest = self._region(args["dest"], "MVM dest", problems)
+            if dest is not None and src is not None and (
+                    dest.rows != src.rows or not 1 <= dest.cols <= model.cols
+                    or dest.ebytes != 4):
+                problems.append((_ILL, f"MVM dest: {dest.rows} x {dest.cols} elements of "
+                                       f"{dest.ebytes} bytes; it must be M = {src.rows} rows "
+                                       f"of at most cols = {model.cols} 4-byte sums"))
+        self._check(problems)
+        if acc and (st.acc is None or st.acc.shape[0] != src.rows):
+            st.flags |= PIM_DIMS
+            held = "nothing" if st.acc is None else f"{st.acc.shape[0]} rows"
+            self._check([(_ILL, f"MVM acc: the accumulator holds {held}, not {src.rows}")])
+        self._issue(id, tile.index, src.spans(), dest.spans() if dest is not None else {})
+        x = np.zeros((src.rows, model.rows), np.int64)
+        stored = read_tensor(self.mem[src.mem], src, True)
+        wrapped = _wrap(stored, p["input_bits"], True)
+        x[:, :src.cols] = wrapped
+        if (wrapped != stored).any():
+            self._unit_error(id, st, PIM_RANGE, f"MVM: {int((wrapped != stored).sum())} inputs "
+                                                f"outside {p['input_bits']} signed bits, "
+                                                "taken truncated")
+        sums = model.mvm(x)
+        st.acc = sums if not acc else st.acc + sums
+        if dest is not None:
+            g = model.gain
+            y = (st.acc[:, :dest.cols] * (1 << ADC_FRAC) + g // 2) // g
+            wrapped = _wrap(y, 32, True)
+            if (wrapped != y).any():
+                self._unit_error(id, st, PIM_RANGE, "MVM: sums outside 32 bits, written "
+                                                    "truncated")
+            write_tensor(self.mem[dest.mem], dest, wrapped)
+            self.writes.append(Write(id, tile.index, dest.mem, dest))
+
+    # -- SFU tile --------------------------------------------------------------------------------
+
+    def _sfu_region(self, f: dict, what: str, problems: Problems, rows: int | None = None,
+                    cols: int | None = None, out_bits: int | None = None) -> Region | None:
+        """A region the SFU reads or writes: ``rows x cols`` when given, and for an output
+        ``ebytes = elem_bytes(out_bits)``."""
+        r = self._region(f, what, problems)
+        if r is None:
+            return None
+        if rows is not None and (r.rows, r.cols) != (rows, cols):
+            problems.append((_ILL, f"{what} is {r.rows} x {r.cols}, not {rows} x {cols}"))
+        if out_bits is not None and r.ebytes != elem_bytes(out_bits):
+            problems.append((_ILL, f"{what}: {r.ebytes}-byte elements, but {out_bits}-bit "
+                                   f"results are held in {elem_bytes(out_bits)}"))
+        return r
+
+    def _out_bits(self, op: str, bits: int, problems: Problems, lo: int = 2) -> None:
+        hi = SFU_OUT_BITS[op]
+        if not lo <= bits <= hi:
+            problems.append((_ILL, f"{op} out_bits {bits} outside [{lo}, {hi}]"))
+
+    def _write(self, id: int, tile: Tile, dest: Region, values: np.ndarray) -> None:
+        write_tensor(self.mem[dest.mem], dest, values)
+        self.writes.append(Write(id, tile.index, dest.mem, dest))
+
+    def _table(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.sfu[tile.index]
+        problems: Problems = []
+        which = args["which"]
+        if which >= len(SfuTable):
+            problems.append((_ILL, f"TABLE which {which} is not a table (0..{len(SfuTable) - 1})"))
+            self._check(problems)
+        which = SfuTable(which)
+        words = SFU_TABLE_WORDS[which]
+        src = self._region(args["src"], "TABLE src", problems)
+        n = st.p["channels"]
+        if src is not None and (src.rows != 1 or src.ebytes != 4 or src.cols % words
+                                or src.cols // words > n):
+            problems.append((_ILL, f"TABLE {which.name}: src must be one row of 4-byte "
+                                   f"elements, {words} per entry, at most channels = {n} "
+                                   f"entries; it is {src.rows} x {src.cols} of {src.ebytes}"))
+        self._check(problems)
+        self._issue(id, tile.index, src.spans(), {})
+        raw = read_tensor(self.mem[src.mem], src, words == 1 and which == SfuTable.RQ_BIAS)[0]
+        if words == 2:
+            lo, hi = raw[0::2].astype(object), read_tensor(
+                self.mem[src.mem], src, True)[0][1::2].astype(object)
+            vals = np.asarray(lo + hi * (1 << 32), dtype=object)
+            ok = np.array([abs(int(v)) < 1 << 47 for v in vals], bool)
+        else:
+            vals = raw.astype(np.int64)
+            ok = {SfuTable.RQ_BIAS: np.ones(len(vals), bool),
+                  SfuTable.RQ_M: vals < 1 << 31, SfuTable.LN_OUT_M: vals < 1 << 31,
+                  SfuTable.LN_RES_M: vals < 1 << 31, SfuTable.RQ_E: vals <= 63,
+                  SfuTable.LN_OUT_E: vals <= 63, SfuTable.LN_RES_E: vals <= 63,
+                  SfuTable.LN_SIGN: (vals == 1) | (vals == (1 << 32) - 1)}[which]
+            if which == SfuTable.LN_SIGN:
+                vals = np.where(vals == 1, 1, -1)
+        if not ok.all():
+            self._unit_error(id, st, SFU_CONFIG, f"TABLE {which.name}: "
+                                                 f"{int((~ok).sum())} entries out of range; "
+                                                 "the table is unchanged")
+            return
+        st.tables[which][:len(vals)] = vals
+
+    def _requant(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.sfu[tile.index]
+        problems: Problems = []
+        bits = args["out_bits"]
+        self._out_bits("REQUANT", bits, problems)
+        src = self._sfu_region(args["src"], "REQUANT src", problems)
+        shape = (src.rows, src.cols) if src is not None else (None, None)
+        dest = self._sfu_region(args["dest"], "REQUANT dest", problems, *shape, out_bits=bits)
+        y = (self._sfu_region(args["y"], "REQUANT y", problems, *shape)
+             if args["res"] else None)
+        if src is not None and src.cols > st.p["channels"]:
+            problems.append((_ILL, f"REQUANT: {src.cols} columns, more than channels = "
+                                   f"{st.p['channels']}"))
+        if args["m_y"] >> 31 or args["e_y"] > 63:
+            problems.append((_ILL, f"REQUANT: m_y {args['m_y']} must be below 2^31, e_y "
+                                   f"{args['e_y']} at most 63"))
+        self._check(problems)
+        reads = [src.spans()] + ([y.spans()] if y is not None else [])
+        self._issue(id, tile.index, _union(reads), dest.spans())
+        n = src.cols
+        z = read_tensor(self.mem[src.mem], src, True)
+        if args["bias"]:
+            z = z + st.tables[SfuTable.RQ_BIAS][:n]
+        t = st.tables
+        res = {} if y is None else dict(y=read_tensor(self.mem[y.mem], y, True),
+                                        m_y=args["m_y"], e_y=args["e_y"])
+        self._write(id, tile, dest, requantize(z, t[SfuTable.RQ_M][:n], t[SfuTable.RQ_E][:n],
+                                               bits, **res))
+
+    def _softmax(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.sfu[tile.index]
+        problems: Problems = []
+        bits = args["out_bits"]
+        self._out_bits("SOFTMAX", bits, problems)
+        src = self._sfu_region(args["src"], "SOFTMAX src", problems)
+        shape = (src.rows, src.cols) if src is not None else (None, None)
+        dest = self._sfu_region(args["dest"], "SOFTMAX dest", problems, *shape, out_bits=bits)
+        if src is not None:
+            if src.cols > st.p["max_row"]:
+                problems.append((_ILL, f"SOFTMAX: rows of {src.cols}, longer than max_row = "
+                                       f"{st.p['max_row']}"))
+            if args["valid"] > src.cols:
+                problems.append((_ILL, f"SOFTMAX valid {args['valid']} > {src.cols} columns"))
+        self._check(problems)
+        k = ExpConsts(signed32(args["x0"]), signed32(args["b"]), signed32(args["c"]), 0.0)
+        try:
+            check_exp_consts(k)
+        except ValueError as exc:
+            st.flags |= SFU_CONFIG
+            raise _Failed([(AccelError.UNIT, f"SOFTMAX: the unit refuses its constants: "
+                                             f"{exc}")]) from None
+        self._issue(id, tile.index, src.spans(), dest.spans())
+        x = read_tensor(self.mem[src.mem], src, True)
+        mask = np.arange(src.cols) < args["valid"]
+        self._write(id, tile, dest, softmax_int(x, k, variant=st.p["variant"], out_bits=bits,
+                                                mask=mask))
+
+    def _gelu(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.sfu[tile.index]
+        problems: Problems = []
+        bits = args["out_bits"]
+        self._out_bits("GELU", bits, problems)
+        src = self._sfu_region(args["src"], "GELU src", problems)
+        shape = (src.rows, src.cols) if src is not None else (None, None)
+        dest = self._sfu_region(args["dest"], "GELU dest", problems, *shape, out_bits=bits)
+        if args["m"] >> 31 or args["e"] > 63:
+            problems.append((_ILL, f"GELU: m {args['m']} must be below 2^31, e {args['e']} "
+                                   "at most 63"))
+        self._check(problems)
+        self._issue(id, tile.index, src.spans(), dest.spans())
+        stored = read_tensor(self.mem[src.mem], src, True)
+        x = _wrap(stored, SFU_GELU_IN_BITS, True)
+        if (x != stored).any():
+            self._unit_error(id, st, SFU_RANGE, f"GELU: inputs outside {SFU_GELU_IN_BITS} "
+                                                "signed bits, taken truncated")
+        k = GeluConsts(signed32(args["b"]), signed32(args["c"]), signed32(args["one"]), 0.0)
+        g = i_gelu(np.asarray(x, dtype=object), k)
+        self._write(id, tile, dest, requantize(g, args["m"], args["e"], bits))
+
+    def _layernorm(self, id: int, tile: Tile, args: dict) -> None:
+        st = self.sfu[tile.index]
+        problems: Problems = []
+        bits, rbits = args["out_bits"], args["res_bits"]
+        self._out_bits("LAYERNORM", bits, problems)
+        self._out_bits("LAYERNORM", rbits, problems)
+        src = self._sfu_region(args["src"], "LAYERNORM src", problems)
+        shape = (src.rows, src.cols) if src is not None else (None, None)
+        dest = self._sfu_region(args["dest"], "LAYERNORM dest", problems, *shape,
+                                out_bits=bits)
+        res = self._sfu_region(args["res"], "LAYERNORM res", problems, *shape, out_bits=rbits)
+        limit = min(st.p["max_row"], st.p["channels"])
+        if src is not None and src.cols > limit:
+            problems.append((_ILL, f"LAYERNORM: rows of {src.cols}, longer than max_row and "
+                                   f"channels allow ({limit})"))
+        self._check(problems)
+        if self.hazards:
+            hit = _overlap(dest.spans(), res.spans())
+            if hit:
+                raise HazardError(f"LAYERNORM {id}: its two outputs overlap", id, id)
+        self._issue(id, tile.index, src.spans(), _union([dest.spans(), res.spans()]))
+        stored = read_tensor(self.mem[src.mem], src, True)
+        x = _wrap(stored, SFU_LN_IN_BITS, True)
+        if (x != stored).any():
+            self._unit_error(id, st, SFU_RANGE, f"LAYERNORM: inputs outside {SFU_LN_IN_BITS} "
+                                                "signed bits, taken truncated")
+        n, t = src.cols, st.tables
+        bias = np.asarray([int(v) for v in t[SfuTable.LN_BIAS][:n]], dtype=np.int64)
+        k = LayerNormConsts(args["shift"], bias, t[SfuTable.LN_SIGN][:n],
+                            t[SfuTable.LN_OUT_M][:n], t[SfuTable.LN_OUT_E][:n], bits)
+        try:
+            core = layernorm_core(x, k)
+        except ValueError as exc:
+            st.flags |= SFU_RANGE
+            self._report(id, [(AccelError.UNIT, f"LAYERNORM: {exc}; nothing written")])
+            return
+        self._write(id, tile, dest, requantize(core, k.m, k.e, bits))
+        self._write(id, tile, res, requantize(core, t[SfuTable.LN_RES_M][:n],
+                                              t[SfuTable.LN_RES_E][:n], rbits))
 
 
 def run_program(desc: Description, memories: dict[int, bytes] | None, words: Sequence[int],
