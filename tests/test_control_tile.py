@@ -723,7 +723,8 @@ def _a(rows, cols, ebytes=0, trans=0, tile=SA1, port=Port.A, **kw):
 CHECKS = [
     # ILLEGAL: opcodes, tiles, kinds
     ("unknown opcode 0.2", lambda i: _head(0, 2, 0, i), IL),
-    ("reserved class 3", lambda i: _head(3, 0, 0, i), IL),
+    ("free class 5", lambda i: _head(5, 0, 0, i), IL),
+    ("unknown PiM code 3", lambda i: _head(3, 3, 0, i), IL),
     ("unknown SA code 3", lambda i: _head(2, 3, SA1, i), IL),
     ("class 7 code 31", lambda i: _head(7, 31, 0, i), IL),
     ("tile beyond the tiles", lambda i: copy(i, 7, region(mem=MEM1)), IL),

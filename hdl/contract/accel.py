@@ -604,7 +604,7 @@ OPCODES += (
         "shift": unsigned(6), "out_bits": unsigned(6), "res_bits": unsigned(6),
         "rsv": unsigned(14), "src": REGION, "dest": REGION, "res": REGION,
     }), "LayerNorm of every row of src (tables LN_*): dest the out copy (LN_OUT_M/E, "
-        "out_bits), res the residual copy (LN_RES_M/E, res_bits)"),
+        "out_bits), res the residual copy (LN_RES_M/E, res_bits), both on one memory tile"),
 )
 
 

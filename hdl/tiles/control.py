@@ -145,6 +145,7 @@ from heterotron.hdl.contract.accel import (
     OPCODES,
     REGION,
     REQ_ARGS,
+    SFU_OUT_BITS,
     TILE_REG_BASE,
     TILE_REG_STRIDE,
     VERSION,
@@ -154,11 +155,13 @@ from heterotron.hdl.contract.accel import (
     MsgClass,
     Port,
     Reg,
+    SfuTable,
     TileKind,
     TileReg,
     elem_bytes,
 )
 from heterotron.hdl.contract.hostlink import MAX_PAYLOAD, Op, Status
+from heterotron.hdl.contract.pim import ADC_FRAC
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.hdl.tiles.common import header_value, packet_beat, rx_word, tx_word
 
@@ -185,6 +188,18 @@ def rsv_mask(layout: data.StructLayout, base: int = 0) -> int:
         elif name == "rsv":
             mask |= ((1 << fld.width) - 1) << (base + fld.offset)
     return mask
+
+
+#: The regions of each opcode the ADDRESS checks look at, in order: ``(field, flag)``, the
+#: region checked only while the flag field is 1 (``None``: always).
+_REGIONS = {
+    "COPY": (("src", None),), "LOAD": (("src", None),), "RUN": (("dest", None),),
+    "PROGRAM": (("src", None),), "MVM": (("src", None), ("dest", "out")),
+    "TABLE": (("src", None),), "REQUANT": (("src", None), ("dest", None), ("y", "res")),
+    "SOFTMAX": (("src", None), ("dest", None)), "GELU": (("src", None), ("dest", None)),
+    "LAYERNORM": (("src", None), ("dest", None), ("res", None)),
+}
+_SLOTS = max(len(v) for v in _REGIONS.values())
 
 
 def _code(width: int) -> int:
@@ -738,8 +753,15 @@ class ControlTile(wiring.Component):
 
         # -- ILLEGAL, and the region the ADDRESS checks look at (comb, from ibuf) --
         illegal = Signal()
+        # The regions the ADDRESS checks look at, one slot after another (CHECK1 / CHECK2).
+        slots = [Signal(REGION, name=f"slot{k}") for k in range(_SLOTS)]
+        slot_on = [Signal(name=f"slot{k}_on") for k in range(_SLOTS)]
+        r_k = Signal(range(_SLOTS))
         sel = Signal(REGION)
         has_region = Signal()
+        next_on = Signal()
+        m.d.comb += [sel.eq(_select(r_k, slots)), has_region.eq(_select(r_k, slot_on)),
+                     next_on.eq(_select(r_k + 1, [*slot_on[1:], Const(0, 1)]))]
         is_copy = Signal()
         copy_dest = Signal(8)
         copy_addr = Signal(32)
@@ -754,15 +776,16 @@ class ControlTile(wiring.Component):
                     conds.append(av.mask[n_tiles:] != 0)
                 if op.name == "COPY":
                     conds.append(av.src.ebytes == 3)
-                    m.d.comb += [sel.eq(av.src), has_region.eq(1), is_copy.eq(1),
-                                 copy_dest.eq(av.dest_tile), copy_addr.eq(av.dest_addr)]
-                if op.name == "LOAD":
-                    m.d.comb += [sel.eq(av.src), has_region.eq(1)]
-                if op.name == "RUN":
-                    m.d.comb += [sel.eq(av.dest), has_region.eq(1)]
-                if op.cls == TileKind.SA:
-                    conds += [(head.tile == t.index) & self._sa_illegal(m, op, av, t.params)
-                              for t in desc.of_kind(TileKind.SA)]
+                    m.d.comb += [is_copy.eq(1), copy_dest.eq(av.dest_tile),
+                                 copy_addr.eq(av.dest_addr)]
+                for j, (name, when) in enumerate(_REGIONS.get(op.name, ())):
+                    m.d.comb += [slots[j].eq(getattr(av, name)),
+                                 slot_on[j].eq(1 if when is None else getattr(av, when))]
+                checks = {TileKind.SA: self._sa_illegal, TileKind.PIM: self._pim_illegal,
+                          TileKind.SFU: self._sfu_illegal}.get(op.cls)
+                if checks is not None:
+                    conds += [(head.tile == t.index) & checks(m, op, av, t.params)
+                              for t in desc.of_kind(op.cls)]
                 m.d.comb += illegal.eq(_any(conds))
 
         # -- ADDRESS (from the registers CHECK1 sets) --
@@ -825,11 +848,14 @@ class ControlTile(wiring.Component):
                 m.d.sync += f_k.eq(f_k + 1)
                 st.goto("FETCH")
         with st.state("CHECK1"):
-            # The instruction leaves the queue; the products of its region are registered.
-            m.d.comb += s.q_pop.eq(i_nargs + 1)
+            # The instruction leaves the queue (at its first region slot); the products of
+            # the slot's region are registered.
+            with m.If(r_k == 0):
+                m.d.comb += s.q_pop.eq(i_nargs + 1)
+                m.d.sync += s.q_rd.eq(self._queue_wrap(s.q_rd, i_nargs + 1))
             row_words = ((sel.cols << sel.ebytes) + wb - 1) >> lb
-            m.d.sync += [s.q_rd.eq(self._queue_wrap(s.q_rd, i_nargs + 1)), f_k.eq(0),
-                         cr.eq(sel), c_copy.eq(is_copy), c_region.eq(has_region),
+            m.d.sync += [f_k.eq(0),
+                         cr.eq(sel), c_copy.eq(is_copy & (r_k == 0)), c_region.eq(has_region),
                          c_dest.eq(copy_dest), c_daddr.eq(copy_addr),
                          c_prod.eq(Mux(sel.rows == 0, 0, sel.rows - 1) * sel.stride),
                          c_rows_words.eq(sel.rows * row_words), c_illegal.eq(illegal)]
@@ -837,13 +863,20 @@ class ControlTile(wiring.Component):
         with st.state("CHECK2"):
             with m.If(c_illegal):
                 s.raise_flag(AccelError.ILLEGAL)
+                m.d.sync += r_k.eq(0)
                 retire()
             with m.Elif(address_bad):
                 s.raise_flag(AccelError.ADDRESS)
+                m.d.sync += r_k.eq(0)
                 retire()
+            with m.Elif(next_on):  # the next region of the instruction
+                m.d.sync += r_k.eq(r_k + 1)
+                st.goto("CHECK1")
             with m.Elif(i_op == nop):
+                m.d.sync += r_k.eq(0)
                 retire()
             with m.Else():
+                m.d.sync += r_k.eq(0)
                 st.goto("ACT")
         with st.state("ACT"):
             with m.If(i_op == wait):
@@ -868,6 +901,69 @@ class ControlTile(wiring.Component):
                 m.d.sync += s_i.eq(s_i + 1)
                 with m.If(s_i == cmd_len):
                     st.goto("FETCH")
+
+    def _pim_illegal(self, m: Module, op, av, p: dict):
+        """ILLEGAL for a PiM tile's instruction against that tile's parameters (the
+        interpreter's field checks, ``sim/golden/accel.py``)."""
+        lim = 1 << (ADC_FRAC + p["enob"])
+        if op.name == "ADC":
+            off = av.offset.as_signed()
+            bad = (av.gain >= lim) | (off < -lim) | (off >= lim)
+            if p["adc_range"] == "fixed":
+                bad = bad | (av.gain != 0)
+            if not p["noise"]:
+                bad = bad | (av.sigma != 0)
+            return bad
+        xrows, xcols = p["rows"], p["cols"]
+        s = av.src
+        if op.name == "PROGRAM":
+            bad = ((s.ebytes != _code(p["weight_bits"])) | (s.rows == 0) | (s.rows > xcols)
+                   | (s.cols == 0) | (s.cols > xrows))
+            if not p["faults"]:
+                bad = bad | (av.fault_rate != 0)
+            return bad
+        assert op.name == "MVM", op.name
+        d = av.dest
+        bad = ((s.ebytes == 3) | (s.ebytes > _code(p["input_bits"])) | (s.rows == 0)
+               | (s.rows > p["max_m"]) | (s.cols == 0) | (s.cols > xrows))
+        return bad | (av.out & ((d.ebytes != 2) | (d.rows != s.rows) | (d.cols == 0)
+                                | (d.cols > xcols)))
+
+    def _sfu_illegal(self, m: Module, op, av, p: dict):
+        """ILLEGAL for an SFU tile's instruction against that tile's parameters (the
+        interpreter's field checks, ``sim/golden/accel.py``)."""
+        def code_of(bits):  # the container code of a bits-wide result (bits <= 32)
+            return Mux(bits <= 8, 0, Mux(bits <= 16, 1, 2))
+
+        def out_bad(bits, hi):
+            return (bits < 2) | (bits > hi)
+
+        def like(r, src, bits=None):  # r is src's shape (and holds bits-wide results)
+            bad = (r.ebytes == 3) | (r.rows != src.rows) | (r.cols != src.cols)
+            return bad if bits is None else bad | (r.ebytes != code_of(bits))
+        n = p["channels"]
+        if op.name == "TABLE":
+            s, two = av.src, av.which == SfuTable.LN_BIAS
+            return ((av.which >= len(SfuTable)) | (s.rows != 1) | (s.ebytes != 2)
+                    | (two & s.cols[0]) | Mux(two, s.cols > 2 * n, s.cols > n))
+        s = av.src
+        bad = s.ebytes == 3
+        if op.name == "REQUANT":
+            return (bad | out_bad(av.out_bits, SFU_OUT_BITS["REQUANT"])
+                    | like(av.dest, s, av.out_bits) | (av.res & like(av.y, s))
+                    | (s.cols > n) | (av.m_y[31:] != 0) | (av.e_y > 63))
+        if op.name == "SOFTMAX":
+            return (bad | out_bad(av.out_bits, SFU_OUT_BITS["SOFTMAX"])
+                    | like(av.dest, s, av.out_bits) | (s.cols > p["max_row"])
+                    | (av.valid > s.cols))
+        if op.name == "GELU":
+            return (bad | out_bad(av.out_bits, SFU_OUT_BITS["GELU"])
+                    | like(av.dest, s, av.out_bits) | (av.m[31:] != 0) | (av.e > 63))
+        assert op.name == "LAYERNORM", op.name
+        return (bad | out_bad(av.out_bits, SFU_OUT_BITS["LAYERNORM"])
+                | out_bad(av.res_bits, SFU_OUT_BITS["LAYERNORM"])
+                | like(av.dest, s, av.out_bits) | like(av.res, s, av.res_bits)
+                | (av.dest.mem != av.res.mem) | (s.cols > min(p["max_row"], n)))
 
     def _sa_illegal(self, m: Module, op, av, p: dict):
         """ILLEGAL for an SA tile's instruction against that tile's parameters."""

@@ -1194,6 +1194,10 @@ class Interpreter:
         dest = self._sfu_region(args["dest"], "LAYERNORM dest", problems, *shape,
                                 out_bits=bits)
         res = self._sfu_region(args["res"], "LAYERNORM res", problems, *shape, out_bits=rbits)
+        if dest is not None and res is not None and dest.mem != res.mem:
+            problems.append((_ILL, f"LAYERNORM: dest (tile {dest.mem}) and res (tile "
+                                   f"{res.mem}) must be on one memory tile (its ack of the "
+                                   "last packet covers both)"))
         limit = min(st.p["max_row"], st.p["channels"])
         if src is not None and src.cols > limit:
             problems.append((_ILL, f"LAYERNORM: rows of {src.cols}, longer than max_row and "
