@@ -33,6 +33,7 @@ from heterotron.hdl.contract.accel import (
     Reg,
     TileKind,
     TileReg,
+    decode_instr,
     encode_instr,
     from_words,
     pack,
@@ -1006,6 +1007,145 @@ def test_verilog_lints_clean(tmp_path, table):
         pytest.skip(str(exc))
     path = tmp_path / "control_tile.v"
     path.write_text(verilog.convert(ControlTile(describe(table)), name="control_tile"))
+    result = verilator_lint(path, "control_tile")
+    assert result.ok, result.log
+    result = yosys_check(path, "control_tile")
+    assert result.ok, result.log[-3000:]
+
+
+# -- the PiM and SFU opcodes' static checks, against the program interpreter ------------------
+
+#: Control 0, memories 1 (1 KiB) and 4 (2 KiB), a small PiM tile 2 (faults, no noise) and a
+#: small SFU tile 3.
+TABLE_PS = {"nx": 3, "ny": 2, "max_packet": 4, "tile": [
+    {"kind": "control", "at": [0, 0]},
+    {"kind": "memory", "at": [1, 0], "kbytes": 1},
+    {"kind": "pim", "at": [2, 0], "rows": 16, "cols": 4, "lanes": 4, "enob": 6,
+     "noise": False, "max_m": 8},
+    {"kind": "sfu", "at": [0, 1], "lanes": 2, "max_row": 16, "channels": 24},
+    {"kind": "memory", "at": [1, 1], "kbytes": 2},
+]}
+
+
+def _random_instruction(rng, prog, desc):
+    """One PiM or SFU instruction with fields near their limits (some past them)."""
+    from heterotron.sim.golden.accel import Region
+    from heterotron.sim.golden.intops import exp_consts, gelu_consts
+
+    def pick(*values):
+        return values[int(rng.integers(0, len(values)))]
+
+    def bad():
+        return rng.random() < 0.15
+
+    def reg(rows=None, cols=None, eb=None):
+        """A region that fits (of the shape asked for), one field in seven past its limit."""
+        rows = pick(1, 2, 3, 4) if rows is None else rows
+        cols = pick(1, 4, 5, 16) if cols is None else cols
+        eb = eb or pick(1, 2, 4)
+        stride = -(-cols * eb // 4) * 4 // eb + pick(0, 0, 4 // eb)
+        r = dict(mem=pick(1, 4), addr=pick(0, 64, 128), rows=rows, cols=cols, stride=stride,
+                 ebytes=eb)
+        if bad():
+            key = pick("mem", "addr", "rows", "cols", "stride", "ebytes")
+            r[key] = {"mem": pick(0, 2, 3), "addr": pick(2, 1020, 2048),
+                      "rows": pick(0, 9, 300), "cols": pick(0, 17, 25),
+                      "stride": max(0, cols - 1), "ebytes": pick(1, 2, 4)}[key]
+        return Region(**r)
+
+    def like(r, eb=None):
+        return reg(r.rows, r.cols, eb or r.ebytes) if not bad() else reg()
+
+    op = pick("ADC", "PROGRAM", "MVM", "TABLE", "REQUANT", "SOFTMAX", "GELU", "LAYERNORM")
+    if op == "ADC":
+        prog.adc(2, pick(0, 1, 1 << 17, (1 << 18) - 1) if not bad() else 1 << 18,
+                 pick(0, -(1 << 18), 5) if not bad() else 1 << 18, 3 if bad() else 0)
+    elif op == "PROGRAM":
+        prog.program(2, reg(pick(1, 4), pick(1, 16), 1), 7 if bad() else 0,
+                     int(rng.integers(0, 1 << 32)))
+    elif op == "MVM":
+        src = reg(pick(1, 8), pick(1, 16), pick(1, 2))
+        prog.mvm(2, src, like(reg(src.rows, pick(1, 4), 4), 4) if rng.random() < 0.6 else None)
+    elif op == "TABLE":
+        which = pick(0, 1, 2, 3, 8) if not bad() else 9
+        prog.table(3, which, reg(1, pick(2, 24) * (2 if which == 3 else 1), 4))
+    elif op == "REQUANT":
+        src, bits = reg(), pick(2, 8, 9, 16, 32) if not bad() else pick(1, 33)
+        y = like(src) if rng.random() < 0.5 else None
+        prog.requant(3, src, like(src, {8: 1, 16: 2}.get(bits, 4) if bits <= 16 else 4), bits,
+                     bias=bool(rng.integers(0, 2)), y=y, m_y=5 if not bad() else 1 << 31,
+                     e_y=pick(3, 63) if not bad() else 64)
+    elif op == "SOFTMAX":
+        src, k = reg(), exp_consts(0.002)
+        bits = pick(8, 16) if not bad() else pick(17, 1)
+        prog.softmax(3, src, like(src, 1 if bits <= 8 else 2), k.x0, k.b, k.c, bits,
+                     valid=pick(0, src.cols) if not bad() else src.cols + 1)
+    elif op == "GELU":
+        src, g = reg(), gelu_consts(0.001)
+        bits = pick(12, 16, 24) if not bad() else 25
+        prog.gelu(3, src, like(src, 2 if bits <= 16 else 4), g.b, g.c, g.one,
+                  7 if not bad() else 1 << 31, 4 if not bad() else 64, bits)
+    else:
+        src = reg(cols=pick(4, 16) if not bad() else 17)
+        dest = like(src, 1)
+        res = like(dest, 2)
+        if rng.random() < 0.2:
+            res = Region(5 - dest.mem, res.addr, res.rows, res.cols, res.stride, res.ebytes)
+        prog.layernorm(3, src, dest, res, 0, 8 if not bad() else 25, 16 if not bad() else 1)
+
+
+def test_pim_and_sfu_static_checks_match_the_interpreter():
+    """Random PiM and SFU instructions, many of them with a field past its limit or a region
+    outside its scratchpad: the control tile refuses (ILLEGAL, else ADDRESS) exactly those
+    the program interpreter refuses, and issues the rest unchanged."""
+    from heterotron.sim.golden.accel import Interpreter, Program
+
+    desc = describe(TABLE_PS)
+    rng = np.random.default_rng(12)
+    cases = []
+    for _ in range(160):
+        prog = Program(desc)
+        prog._next_id = len(cases) + 1
+        _random_instruction(rng, prog, desc)
+        cases.append(prog.words)
+    expect = []
+    for n, words in enumerate(cases, start=1):
+        interp = Interpreter(desc, hazards=False)
+        interp.execute(words)
+        flags = [f for id, f, _ in interp.result().errors if id == n]
+        refused = flags[0] & (AccelError.ILLEGAL | AccelError.ADDRESS) if flags else 0
+        expect.append(refused)
+    assert sum(1 for f in expect if f == 0) >= len(cases) // 4, "a fair share passes"
+    assert {AccelError.ILLEGAL, AccelError.ADDRESS} <= set(expect)
+
+    b = Bench(desc, seed=13, gap=0.1, stall=0.1)
+    net = b.net
+
+    async def main(ctx):
+        net.policy = lambda tile, w: (3, 0)
+        retired = 0
+        for n, (words, flag) in enumerate(zip(cases, expect, strict=True), start=1):
+            await b.program(ctx, words)
+            retired += 1
+            while await b.read_reg(ctx, Reg.RETIRED) != retired:
+                pass
+            issued = [w for _, _, w in net.cmds if w[0] >> 16 == n]
+            what = f"case {n}: {decode_instr(words)[0].name} {decode_instr(words)[2]}"
+            assert issued == ([] if flag else [words]), what
+            assert await b.read_reg(ctx, Reg.ERROR) == int(flag), what
+            if flag:
+                await b.write_reg(ctx, Reg.ERROR, int(flag))
+
+    b.run(main)
+
+
+def test_verilog_lints_clean_with_pim_and_sfu_tiles(tmp_path):
+    try:
+        verilator_root()
+    except ToolError as exc:
+        pytest.skip(str(exc))
+    path = tmp_path / "control_tile.v"
+    path.write_text(verilog.convert(ControlTile(describe(TABLE_PS)), name="control_tile"))
     result = verilator_lint(path, "control_tile")
     assert result.ok, result.log
     result = yosys_check(path, "control_tile")

@@ -343,7 +343,7 @@ class ControlTile(wiring.Component):
         s.q_spec = Signal(range(depth))
         s.q_count = q_count = Signal(range(depth + 1))
         s.q_push = q_push = Signal(range(depth + 1))
-        s.q_pop = q_pop = Signal(range(8))
+        s.q_pop = q_pop = Signal(range(2 + max(op.words for op in OPCODES)))
         s.q_free = q_free = Signal(range(depth + 1))
         m.d.comb += q_free.eq(depth - q_count)
         m.d.sync += q_count.eq(q_count + q_push - q_pop)
@@ -761,7 +761,7 @@ class ControlTile(wiring.Component):
         has_region = Signal()
         next_on = Signal()
         m.d.comb += [sel.eq(_select(r_k, slots)), has_region.eq(_select(r_k, slot_on)),
-                     next_on.eq(_select(r_k + 1, [*slot_on[1:], Const(0, 1)]))]
+                     next_on.eq(_select(r_k, [*slot_on[1:], Const(0, 1)]))]
         is_copy = Signal()
         copy_dest = Signal(8)
         copy_addr = Signal(32)
