@@ -247,3 +247,18 @@ def test_table_refuses_bad_entries():
     interp.execute(prog.words)
     assert interp.result().errors[0][1] == AccelError.UNIT
     assert not interp.sfu[sfu.index].tables[SfuTable.RQ_E].any()  # unchanged
+
+
+def test_synthetic_layer_on_the_small_description():
+    """A random two-head layer with real calibration (random tokens) on
+    configs/encoder-small.toml: what the fast RTL tests run, bit-exact in the interpreter."""
+    w = bf.synthetic_weights(hidden=32, heads=2, layers=2, intermediate=64, seed=3)
+    enc = bi.build(w, bf.random_tokens(12, 16, seed=4))
+    with open("configs/encoder-small.toml", "rb") as f:
+        desc = describe(tomllib.load(f)["accelerator"])
+    tok = bf.random_tokens(1, 11, seed=5)[0]
+    x, xr = bi.quantize_input(enc, bf.embed(w, tok))
+    comp = compile_encoder(enc, desc, 11)
+    res = _run(comp, x, xr)
+    _check_layers(enc, comp, res, x, xr)
+    assert len(set(comp.read(res.memories, "layer1.out").ravel().tolist())) > 20

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["BertConfig", "BertWeights", "load_minilm", "model_dir", "Tokenized", "tokenize",
-           "embed", "encoder_layer", "encode", "mean_pool", "gelu", "layer_norm", "ModelMissing"]
+           "embed", "encoder_layer", "encode", "mean_pool", "gelu", "layer_norm", "ModelMissing",
+           "synthetic_weights", "random_tokens"]
 
 F32 = np.float32
 
@@ -68,6 +69,48 @@ def load_minilm() -> BertWeights:
     tensors = {k: v.astype(F32) for k, v in load_file(str(d / "model.safetensors")).items()
                if v.dtype != np.int64}
     return BertWeights(config, tensors)
+
+
+def synthetic_weights(hidden: int = 32, heads: int = 2, layers: int = 1,
+                      intermediate: int = 64, vocab: int = 512, max_len: int = 128,
+                      seed: int = 0) -> BertWeights:
+    """A random BERT of the given sizes with MiniLM-like statistics (weights ~ N(0, 0.05),
+    a few larger input channels, LayerNorm gains near 1): real data for tests of the integer
+    pipeline and the accelerator that do not need the model package."""
+    if hidden % heads:
+        raise ValueError(f"hidden = {hidden} must be a multiple of heads = {heads}")
+    rng = np.random.default_rng(seed)
+
+    def n(*shape, std=0.05):
+        return (rng.standard_normal(shape) * std).astype(F32)
+    t = {"embeddings.word_embeddings.weight": n(vocab, hidden, std=0.1),
+         "embeddings.position_embeddings.weight": n(max_len, hidden, std=0.05),
+         "embeddings.token_type_embeddings.weight": n(2, hidden, std=0.02),
+         "embeddings.LayerNorm.weight": (1 + n(hidden, std=0.1)).astype(F32),
+         "embeddings.LayerNorm.bias": n(hidden, std=0.05)}
+    shapes = {"attention.self.query": (hidden, hidden), "attention.self.key": (hidden, hidden),
+              "attention.self.value": (hidden, hidden),
+              "attention.output.dense": (hidden, hidden),
+              "intermediate.dense": (intermediate, hidden),
+              "output.dense": (hidden, intermediate)}
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        for name, shape in shapes.items():
+            t[p + name + ".weight"] = n(*shape, std=1 / math.sqrt(shape[1]))
+            t[p + name + ".bias"] = n(shape[0], std=0.02)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            gain = 1 + n(hidden, std=0.1)
+            gain[rng.integers(0, hidden)] *= 4  # an outlier channel, as MiniLM has
+            t[p + ln + ".weight"] = gain.astype(F32)
+            t[p + ln + ".bias"] = n(hidden, std=0.05)
+    return BertWeights(BertConfig(hidden, heads, layers, intermediate, 1e-12, max_len), t)
+
+
+def random_tokens(count: int, length: int, vocab: int = 512, seed: int = 0) -> list[Tokenized]:
+    """``count`` random token sequences of ``length`` (ids below ``vocab``), no padding."""
+    rng = np.random.default_rng(seed)
+    return [Tokenized(rng.integers(0, vocab, length), np.zeros(length, dtype=np.int64),
+                      np.ones(length, dtype=bool)) for _ in range(count)]
 
 
 @dataclass
