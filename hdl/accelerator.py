@@ -12,6 +12,7 @@ from typing import Any
 
 from heterotron.hdl.contract.accel import Description, TileKind, parse_description
 from heterotron.hdl.contract.params import ParamError
+from heterotron.hdl.tiles.pim import PimNetTile
 from heterotron.hdl.tiles.sa import SaTile
 
 __all__ = ["UNIT_CHECKS", "describe"]
@@ -32,8 +33,20 @@ def _check_sa(given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in p.items() if k not in PLACED}
 
 
+def _check_pim(given: dict[str, Any]) -> dict[str, Any]:
+    """A PiM tile's table: the crossbar's and the socket's parameters, by
+    :class:`PimNetTile`'s rules (the link rules are the contract's, with the description's
+    real ``flit_width`` and ``max_packet``; here the widest stand in)."""
+    for name in PLACED:
+        if name in given:
+            raise ParamError(f"{name} is the description's, not a PiM tile parameter")
+    p = PimNetTile.validate_params({**given, "index": 1, "control": 0, "flit_width": 256,
+                                    "max_packet": 1024})
+    return {k: v for k, v in p.items() if k not in PLACED}
+
+
 #: The validation of each tile kind's unit parameters (defaults filled in).
-UNIT_CHECKS = {TileKind.SA: _check_sa}
+UNIT_CHECKS = {TileKind.SA: _check_sa, TileKind.PIM: _check_pim}
 
 
 def describe(table: dict[str, Any]) -> Description:

@@ -5,6 +5,7 @@ ones."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -25,8 +26,12 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED = ["accel-2d", "accel-3d"]
 
 
+def _shipped_table(name: str) -> dict:
+    return tomllib.loads((CONFIGS / f"{name}.toml").read_text())["accelerator"]
+
+
 def shipped(name: str):
-    return describe(tomllib.loads((CONFIGS / f"{name}.toml").read_text())["accelerator"])
+    return describe(_shipped_table(name))
 
 
 def sample_description(rng: np.random.Generator):
@@ -107,6 +112,15 @@ def test_accelerator_synthesises_without_latches(name):
 
 def test_cocotb_2d(accelerator_testbench):
     accelerator_testbench(shipped("accel-2d"), seed=11, vectors=2)
+
+
+def test_cocotb_pim(accelerator_testbench):
+    """accel-2d with a PiM tile beside it: PiM matmuls through the network, bit-exact."""
+    table = copy.deepcopy(_shipped_table("accel-2d"))
+    table["nx"] = 4
+    table["tile"].append({"kind": "pim", "at": [3, 1], "rows": 16, "cols": 4, "lanes": 4,
+                          "input_bits": 12, "cell_bits": 2, "enob": 6, "max_m": 8})
+    accelerator_testbench(describe(table), seed=13, vectors=2, testcase="test_pim_programs")
 
 
 @pytest.mark.slow

@@ -99,11 +99,12 @@ def _check_layers(enc, comp, res, x, xr, matmul=None):
     return x, xr
 
 
-def test_six_layers_bit_exact(encoder, weights):
-    """All six MiniLM layers on a real sentence: the program leaves run_layer's tensors."""
+def test_two_layers_bit_exact(encoder, weights):
+    """MiniLM layers 0 and 1 on a real sentence: the program leaves run_layer's tensors (all
+    six layers: the run command's test below)."""
     desc = describe(_table())
     x, xr = _inputs(encoder, weights, "A quokka smiled at the integer pipeline.")
-    comp = compile_encoder(encoder, desc, x.shape[0])
+    comp = compile_encoder(encoder, desc, x.shape[0], layers=2)
     res = _run(comp, x, xr)
     out, outr = _check_layers(encoder, comp, res, x, xr)
     assert np.array_equal(comp.output(res.memories)[1], outr)
@@ -262,3 +263,35 @@ def test_synthetic_layer_on_the_small_description():
     res = _run(comp, x, xr)
     _check_layers(enc, comp, res, x, xr)
     assert len(set(comp.read(res.memories, "layer1.out").ravel().tolist())) > 20
+
+
+def test_run_minilm_command_six_layers(capsys, tmp_path, encoder):
+    """``heterotron run minilm --golden --layers 6 --sentence``: every stage bit-exact, and the
+    sentence embedding equals the integer encoder's, bit for bit."""
+    import json
+
+    from heterotron.scripts.cli import main
+
+    path = bi.save(encoder, tmp_path / "enc.npz")
+    rc = main(["run", "minilm", "--golden", "--layers", "6", "--params", str(path),
+               "--sentence", "Integer tiles, one program.", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["bit_exact"]
+    assert len(report["stages"]) == 6 * 8
+    assert report["embedding"]["equals_integer_encoder"]
+    assert report["embedding"]["cosine_vs_float"] > 0.9
+    assert report["program"]["pim_blocks_programmed"] == 6 * 3456
+
+
+def test_run_minilm_command_refusals(capsys, tmp_path, encoder):
+    from heterotron.scripts.cli import main
+
+    path = str(bi.save(encoder, tmp_path / "enc.npz"))
+    assert main(["run", "minilm", "--tokens", "8"]) == 2
+    assert "PiM and SFU tiles' RTL" in capsys.readouterr().err
+    assert main(["run", "minilm", "--golden", "--config", "accel-2d", "--params", path]) == 2
+    assert "no PiM tile" in capsys.readouterr().err
+    assert main(["run", "minilm", "--golden", "--tokens", "2", "--params", path]) == 2
+    assert "--tokens must be in [3, 128]" in capsys.readouterr().err
+    assert main(["run", "minilm", "--golden", "--layers", "7", "--params", path]) == 2
+    assert "--layers must be in [1, 6]" in capsys.readouterr().err

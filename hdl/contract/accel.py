@@ -451,6 +451,12 @@ def _link_problems(t: Tile, params: dict) -> list[str]:
     if t.kind == TileKind.MEMORY:
         if t.params["kbytes"] * 1024 % word:
             problems.append(f"{where}: kbytes must hold whole {word}-byte words")
+    if t.kind == TileKind.PIM:
+        beats = -(-t.params["cols"] * 4 // word)
+        if beats > params["max_packet"]:
+            problems.append(f"{where}: a result row of cols = {t.params['cols']} int32 sums "
+                            f"needs {beats} data beats, more than max_packet = "
+                            f"{params['max_packet']} (a row is one packet)")
     if t.kind == TileKind.SA and t.params:
         problems += [f"{where}: {msg}" for msg in
                      sa_link_problems(t.params, params["flit_width"], params["max_packet"])]

@@ -1,0 +1,227 @@
+"""``heterotron run minilm``: compile MiniLM layers for a description, run the program, and
+report every stage against the integer encoder (``bert_int.run_layer``).
+
+Today the program runs in the program interpreter (``golden=True``). The RTL run needs the
+PiM and SFU tiles' RTL (issue 20), and :func:`run_minilm` refuses it with that message until
+they exist.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heterotron.hdl.contract.accel import Description, TileKind, decode_instr
+from heterotron.sim.golden import bert_int as bi
+from heterotron.sim.golden.accel import Interpreter
+from heterotron.sim.golden.compiler import STAGES, Compiled, compile_encoder
+
+__all__ = ["EncoderRunError", "load_encoder", "inputs", "run_minilm", "program_stats",
+           "format_report"]
+
+#: Where the integer parameter set built from the shipped calibration is kept between runs.
+CACHE = Path("build") / "run" / "minilm-int.npz"
+
+
+class EncoderRunError(ValueError):
+    """The run cannot be done as asked (the message says why)."""
+
+
+def load_encoder(params: str | Path | None = None, progress=print) -> bi.IntEncoder:
+    """The integer MiniLM: from ``params`` (a ``minilm-int.npz`` of ``heterotron accuracy``),
+    else built from the shipped calibration sets once and cached under ``build/run``."""
+    if params is not None:
+        return bi.load(params)
+    if CACHE.exists():
+        try:
+            return bi.load(CACHE)
+        except ValueError:
+            pass  # an older format: build it again
+    from heterotron.sim.golden import bert_float as bf
+    from heterotron.sim.studies.accuracy import shipped_sentences
+
+    progress("building the integer MiniLM from the shipped calibration sets (once, ~20 s)")
+    w = bf.load_minilm()
+    enc = bi.build(w, bf.tokenize([s for name in ("calibration", "calibration_paragraphs")
+                                   for s in shipped_sentences(name)]))
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    bi.save(enc, CACHE)
+    return enc
+
+
+def inputs(enc: bi.IntEncoder, *, tokens: int | None = None, sentence: str | None = None):
+    """``(text, tokenized, x, xr, float embedding)`` for a sentence, or for the first
+    ``tokens`` tokens of the first shipped paragraph ([CLS] ... [SEP] kept)."""
+    from heterotron.sim.golden import bert_float as bf
+    from heterotron.sim.studies.accuracy import shipped_sentences
+
+    if sentence is None:
+        if tokens is None or not 3 <= tokens <= 128:
+            raise EncoderRunError(f"--tokens must be in [3, 128], not {tokens}")
+        sentence = shipped_sentences("paragraphs")[0]
+        tok = bf.tokenize([sentence], max_len=tokens)[0]
+        if len(tok.ids) < tokens:
+            raise EncoderRunError(f"the shipped paragraph has only {len(tok.ids)} tokens")
+    else:
+        tok = bf.tokenize([sentence])[0]
+    w = bf.load_minilm()
+    emb = bf.embed(w, tok)
+    x, xr = bi.quantize_input(enc, emb)
+    return sentence, tok, x, xr, w
+
+
+def program_stats(comp: Compiled) -> dict[str, Any]:
+    """Instructions per tile and opcode, and the PiM tiles' programming: crossbar blocks
+    written, weight bytes moved, and the crossbars that would hold every weight at once."""
+    desc = comp.desc
+    kinds = {t.index: t for t in desc.tiles}
+    per_tile: dict[int, Counter] = {t.index: Counter() for t in desc.tiles}
+    words, pos = comp.words, 0
+    while pos < len(words):
+        op, head, args = decode_instr(words[pos:])
+        per_tile[head["tile"]][op.name] += 1
+        pos += 1 + op.words
+    pims = desc.of_kind(TileKind.PIM)
+    blocks = sum(per_tile[t.index]["PROGRAM"] for t in pims)
+    resident = 0
+    if pims:
+        p = pims[0].params
+        for i in comp.layers:
+            for key in ("q", "k", "v", "o", "fc1", "fc2"):
+                n, k = comp.enc.params[f"layer{i}.{key}.w"].shape
+                resident += math.ceil(n / p["cols"]) * math.ceil(k / p["rows"])
+    return {
+        "words": len(words),
+        "instructions": sum(sum(c.values()) for c in per_tile.values()),
+        "tiles": [{"tile": i, "kind": kinds[i].kind.name.lower(), **dict(sorted(c.items()))}
+                  for i, c in per_tile.items() if c],
+        "pim_blocks_programmed": blocks,
+        "pim_crossbars_to_hold_all_weights": resident,
+        "pim_tiles": len(pims),
+    }
+
+
+def _compare(enc, comp: Compiled, memories, x, xr, layer: int) -> tuple[list[dict], Any, Any]:
+    """Each stage of ``layer``: bit-exact, or its first mismatching tensor and position."""
+    nh, T = enc.meta["heads"], comp.tokens
+    taps: dict = {}
+    out, outr = bi.run_layer(enc, layer, x, xr, taps)
+    taps["outr"] = outr
+    taps["h1r"] = bi._run_layernorm(enc, layer, "ln1", taps["h1_in"])[1]
+    rows = []
+    for stage, names in STAGES:
+        first = None
+        for name in names:
+            if name.endswith("_acc"):
+                continue  # no run_layer tap: judged through the requantised tensor
+            got = comp.read(memories, f"layer{layer}.{name}")
+            want = taps[name]
+            if name in ("scores", "probs"):
+                want = want.reshape(nh * T, T)
+            if not np.array_equal(got, want):
+                at = np.argwhere(got != want)[0].tolist()
+                first = {"tensor": name, "at": at, "got": int(got[tuple(at)]),
+                         "want": int(want[tuple(at)])}
+                break
+        rows.append({"layer": layer, "stage": stage, "bit_exact": first is None,
+                     **({"first_mismatch": first} if first else {})})
+    return rows, out, outr
+
+
+def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
+               sentence: str | None = None, params: str | Path | None = None,
+               golden: bool = False, progress=print) -> dict[str, Any]:
+    """Compile ``layers`` MiniLM layers for ``desc``, run them and judge every stage."""
+    if not golden:
+        raise EncoderRunError(
+            "the RTL run needs the PiM and SFU tiles' RTL, which is not built yet (issue "
+            "20); --golden runs the same program in the program interpreter")
+    enc = load_encoder(params, progress)
+    if not 1 <= layers <= enc.layers:
+        raise EncoderRunError(f"--layers must be in [1, {enc.layers}], not {layers}")
+    text, tok, x, xr, w = inputs(enc, tokens=tokens, sentence=sentence)
+    T = x.shape[0]
+    t0 = time.monotonic()
+    comp = compile_encoder(enc, desc, T, layers)
+    compile_s = time.monotonic() - t0
+    stats = program_stats(comp)
+    progress(f"compiled {layers} layer(s) for {T} tokens: {stats['words']} words, "
+             f"{stats['instructions']} instructions ({compile_s:.1f} s)")
+    from tqdm import tqdm
+
+    interp = Interpreter(desc, comp.memories(x, xr))
+    t0 = time.monotonic()
+    with tqdm(total=len(comp.stage_words), desc="interpreter", unit="stage",
+              disable=progress is None) as bar:
+        for layer, stage, lo, hi in comp.stage_words:
+            bar.set_postfix_str(f"layer {layer} {stage}")
+            interp.execute(comp.words[lo:hi])
+            bar.update()
+    run_s = time.monotonic() - t0
+    res = interp.result()
+    rows = []
+    xi, xri = x, xr
+    for i in comp.layers:
+        stage_rows, xi, xri = _compare(enc, comp, res.memories, xi, xri, i)
+        rows += stage_rows
+    report: dict[str, Any] = {
+        "model": "all-MiniLM-L6-v2", "layers": layers, "tokens": T,
+        "input": text if sentence is not None else f"first {T} tokens of a shipped paragraph",
+        "engine": "program interpreter (golden)", "description": desc.canonical(),
+        "bit_exact": all(r["bit_exact"] for r in rows), "stages": rows,
+        "errors": [{"id": i, "flags": int(f), "message": m} for i, f, m in res.errors],
+        "retired": res.retired, "program": stats,
+        "seconds": {"compile": round(compile_s, 2), "run": round(run_s, 2)},
+    }
+    if layers == enc.layers:
+        from heterotron.sim.golden import bert_float as bf
+
+        _, outr = comp.output(res.memories)
+        got = bf.mean_pool(outr * enc.meta["scales"][-1]["outr"], tok.mask)
+        ref = bf.mean_pool(bf.encode(w, tok)[-1], tok.mask)
+        states = bi.run(enc, bf.embed(w, tok))
+        int_ref = bf.mean_pool(states[-1], tok.mask)
+        report["embedding"] = {
+            "cosine_vs_float": round(float(got @ ref), 6),
+            "equals_integer_encoder": bool(np.array_equal(got, int_ref)),
+        }
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"MiniLM, {r['layers']} layer(s), {r['tokens']} tokens ({r['input']}), on "
+             f"{r['engine']}:"]
+    for s in r["stages"]:
+        if s["bit_exact"]:
+            mark = "bit-exact"
+        else:
+            mm = s["first_mismatch"]
+            mark = (f"MISMATCH: {mm['tensor']}{mm['at']} = {mm['got']}, run_layer "
+                    f"{mm['want']}")
+        lines.append(f"  layer {s['layer']} {s['stage']:<10} {mark}")
+    p = r["program"]
+    lines.append(f"program: {p['words']} words, {p['instructions']} instructions, "
+                 f"{r['retired']} retired, {len(r['errors'])} errors")
+    for t in p["tiles"]:
+        ops = ", ".join(f"{k} {v}" for k, v in t.items() if k not in ("tile", "kind"))
+        lines.append(f"  tile {t['tile']} ({t['kind']}): {ops}")
+    if p["pim_tiles"]:
+        lines.append(f"PiM: {p['pim_blocks_programmed']} crossbar blocks programmed on "
+                     f"{p['pim_tiles']} tiles; holding every weight at once would take "
+                     f"{p['pim_crossbars_to_hold_all_weights']} crossbars")
+    if "embedding" in r:
+        e = r["embedding"]
+        lines.append(f"sentence embedding: cosine {e['cosine_vs_float']:.6f} against float "
+                     f"MiniLM; {'equal to' if e['equals_integer_encoder'] else 'DIFFERENT from'}"
+                     " the integer encoder's, bit for bit")
+    lines.append(f"{'PASS' if r['bit_exact'] else 'FAIL'}: every stage "
+                 f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'} "
+                 f"(compile {r['seconds']['compile']} s, run {r['seconds']['run']} s)")
+    lines.append("cycles and tile utilisation come with the RTL run (the PiM and SFU tiles' RTL "
+                 "is the next step of issue 20)")
+    return "\n".join(lines)
