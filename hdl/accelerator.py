@@ -14,6 +14,7 @@ from heterotron.hdl.contract.accel import Description, TileKind, parse_descripti
 from heterotron.hdl.contract.params import ParamError
 from heterotron.hdl.tiles.pim import PimNetTile
 from heterotron.hdl.tiles.sa import SaTile
+from heterotron.hdl.tiles.sfu import SfuTile
 
 __all__ = ["UNIT_CHECKS", "describe"]
 
@@ -45,8 +46,18 @@ def _check_pim(given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in p.items() if k not in PLACED}
 
 
+def _check_sfu(given: dict[str, Any]) -> dict[str, Any]:
+    """An SFU tile's table, by :class:`SfuTile`'s rules (links: as for PiM tiles)."""
+    for name in PLACED:
+        if name in given:
+            raise ParamError(f"{name} is the description's, not an SFU tile parameter")
+    p = SfuTile.validate_params({**given, "index": 1, "control": 0, "flit_width": 256,
+                                 "max_packet": 1024})
+    return {k: v for k, v in p.items() if k not in PLACED}
+
+
 #: The validation of each tile kind's unit parameters (defaults filled in).
-UNIT_CHECKS = {TileKind.SA: _check_sa, TileKind.PIM: _check_pim}
+UNIT_CHECKS = {TileKind.SA: _check_sa, TileKind.PIM: _check_pim, TileKind.SFU: _check_sfu}
 
 
 def describe(table: dict[str, Any]) -> Description:

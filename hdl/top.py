@@ -17,6 +17,7 @@ from heterotron.hdl.tiles.memory import MemoryTile
 from heterotron.hdl.tiles.pim import PimNetTile
 from heterotron.hdl.tiles.plane import PlaneMerge, PlaneSplit
 from heterotron.hdl.tiles.sa import SaTile
+from heterotron.hdl.tiles.sfu import SfuTile
 
 __all__ = ["Accelerator"]
 
@@ -29,6 +30,9 @@ def _tile(desc: Description, t) -> wiring.Component:
     if t.kind == TileKind.MEMORY:
         return MemoryTile(index=t.index, control=control, flit_width=p["flit_width"],
                           kbytes=t.params["kbytes"], max_packet=p["max_packet"])
+    if t.kind == TileKind.SFU:
+        return SfuTile(index=t.index, control=control, flit_width=p["flit_width"],
+                       max_packet=p["max_packet"], **t.params)
     if t.kind == TileKind.PIM:
         return PimNetTile(index=t.index, control=control, flit_width=p["flit_width"],
                           max_packet=p["max_packet"], **t.params)
@@ -62,11 +66,6 @@ class Accelerator(wiring.Component):
 
     def __init__(self, desc: Description):
         self.desc = desc
-        unbuilt = [t.name for t in desc.tiles if t.kind == TileKind.SFU]
-        if unbuilt:
-            raise ValueError(f"tiles {', '.join(unbuilt)}: SFU tiles run in the compiler and "
-                             "the program interpreter, but their RTL is not built yet (issue "
-                             "20); generate a description without them")
         super().__init__({
             "rx": In(stream.Signature(unsigned(8))),
             "tx": Out(stream.Signature(unsigned(8))),

@@ -277,6 +277,8 @@ def pim_program(desc, rng: np.random.Generator):
             w[0, 0] = -lim - 1  # refused: the cell keeps what it held (UNIT)
         xlim = 1 << (p["input_bits"] - 1)
         x = rng.integers(-xlim, xlim, (M, K))
+        if rng.random() < 0.5 and accel.elem_bytes(p["input_bits"]) * 8 > p["input_bits"]:
+            x[-1, -1] = xlim + 5  # wrapped, in the last K block: the memory's DONE says UNIT
         wr = prog.alloc(mem, N, K, accel.elem_bytes(p["weight_bits"]))
         xr = prog.alloc(mem, M, K, accel.elem_bytes(p["input_bits"]))
         out = prog.alloc(mem, M, N, 4)

@@ -192,8 +192,9 @@ def test_opcode_space_leaves_room():
         assert max(codes) < (1 << accel.INSTR_HEAD["code"].width) // 2  # half the space free
     assert set(accel.RESERVED_CLASSES).isdisjoint(int(k) for k in TileKind)
     # Every argument layout names its spare bits rsv (checked zero by the control tile).
-    for layout in (accel.MSG_HEADER, accel.REGION, accel.REQ_ARGS):
+    for layout in (accel.REGION, accel.REQ_ARGS):
         assert "rsv" in dict(iter(layout))
+    assert "unit" in dict(iter(accel.MSG_HEADER))  # its spare bit carries a unit error
 
 
 def test_sidecar_is_json_and_carries_the_contract():

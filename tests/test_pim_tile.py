@@ -134,7 +134,7 @@ class Network:
 
     def on_req(self, words, dest):
         hdr = unpack(MSG_HEADER, words[0])
-        assert hdr == {"cls": MsgClass.REQ, "port": 0, "ack": 0, "rsv": 0, "owner": PIM,
+        assert hdr == {"cls": MsgClass.REQ, "port": 0, "ack": 0, "unit": 0, "owner": PIM,
                        "length": 5} and len(words) == 6, (hdr, len(words))
         req = unpack(REQ_ARGS, from_words(words[1:]))
         assert dest == MEM == req["src"]["mem"]
@@ -165,7 +165,7 @@ class Network:
         info = unpack(DATA_INFO, words[1])
         start, nbytes = words[2], info["nbytes"]
         assert hdr["cls"] == MsgClass.DATA and hdr["port"] == Port.MEM and hdr["owner"] == PIM
-        assert hdr["rsv"] == 0 and hdr["length"] == len(words) - 3
+        assert (hdr["unit"] == 0 or hdr["ack"]) and hdr["length"] == len(words) - 3
         assert info["id"] == self.current[0]
         wb = self.wb
         assert start % wb == 0 and hdr["length"] == -(-nbytes // wb), (start, nbytes, hdr)
@@ -174,21 +174,23 @@ class Network:
                 at = start + i * wb + b
                 if at < start + nbytes:
                     self.mem[at] = (word >> (8 * b)) & 0xFF
-        self.writes.append((start, nbytes, hdr["ack"]))
+        self.writes.append((start, nbytes, hdr["ack"], hdr["unit"]))
 
     def on_done(self, words, dest):
         assert dest == CONTROL and len(words) == 2
         hdr = unpack(MSG_HEADER, words[0])
-        assert hdr == {"cls": MsgClass.DONE, "port": 0, "ack": 0, "rsv": 0, "owner": PIM,
+        assert hdr == {"cls": MsgClass.DONE, "port": 0, "ack": 0, "unit": 0, "owner": PIM,
                        "length": 1}, hdr
         self.dones.append(unpack(DONE_WORD, words[1]))
 
     async def execute(self, ctx, program, limit=20000):
         """``program``: ``(words, id, expected)``, expected the DONE's error flags or
-        ``"ack"`` (answered by the memory's acknowledgement of the last result packet)."""
+        ``("ack", flags)`` (answered by the memory's acknowledgement of the last result
+        packet, whose DONE carries ``UNIT`` when the packet's header has ``unit``)."""
         for words, id, want in program:
             assert not ctx.get(self.dut.busy)
-            self.current = (id, "ack" if want == "ack" else "done")
+            acked = isinstance(want, tuple)
+            self.current = (id, "ack" if acked else "done")
             n_done, n_writes = len(self.dones), len(self.writes)
             start = self.cycle
             self.send("cmd", [pack(MSG_HEADER, cls=MsgClass.CMD, owner=CONTROL,
@@ -196,15 +198,17 @@ class Network:
             while True:
                 await self.step(ctx)
                 assert self.cycle - start < limit, f"instruction {id} hangs"
-                if want != "ack" and len(self.dones) > n_done:
+                if not acked and len(self.dones) > n_done:
                     assert self.dones[n_done:] == [{"id": id, "tile": PIM, "error": want}], \
                         (id, self.dones[n_done:], want)
                     assert len(self.writes) == n_writes
                     break
-                if want == "ack" and self.writes[n_writes:] and self.writes[-1][2]:
+                if acked and self.writes[n_writes:] and self.writes[-1][2]:
                     assert [w[2] for w in self.writes[n_writes:]] == \
                         [0] * (len(self.writes) - n_writes - 1) + [1]
                     assert len(self.dones) == n_done
+                    unit = AccelError.UNIT if self.writes[-1][3] else 0
+                    assert unit == want[1] & AccelError.UNIT, (id, unit, want)
                     break
             await self.step(ctx)
             assert not ctx.get(self.dut.busy)
@@ -343,8 +347,8 @@ def expected(builder: Builder):
         op = unpack(INSTR_HEAD, words[0])
         writes = [w for w in interp.writes if w.id == id]
         if op["code"] == 2 and op["cls"] == TileKind.PIM and writes:
-            # answered by the memory's ack: its DONE cannot carry UNIT (see hdl/tiles/pim.py)
-            want = "ack"
+            # answered by the memory's ack, UNIT through the last packet's unit bit
+            want = ("ack", flags)
         else:
             want = flags
         program.append((words, id, want))
@@ -429,7 +433,7 @@ def test_mvm_acc_without_rows_is_illegal():
     b._add(b.prog.mvm, b.put(rng.integers(-8, 8, (1, 4)), 1), None, acc=True)  # 1 != 2
     b._add(b.prog.mvm, x, b.prog.alloc(MEM, 2, 4, 4), acc=True)  # fine
     program, want_mem, want_flags = expected(b)
-    assert [p[2] for p in program] == [AccelError.ILLEGAL, 0, AccelError.ILLEGAL, "ack"]
+    assert [p[2] for p in program] == [AccelError.ILLEGAL, 0, AccelError.ILLEGAL, ("ack", 0)]
     assert want_flags == PIM_DIMS
     mem = bytearray(b.mem)
     net, flags = run_rtl(make_tile(EXACT, 32), mem, program)
@@ -470,7 +474,8 @@ def test_parameter_refusals_name_the_parameter(given, name):
 
 def test_unit_errors():
     """A refused weight (kept cells) and wrapped inputs answer UNIT; a rescaled sum past 32
-    bits is written wrapped (the memory's DONE answers; the flag shows on ``flags``)."""
+    bits is written wrapped, and the last packet's ``unit`` bit makes the memory's DONE say
+    UNIT (the flag shows on ``flags`` too)."""
     rng = np.random.default_rng(21)
     desc = describe(LOSSY, 64)
     b = Builder(desc, rng)
@@ -488,7 +493,8 @@ def test_unit_errors():
     b._add(b.prog.mvm, x2, None, acc=True)
     b._add(b.prog.mvm, x2, b.prog.alloc(MEM, 3, 4, 4), acc=True)
     program, want_mem, want_flags = expected(b)
-    assert [p[2] for p in program] == [0, AccelError.UNIT, AccelError.UNIT, 0, 0, 0, "ack"]
+    assert [p[2] for p in program] == [0, AccelError.UNIT, AccelError.UNIT, 0, 0, 0,
+                                       ("ack", AccelError.UNIT)]
     interp = Interpreter(desc, {MEM: bytes(b.mem)})
     interp.execute(b.prog.words)
     assert any("outside 32 bits" in msg for _, _, msg in interp.errors)

@@ -131,7 +131,7 @@ class Network:
         ins = self.current
         assert ins is not None and ins.req is not None, f"unexpected REQ {words}"
         hdr = unpack(MSG_HEADER, words[0])
-        assert hdr == {"cls": MsgClass.REQ, "port": 0, "ack": 0, "rsv": 0, "owner": SA,
+        assert hdr == {"cls": MsgClass.REQ, "port": 0, "ack": 0, "unit": 0, "owner": SA,
                        "length": 5} and len(words) == 6, (hdr, len(words))
         req = unpack(REQ_ARGS, from_words(words[1:]))
         assert req == ins.req, (req, ins.req)
@@ -162,7 +162,7 @@ class Network:
         info = unpack(DATA_INFO, words[1])
         start, nbytes = words[2], info["nbytes"]
         assert hdr["cls"] == MsgClass.DATA and hdr["port"] == Port.MEM and hdr["owner"] == SA
-        assert hdr["rsv"] == 0 and hdr["length"] == len(words) - 3
+        assert hdr["unit"] == 0 and hdr["length"] == len(words) - 3
         assert info["id"] == ins.id
         wb = self.wb
         assert hdr["length"] == -(-(start % wb + nbytes) // wb), (start, nbytes, hdr)
@@ -179,7 +179,7 @@ class Network:
         assert dest == CONTROL
         assert len(words) == 2
         hdr = unpack(MSG_HEADER, words[0])
-        assert hdr == {"cls": MsgClass.DONE, "port": 0, "ack": 0, "rsv": 0, "owner": SA,
+        assert hdr == {"cls": MsgClass.DONE, "port": 0, "ack": 0, "unit": 0, "owner": SA,
                        "length": 1}, hdr
         self.dones.append(unpack(DONE_WORD, words[1]))
 

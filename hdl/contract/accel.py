@@ -62,6 +62,7 @@ __all__ = [
     "elem_bytes", "EBYTES", "MSG_HEADER", "DONE_WORD",
     "DATA_INFO", "REQ_ARGS", "REGION", "INSTR_HEAD", "Opcode", "OPCODES", "Port", "AccelError",
     "Reg", "TileReg", "SfuTable", "SFU_TABLE_WORDS", "SFU_OUT_BITS", "SFU_LN_IN_BITS",
+    "SFU_LN_MAX_SHIFT",
     "SFU_GELU_IN_BITS",
     "TILE_REG_BASE", "TILE_REG_STRIDE", "MEM_WINDOW_BITS", "memory_map", "pack", "unpack",
     "words_of", "from_words", "encode_instr", "decode_instr", "sidecar",
@@ -69,7 +70,7 @@ __all__ = [
 
 #: Version of this contract (the ``VERSION`` register and ``PING``); bump on any change of an
 #: encoding below.
-VERSION = 1
+VERSION = 2  # 2: the PiM and SFU opcodes, MSG_HEADER.unit
 #: The ``ID`` register's value: ``"HTRN"``.
 MAGIC = 0x4E525448
 #: Bits of one instruction or control-plane word.
@@ -151,6 +152,8 @@ TILE_PARAMS = {
 #: Widest output an SFU operation writes (``out_bits``), per operation (the units' limits:
 #: Softmax 16 unsigned, GELU and LayerNorm 24, the requantizer 32).
 SFU_OUT_BITS = {"SOFTMAX": 16, "GELU": 24, "LAYERNORM": 24, "REQUANT": 32}
+#: Largest LayerNorm deviation pre-shift (``LAYERNORM shift``; the unit's field).
+SFU_LN_MAX_SHIFT = 15
 #: Widest LayerNorm input (the unit's ``in_width``), and widest GELU input.
 SFU_LN_IN_BITS = 24
 SFU_GELU_IN_BITS = 24
@@ -466,10 +469,12 @@ def _link_problems(t: Tile, params: dict) -> list[str]:
 # -- layouts ------------------------------------------------------------------------------------
 
 #: First word of every packet (after the network's routing flit): message class, tile-local
-#: port, whether the receiver acknowledges with DONE when the packet is sunk, the tile that
-#: owns the instruction the packet serves, and the number of words or beats that follow.
+#: port, whether the receiver acknowledges with DONE when the packet is sunk, ``unit``: on a
+#: packet with ``ack``, the instruction it finishes raised a unit error (the receiver's DONE
+#: carries ``UNIT``; 0 otherwise), the tile that owns the instruction the packet serves, and
+#: the number of words or beats that follow.
 MSG_HEADER = data.StructLayout({
-    "cls": unsigned(2), "port": unsigned(4), "ack": unsigned(1), "rsv": unsigned(1),
+    "cls": unsigned(2), "port": unsigned(4), "ack": unsigned(1), "unit": unsigned(1),
     "owner": unsigned(8), "length": unsigned(16),
 })
 

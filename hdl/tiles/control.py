@@ -145,6 +145,7 @@ from heterotron.hdl.contract.accel import (
     OPCODES,
     REGION,
     REQ_ARGS,
+    SFU_LN_MAX_SHIFT,
     SFU_OUT_BITS,
     TILE_REG_BASE,
     TILE_REG_STRIDE,
@@ -961,6 +962,7 @@ class ControlTile(wiring.Component):
                     | like(av.dest, s, av.out_bits) | (av.m[31:] != 0) | (av.e > 63))
         assert op.name == "LAYERNORM", op.name
         return (bad | out_bad(av.out_bits, SFU_OUT_BITS["LAYERNORM"])
+                | (av.shift > SFU_LN_MAX_SHIFT)
                 | out_bad(av.res_bits, SFU_OUT_BITS["LAYERNORM"])
                 | like(av.dest, s, av.out_bits) | like(av.res, s, av.res_bits)
                 | (av.dest.mem != av.res.mem) | (s.cols > min(p["max_row"], n)))

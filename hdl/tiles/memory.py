@@ -83,7 +83,8 @@ class MemoryTile(Parameterised, wiring.Component):
     being sent: writes never wait on reads (the scratchpad has its own write port). After the
     last beat of a packet whose header has ``ack``, the tile sends DONE to ``control``
     (``owner`` and ``DONE_WORD.tile`` = the header's owner, ``id`` = ``DATA_INFO.id``,
-    ``error`` = 0, or ``AccelError.UNIT`` if the packet raised one of the tile's flags). A
+    ``error`` = 0, or ``AccelError.UNIT`` if the packet raised one of the tile's flags or its
+    header's ``unit`` bit is set: the sender's instruction raised a unit error). A
     packet the tile cannot use is consumed and dropped and raises ``BAD_PACKET`` (and is
     still acknowledged, with ``UNIT``, when it asked for it, so nobody waits forever); a beat
     beyond the scratchpad is dropped and raises ``RANGE``.
@@ -390,7 +391,8 @@ class MemoryTile(Parameterised, wiring.Component):
             with m.If(rx.valid):
                 drop = (rhdr.cls != MsgClass.DATA) | (rhdr.port != Port.MEM)
                 m.d.sync += [w_owner.eq(rhdr.owner), w_ack.eq(rhdr.ack),
-                             w_len.eq(rhdr.length), w_drop.eq(drop), w_err.eq(drop)]
+                             w_len.eq(rhdr.length), w_drop.eq(drop),
+                             w_err.eq(drop | rhdr.unit)]
                 with m.If(drop | rx.payload.last):
                     raise_error(m, raised, MemoryTileError.BAD_PACKET)
                 with m.If(~rx.payload.last):

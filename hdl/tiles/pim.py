@@ -35,10 +35,9 @@ tile has checked the fields; the tile checks only its own state.
 Unknown instructions (not of class PIM, an unknown code) are answered with DONE and
 ``ILLEGAL`` (the control tile should never send them).
 
-The unit flags (``PIM_DIMS``, ``PIM_RANGE`` of the golden model) are sticky on ``flags``.
-Known gap: an MVM with ``out`` is answered by the memory's DONE, which cannot carry ``UNIT``;
-its ``PIM_RANGE`` shows only on ``flags`` (the contract needs a way for a DATA packet to ask
-the memory for an error in its acknowledgement).
+The unit flags (``PIM_DIMS``, ``PIM_RANGE`` of the golden model) are sticky on ``flags``. An
+MVM with ``out`` is answered by the memory's DONE: when it raised ``PIM_RANGE`` (a wrapped
+input or sum), its last packet's header has ``unit`` set, so that DONE carries ``UNIT``.
 
 The accumulator is exact (as the golden model's unbounded integers) while a chain of ``acc``
 MVMs stays within ``acc_bits`` = the unit's accumulator width plus 16 bits: any chain of up to
@@ -376,7 +375,8 @@ class PimNetTile(Parameterised, wiring.Component):
         hdr = Signal(MSG_HEADER, name="tx_header")
         info = Signal(DATA_INFO, name="tx_info")
         m.d.comb += [hdr.cls.eq(MsgClass.DATA), hdr.port.eq(Port.MEM),
-                     hdr.ack.eq(orow == src.rows - 1), hdr.owner.eq(p["index"]),
+                     hdr.ack.eq(orow == src.rows - 1),
+                     hdr.unit.eq(unit_err & (orow == src.rows - 1)), hdr.owner.eq(p["index"]),
                      hdr.length.eq(nbeats), info.id.eq(head.id), info.nbytes.eq(nbytes)]
         img_w = img[:W] if 32 * C >= W else img
         m.d.comb += [tx.payload.dest.eq(dest.mem), tx.payload.last.eq(pk_i == nbeats + 2),
@@ -575,7 +575,7 @@ class PimNetTile(Parameterised, wiring.Component):
                 m.d.sync += [img.word_select(oc[:max(1, (C - 1).bit_length())] if C > 1 else 0,
                                              32).eq(quo[:32]), oc.eq(oc + 1)]
                 with m.If(~q_fits):
-                    m.d.sync += self.flags.eq(self.flags | PIM_RANGE)
+                    m.d.sync += [own_err.eq(1), self.flags.eq(self.flags | PIM_RANGE)]
                 with m.If(oc == dest.cols - 1):
                     m.d.sync += pk_i.eq(0)
                     goto(_State.O_SEND)

