@@ -32,8 +32,9 @@ def add_commands(commands) -> None:
                    help="the integer parameter set (heterotron accuracy's minilm-int.npz; "
                         "default: built once from the shipped calibration)")
     p.add_argument("--golden", action="store_true",
-                   help="run the program in the program interpreter (the RTL run needs the "
-                        "PiM and SFU tiles' RTL, not built yet)")
+                   help="run the program in the program interpreter only (default: on the "
+                        "RTL in Verilator, judged against the interpreter; a MiniLM layer "
+                        "takes tens of minutes there until the simulation speed-up lands)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
 
 

@@ -18,7 +18,6 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.triggers import RisingEdge
 
 from heterotron.tb import env
 from heterotron.tb.accel import WAIT_POLLS, start
@@ -81,26 +80,21 @@ async def test_job(dut):
         if img:
             await dev.write_mem(dev.address(t), img)
     load_s = time.monotonic() - t0
-    busy = {"cycles": 0, "sim_cycles": 0}
-
-    async def count():
-        while True:
-            await RisingEdge(dut.clk)
-            busy["sim_cycles"] += 1
-            if int(dut.running.value):
-                busy["cycles"] += 1
-    task = cocotb.start_soon(count())
+    # Cycles from the CYCLES register (no coroutine touching the DUT every cycle): from
+    # before the first program word to the first status poll that finds the device idle.
+    cycles_reg = dev.registers["cycles"]
     t0 = time.monotonic()
+    c0 = await dev.read_reg(cycles_reg)
     await dev.write_program(job["words"])
     st = await dev.wait_idle(polls=1000 * WAIT_POLLS)
     run_s = time.monotonic() - t0
-    task.cancel()
+    cycles = (st["cycles"] - c0) & 0xFFFFFFFF
     rtl = {t: await dev.read_mem(dev.address(t), len(exp)) if exp else b""
            for t, exp in job["expected"].items()}
     mismatch = _first_mismatch(job["tensors"], rtl, job["expected"])
     counters = await dev.counters()
-    row = {"cycles": busy["cycles"], "sim_cycles": busy["sim_cycles"],
-           "cycles_per_second": round(busy["sim_cycles"] / run_s) if run_s else 0,
+    row = {"cycles": cycles,
+           "cycles_per_second": round(cycles / run_s) if run_s else 0,
            "load_seconds": round(load_s, 2), "run_seconds": round(run_s, 2),
            "retired": st["retired"], "error": st["error"], "watchdog": int(dut.watchdog.value),
            "mismatch": mismatch, "whole_memory_equal": all(

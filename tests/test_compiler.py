@@ -99,12 +99,12 @@ def _check_layers(enc, comp, res, x, xr, matmul=None):
     return x, xr
 
 
-def test_two_layers_bit_exact(encoder, weights):
-    """MiniLM layers 0 and 1 on a real sentence: the program leaves run_layer's tensors (all
-    six layers: the run command's test below)."""
+def test_layer0_bit_exact(encoder, weights):
+    """MiniLM layer 0 on a real sentence: the program leaves run_layer's tensors, the
+    accumulators included (all six layers: the run command's test below)."""
     desc = describe(_table())
     x, xr = _inputs(encoder, weights, "A quokka smiled at the integer pipeline.")
-    comp = compile_encoder(encoder, desc, x.shape[0], layers=2)
+    comp = compile_encoder(encoder, desc, x.shape[0], layers=1)
     res = _run(comp, x, xr)
     out, outr = _check_layers(encoder, comp, res, x, xr)
     assert np.array_equal(comp.output(res.memories)[1], outr)
@@ -252,17 +252,17 @@ def test_table_refuses_bad_entries():
 
 def test_synthetic_layer_on_the_small_description():
     """A random two-head layer with real calibration (random tokens) on
-    configs/encoder-small.toml: what the fast RTL tests run, bit-exact in the interpreter."""
+    configs/encoder-small.toml: what the RTL tests run, bit-exact in the interpreter."""
     w = bf.synthetic_weights(hidden=32, heads=2, layers=2, intermediate=64, seed=3)
     enc = bi.build(w, bf.random_tokens(12, 16, seed=4))
     with open("configs/encoder-small.toml", "rb") as f:
         desc = describe(tomllib.load(f)["accelerator"])
     tok = bf.random_tokens(1, 11, seed=5)[0]
     x, xr = bi.quantize_input(enc, bf.embed(w, tok))
-    comp = compile_encoder(enc, desc, 11)
+    comp = compile_encoder(enc, desc, 11, layers=1)  # (two layers do not fit its 64 KiB)
     res = _run(comp, x, xr)
     _check_layers(enc, comp, res, x, xr)
-    assert len(set(comp.read(res.memories, "layer1.out").ravel().tolist())) > 20
+    assert len(set(comp.read(res.memories, "layer0.out").ravel().tolist())) > 20
 
 
 def test_run_minilm_command_six_layers(capsys, tmp_path, encoder):
@@ -287,8 +287,6 @@ def test_run_minilm_command_refusals(capsys, tmp_path, encoder):
     from heterotron.scripts.cli import main
 
     path = str(bi.save(encoder, tmp_path / "enc.npz"))
-    assert main(["run", "minilm", "--tokens", "8"]) == 2
-    assert "PiM and SFU tiles' RTL" in capsys.readouterr().err
     assert main(["run", "minilm", "--golden", "--config", "accel-2d", "--params", path]) == 2
     assert "no PiM tile" in capsys.readouterr().err
     assert main(["run", "minilm", "--golden", "--tokens", "2", "--params", path]) == 2

@@ -145,6 +145,7 @@ def test_router_testbench(testbench):
     testbench("router", seed=3)
 
 
+@pytest.mark.slow  # 66 s; the accelerator tests run meshes in the fast set
 def test_mesh_testbench_3d(testbench):
     """3x3x2: every pattern with stalls, zero-load latencies, a bad destination refused."""
     testbench("mesh", overrides={"nx": "3", "ny": "3", "nz": "2"}, seed=4)

@@ -224,8 +224,9 @@ def _sampled(draw: int) -> dict:
 
 
 @pytest.mark.parametrize("overrides", [
-    {"enob": "1", "cell_bits": "1", "adc_share": "1", "rows": "16", "cols": "2",
-     "noise": "false", "skip_zero": "false"},
+    pytest.param({"enob": "1", "cell_bits": "1", "adc_share": "1", "rows": "16", "cols": "2",
+                  "noise": "false", "skip_zero": "false"},
+                 marks=pytest.mark.slow),  # 47 s
     {"enob": "10", "cell_bits": "4", "adc_range": "fixed", "adc_max": "300", "rows": "24",
      "cols": "3", "input_bits": "5", "adc_share": "3", "faults": "false"},
     {"input_code": "signmag", "rows": "16", "cols": "2", "input_bits": "6", "enob": "5",
