@@ -85,7 +85,8 @@ def test_bad_description_is_refused_with_every_problem(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", [pytest.param("accel-2d"),
-                                  pytest.param("accel-3d", marks=pytest.mark.slow)])
+                                  pytest.param("accel-3d", marks=pytest.mark.slow),
+                                  pytest.param("encoder-small", marks=pytest.mark.slow)])
 def test_accelerator_verilog_is_verilator_clean(name):
     from heterotron.sim.flows.lint import verilator_lint
 
@@ -95,7 +96,7 @@ def test_accelerator_verilog_is_verilator_clean(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [*SHIPPED, "encoder-small"])
 def test_accelerator_synthesises_without_latches(name):
     """Yosys synthesis: no latches, undriven or multiply-driven nets (1-2.5 min each)."""
     from heterotron.sim.flows.lint import yosys_check
