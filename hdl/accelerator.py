@@ -22,42 +22,27 @@ __all__ = ["UNIT_CHECKS", "describe"]
 PLACED = ("index", "control", "flit_width", "max_packet")
 
 
-def _check_sa(given: dict[str, Any]) -> dict[str, Any]:
-    """An SA tile's table: the engine's parameters and the tile's own (``result_depth``),
-    by :class:`SaTile`'s rules. The link rules are the contract's, checked with the
-    description's real ``flit_width`` and ``max_packet``; here the tile's defaults stand in
-    (the narrowest link, on which every result beat that fits a wider one fits too)."""
-    for name in PLACED:
-        if name in given:
-            raise ParamError(f"{name} is the description's, not an SA tile parameter")
-    p = SaTile.validate_params({**given, "index": 1, "control": 0})
-    return {k: v for k, v in p.items() if k not in PLACED}
+def _tile_check(component, what: str, links: dict[str, int]):
+    """The unit check of a tile kind: its table by ``component``'s rules, without the
+    placed keys. The link rules are the contract's, checked with the description's real
+    ``flit_width`` and ``max_packet``; here ``links`` stand in (SA: the tile's defaults, the
+    narrowest link, on which every result beat that fits a wider one fits too; PiM and SFU:
+    the widest, so only the tile's own rules apply)."""
+    def check(given: dict[str, Any]) -> dict[str, Any]:
+        for name in PLACED:
+            if name in given:
+                raise ParamError(f"{name} is the description's, not {what} parameter")
+        p = component.validate_params({**given, "index": 1, "control": 0, **links})
+        return {k: v for k, v in p.items() if k not in PLACED}
+    return check
 
 
-def _check_pim(given: dict[str, Any]) -> dict[str, Any]:
-    """A PiM tile's table: the crossbar's and the socket's parameters, by
-    :class:`PimNetTile`'s rules (the link rules are the contract's, with the description's
-    real ``flit_width`` and ``max_packet``; here the widest stand in)."""
-    for name in PLACED:
-        if name in given:
-            raise ParamError(f"{name} is the description's, not a PiM tile parameter")
-    p = PimNetTile.validate_params({**given, "index": 1, "control": 0, "flit_width": 256,
-                                    "max_packet": 1024})
-    return {k: v for k, v in p.items() if k not in PLACED}
-
-
-def _check_sfu(given: dict[str, Any]) -> dict[str, Any]:
-    """An SFU tile's table, by :class:`SfuTile`'s rules (links: as for PiM tiles)."""
-    for name in PLACED:
-        if name in given:
-            raise ParamError(f"{name} is the description's, not an SFU tile parameter")
-    p = SfuTile.validate_params({**given, "index": 1, "control": 0, "flit_width": 256,
-                                 "max_packet": 1024})
-    return {k: v for k, v in p.items() if k not in PLACED}
-
+_WIDEST = {"flit_width": 256, "max_packet": 1024}
 
 #: The validation of each tile kind's unit parameters (defaults filled in).
-UNIT_CHECKS = {TileKind.SA: _check_sa, TileKind.PIM: _check_pim, TileKind.SFU: _check_sfu}
+UNIT_CHECKS = {TileKind.SA: _tile_check(SaTile, "an SA tile", {}),
+               TileKind.PIM: _tile_check(PimNetTile, "a PiM tile", _WIDEST),
+               TileKind.SFU: _tile_check(SfuTile, "an SFU tile", _WIDEST)}
 
 
 def describe(table: dict[str, Any]) -> Description:

@@ -41,6 +41,7 @@ an endpoint that sinks it: no deadlock. The argument in full is in ``docs/archit
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import zlib
 from collections.abc import Callable
@@ -665,24 +666,13 @@ def memory_map(desc: Description) -> list[dict]:
 
 # -- encoding from the layouts ----------------------------------------------------------------
 
-_FIELDS: dict[int, tuple] = {}
-
-
+@functools.cache
 def _fields(layout: data.StructLayout) -> tuple:
     """``(name, offset, width, nested layout or None)`` of each field, computed once per
     layout (Amaranth recomputes widths on every access)."""
-    key = id(layout)
-    got = _FIELDS.get(key)
-    if got is None:
-        got = tuple((name, fld.offset, fld.width,
-                     fld.shape if isinstance(fld.shape, data.StructLayout) else None)
-                    for name, fld in layout)
-        _FIELDS[key] = got
-        _KEEP.append(layout)  # ids stay unique while the layout lives
-    return got
-
-
-_KEEP: list = []
+    return tuple((name, fld.offset, fld.width,
+                  fld.shape if isinstance(fld.shape, data.StructLayout) else None)
+                 for name, fld in layout)
 
 
 def pack(layout: data.StructLayout, **values) -> int:

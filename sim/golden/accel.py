@@ -1084,14 +1084,14 @@ class Interpreter:
                                    f"entries; it is {src.rows} x {src.cols} of {src.ebytes}"))
         self._check(problems)
         self._issue(id, tile.index, src.spans(), {})
-        raw = read_tensor(self.mem[src.mem], src, words == 1 and which == SfuTable.RQ_BIAS)[0]
-        if words == 2:
-            lo, hi = raw[0::2].astype(object), read_tensor(
-                self.mem[src.mem], src, True)[0][1::2].astype(object)
-            vals = np.asarray(lo + hi * (1 << 32), dtype=object)
+        raw = read_tensor(self.mem[src.mem], src, False)[0]  # unsigned words
+        signed = np.where(raw >> 31, raw - (1 << 32), raw)
+        if words == 2:  # low word unsigned, high word signed
+            vals = np.asarray(raw[0::2].astype(object) + signed[1::2].astype(object) * (1 << 32),
+                              dtype=object)
             ok = np.array([abs(int(v)) < 1 << 47 for v in vals], bool)
         else:
-            vals = raw.astype(np.int64)
+            vals = signed if which == SfuTable.RQ_BIAS else raw
             ok = {SfuTable.RQ_BIAS: np.ones(len(vals), bool),
                   SfuTable.RQ_M: vals < 1 << 31, SfuTable.LN_OUT_M: vals < 1 << 31,
                   SfuTable.LN_RES_M: vals < 1 << 31, SfuTable.RQ_E: vals <= 63,

@@ -192,6 +192,7 @@ class _Compiler:
                                              for t in mems}
         self.tensors: dict[str, Region] = {}
         self.signed: dict[str, bool] = {}
+        self.stage_words: list[tuple[int, str, int, int]] = []
         self.word = desc.word_bytes
         self._tiles()
 
@@ -318,14 +319,15 @@ class _Compiler:
             yield t, [_sub(r, r0, rr, 0, r.cols) for r in regions]
 
     def requant(self, layer: int, key: str, src: Region, dest: Region, bits: int,
-                y: Region | None = None, my: str | None = None) -> None:
+                y: Region | None = None) -> None:
+        """``dest`` = matmul ``key``'s sums ``src`` + its bias, requantised to ``bits`` (plus
+        the residual ``y`` by the matmul's ``my, ey``)."""
         enc = self.enc
         P = f"layer{layer}.{key}"
         bias, m, e = (self.table(enc.params[P + s]) for s in (".b", ".m", ".e"))
         res = {}
         if y is not None:
-            res = dict(m_y=int(enc.params[f"layer{layer}.{my}.my"]),
-                       e_y=int(enc.params[f"layer{layer}.{my}.ey"]))
+            res = dict(m_y=int(enc.params[P + ".my"]), e_y=int(enc.params[P + ".ey"]))
         for t, regs in self.split_rows(src, dest, *([y] if y is not None else [])):
             self.prog.table(t, SfuTable.RQ_BIAS, bias)
             self.prog.table(t, SfuTable.RQ_M, m)
@@ -386,6 +388,19 @@ class _Compiler:
                 prog.load(t, 2, head(g, v))
                 prog.run(t, head(g, ctx))
 
+    def linear(self, layer: int, key: str, x: Region, name: str, bits: int,
+               y: Region | None = None) -> Region:
+        """Static matmul ``key`` of ``x`` on the PiM tiles (``<key>_acc``), then its bias
+        and requantisation to ``bits`` on the SFU tiles (tensor ``name``)."""
+        P = f"layer{layer}."
+        w = self.enc.params[P + key + ".w"]
+        acc = self.tensor(P + key + "_acc", w.shape[0], 4)
+        self.static(P + key, x, w, acc)
+        self.prog.wait()
+        out = self.tensor(P + name, w.shape[0], elem_bytes(bits))
+        self.requant(layer, key, acc, out, bits, y=y)
+        return out
+
     def layer(self, i: int, x: Region, xr: Region) -> tuple[Region, Region]:
         enc, prec, prog = self.enc, self.prec, self.prog
         H = enc.meta["hidden"]
@@ -412,21 +427,13 @@ class _Compiler:
         ctx = self.tensor(P + "ctx", H, 1)
         self.attention(i, qkv["q"], qkv["k"], qkv["v"], ctx)
         stage("attention")
-        o_acc = self.tensor(P + "o_acc", H, 4)
-        self.static(P + "o", ctx, W("o"), o_acc)
-        prog.wait()
-        h1_in = self.tensor(P + "h1_in", H, elem_bytes(prec["ln_bits"]))
-        self.requant(i, "o", o_acc, h1_in, prec["ln_bits"], y=xr, my="o")
+        h1_in = self.linear(i, "o", ctx, "h1_in", prec["ln_bits"], y=xr)
         stage("o")
         h1 = self.tensor(P + "h1", H, elem_bytes(a8))
         h1r = self.tensor(P + "h1r", H, elem_bytes(prec["residual_bits"]))
         self.layernorm(i, "ln1", h1_in, h1, h1r)
         stage("ln1")
-        fc1_acc = self.tensor(P + "fc1_acc", ffn, 4)
-        self.static(P + "fc1", h1, W("fc1"), fc1_acc)
-        prog.wait()
-        f_in = self.tensor(P + "f_in", ffn, elem_bytes(prec["gelu_bits"]))
-        self.requant(i, "fc1", fc1_acc, f_in, prec["gelu_bits"])
+        f_in = self.linear(i, "fc1", h1, "f_in", prec["gelu_bits"])
         stage("fc1")
         f = self.tensor(P + "f", ffn, elem_bytes(prec["ffn_bits"]))
         gb, gc, gone = (int(t) for t in enc.params[P + "gelu"])
@@ -434,19 +441,13 @@ class _Compiler:
             prog.gelu(t, s, d, gb, gc, gone, int(enc.params[P + "gelu.m"]),
                       int(enc.params[P + "gelu.e"]), prec["ffn_bits"])
         stage("gelu")
-        fc2_acc = self.tensor(P + "fc2_acc", H, 4)
-        self.static(P + "fc2", f, W("fc2"), fc2_acc)
-        prog.wait()
-        h2_in = self.tensor(P + "h2_in", H, elem_bytes(prec["ln_bits"]))
-        self.requant(i, "fc2", fc2_acc, h2_in, prec["ln_bits"], y=h1r, my="fc2")
+        h2_in = self.linear(i, "fc2", f, "h2_in", prec["ln_bits"], y=h1r)
         stage("fc2")
         out = self.tensor(P + "out", H, elem_bytes(a8))
         outr = self.tensor(P + "outr", H, elem_bytes(prec["residual_bits"]))
         self.layernorm(i, "ln2", h2_in, out, outr)
         stage("ln2")
         return out, outr
-
-    stage_words: list
 
 
 def compile_encoder(enc: IntEncoder, desc: Description, tokens: int,
@@ -470,7 +471,6 @@ def compile_encoder(enc: IntEncoder, desc: Description, tokens: int,
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise CompileError(f"tokens must be a positive integer, not {tokens!r}")
     c = _Compiler(enc, desc, tokens, settings)
-    c.stage_words = []
     H = enc.meta["hidden"]
     prec = enc.meta["precision"]
     x = c.tensor("input.x", H, elem_bytes(prec["act_bits"]))
