@@ -16,12 +16,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from heterotron.hdl.accelerator import describe
-from heterotron.sim.flows.encoder import job_tensors, run_job
+from heterotron.sim.flows.encoder import run_job, write_compiled_job
 from heterotron.sim.golden import bert_float as bf
 from heterotron.sim.golden import bert_int as bi
 from heterotron.sim.golden.accel import Interpreter
 from heterotron.sim.golden.compiler import compile_encoder
-from heterotron.tb.encoder import write_job
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -39,12 +38,8 @@ def _job(tmp_path, desc, enc, x, xr, stalls):
     taps = {}
     bi.run_layer(enc, 0, x, xr, taps)
     assert np.array_equal(comp.read(res.memories, "layer0.out"), taps["out"])
-    extent = {t: -(-n // 4) * 4 for t, n in comp.allocated.items()}
-    images = comp.memories(x, xr)
     path = tmp_path / "job.npz"
-    write_job(path, comp.words, {t: images[t][:n] for t, n in extent.items()},
-              {t: res.memories[t][:n] for t, n in extent.items()}, job_tensors(comp),
-              res.retired, stalls)
+    write_compiled_job(path, comp, x, xr, res, stalls)
     return path
 
 

@@ -23,7 +23,7 @@ from heterotron.sim.golden.accel import Interpreter
 from heterotron.sim.golden.compiler import STAGES, Compiled, compile_encoder
 
 __all__ = ["EncoderRunError", "load_encoder", "inputs", "run_minilm", "program_stats",
-           "format_report"]
+           "format_report", "job_tensors", "write_compiled_job", "run_job"]
 
 #: Where the integer parameter set built from the shipped calibration is kept between runs.
 CACHE = Path("build") / "run" / "minilm-int.npz"
@@ -215,19 +215,27 @@ def _after(row: dict, bad: dict) -> bool:
             > (bad["layer"], _STAGE_ORDER.index(bad["stage"])))
 
 
-def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress) -> dict[str, Any]:
-    """The compiled program on the RTL, judged against the interpreter's result ``res``."""
+def write_compiled_job(path: Path, comp: Compiled, x, xr, res,
+                       stalls: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> int:
+    """The job of ``comp`` run from input ``x, xr``, judged against the interpreter's result
+    ``res`` (:func:`heterotron.tb.encoder.write_job`); returns the image bytes."""
     from heterotron.tb.encoder import write_job
 
     extent = {t: -(-n // 4) * 4 for t, n in comp.allocated.items()}  # writes stay inside
     images = comp.memories(x, xr)
+    write_job(path, comp.words, {t: images[t][:n] for t, n in extent.items()},
+              {t: res.memories[t][:n] for t, n in extent.items()}, job_tensors(comp),
+              res.retired, stalls)
+    return sum(extent.values())
+
+
+def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress) -> dict[str, Any]:
+    """The compiled program on the RTL, judged against the interpreter's result ``res``."""
     job = Path("build") / "run" / f"job-{desc.config_hash:08x}.npz"
     job.parent.mkdir(parents=True, exist_ok=True)
-    write_job(job, comp.words, {t: images[t][:n] for t, n in extent.items()},
-              {t: res.memories[t][:n] for t, n in extent.items()}, job_tensors(comp),
-              res.retired)
-    progress(f"simulating the RTL (Verilator): {sum(extent.values())} bytes of scratchpad "
-             f"images, {len(comp.words)} program words")
+    nbytes = write_compiled_job(job, comp, x, xr, res)
+    progress(f"simulating the RTL (Verilator): {nbytes} bytes of scratchpad images, "
+             f"{len(comp.words)} program words")
     return run_job(desc, job)
 
 
