@@ -1,6 +1,11 @@
 """cocotb testbench: a compiled program (``heterotron run minilm``) on the whole accelerator,
 through its host port, judged tensor by tensor against the program interpreter.
 
+The accelerator runs in its simulation harness (:class:`heterotron.hdl.simtop.SimAccelerator`,
+driven by :class:`heterotron.tb.harness.HarnessTransport`): the host link's bytes and the random
+back-pressure on the link and on every tile come from hardware, and the testbench sleeps while
+the program runs, so the simulator runs free.
+
 The runner hands the testbench a *job* (``bench = {"job": FILE.npz}``, written by
 :func:`write_job`): the program's words, the scratchpad images, the interpreter's scratchpads
 after the program, and the tensors in the order the program writes them, each with its
@@ -20,7 +25,8 @@ import cocotb
 import numpy as np
 
 from heterotron.tb import env
-from heterotron.tb.accel import WAIT_POLLS, start
+from heterotron.tb.accel import ANSWER_CYCLES, WAIT_POLLS
+from heterotron.tb.harness import HarnessTransport
 
 __all__ = ["write_job", "read_job"]
 
@@ -68,42 +74,62 @@ def _first_mismatch(tensors, rtl: dict[int, bytes], expected: dict[int, bytes]):
     return None
 
 
+async def start_harness(dut, salt: int):
+    """The accelerator in its simulation harness (:mod:`heterotron.tb.harness`), reset, and
+    the host driver on it."""
+    from heterotron.hdl.contract import accel
+    from heterotron.sim.host.driver import Device
+    from heterotron.tb.accel import description
+
+    desc = description()
+    link = HarnessTransport(dut, (cocotb.RANDOM_SEED & 0xFFFFFFFF) ^ (salt * 0x01000193))
+    await link.start()
+    return desc, link, Device(link, accel.sidecar(desc), timeout=ANSWER_CYCLES)
+
+
 @cocotb.test(skip=not (env.benching() and "job" in env.bench_config()))
 async def test_job(dut):
     """The job's program, bit-exact tensor by tensor; cycles and counters reported."""
     cfg = env.bench_config()
     job = read_job(cfg["job"])
-    desc, rng, link, dev = await start(dut, 7)
+    desc, link, dev = await start_harness(dut, 7)
     link.set_stalls(*job["stalls"])
     t0 = time.monotonic()
     for t, img in job["images"].items():
         if img:
             await dev.write_mem(dev.address(t), img)
     load_s = time.monotonic() - t0
-    # Cycles from the CYCLES register (no coroutine touching the DUT every cycle): from
-    # before the first program word to the first status poll that finds the device idle.
+    # Cycles from the CYCLES register: from before the first program word to the first
+    # status read after the accelerator stopped running. The testbench sleeps meanwhile:
+    # it wakes to queue program words and when ``running`` falls.
     cycles_reg = dev.registers["cycles"]
     t0 = time.monotonic()
     c0 = await dev.read_reg(cycles_reg)
     await dev.write_program(job["words"])
-    st = await dev.wait_idle(polls=1000 * WAIT_POLLS)
+    limit = int(cfg.get("max_cycles", 1 << 32))
+    finished = await link.wait_while_running(limit)
+    st = await dev.wait_idle(polls=WAIT_POLLS)
     run_s = time.monotonic() - t0
     cycles = (st["cycles"] - c0) & 0xFFFFFFFF
+    t0 = time.monotonic()
     rtl = {t: await dev.read_mem(dev.address(t), len(exp)) if exp else b""
            for t, exp in job["expected"].items()}
+    read_s = time.monotonic() - t0
     mismatch = _first_mismatch(job["tensors"], rtl, job["expected"])
     counters = await dev.counters()
     row = {"cycles": cycles,
            "cycles_per_second": round(cycles / run_s) if run_s else 0,
            "load_seconds": round(load_s, 2), "run_seconds": round(run_s, 2),
+           "read_seconds": round(read_s, 2), "wakes": link.cycle_waits,
            "retired": st["retired"], "error": st["error"], "watchdog": int(dut.watchdog.value),
-           "mismatch": mismatch, "whole_memory_equal": all(
+           "finished": finished, "mismatch": mismatch, "whole_memory_equal": all(
                rtl[t] == job["expected"][t] for t in rtl),
            "tiles": counters}
     out = env.bench_out()
     if out:
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
+    assert finished, f"still running after {limit} cycles"
     assert mismatch is None, f"first mismatch: {mismatch}"
     assert row["whole_memory_equal"], "a byte outside the tensors differs"
     assert row["watchdog"] == 0 and st["error"] == 0, row

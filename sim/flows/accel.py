@@ -13,10 +13,13 @@ from heterotron.hdl.top import Accelerator
 from heterotron.sim.flows.build import Generated, generate_from, port_list
 from heterotron.sim.flows.runner import SimResult, simulate_generated
 
-__all__ = ["NAME", "TESTBENCH", "generate_accelerator", "run_accelerator",
+__all__ = ["NAME", "SIM_NAME", "TESTBENCH", "generate_accelerator", "generate_sim_accelerator",
+           "run_accelerator",
            "BENCH_TABLE", "bench_accelerator"]
 
 NAME = "accelerator"
+#: The accelerator in its simulation harness (:class:`~heterotron.hdl.simtop.SimAccelerator`).
+SIM_NAME = "accelerator_sim"
 TESTBENCH = "heterotron.tb.accel"
 
 
@@ -29,6 +32,19 @@ def generate_accelerator(desc: Description, out_dir: Path | None = None) -> Gene
                      **accel.sidecar(desc), "clock": "clk (rising edge)",
                      "reset": "rst (synchronous, active high)", "ports": port_list(top)}
     return generate_from(NAME, desc.canonical(), make, desc.table(), out_dir)
+
+
+def generate_sim_accelerator(desc: Description) -> Generated:
+    """``accelerator_sim.v``: the accelerator of ``desc`` in its simulation harness (host
+    link FIFOs and random back-pressure in hardware; never part of a design), cached."""
+    from heterotron.hdl.simtop import SimAccelerator
+
+    def make():
+        top = SimAccelerator(desc)
+        return top, {"format": "heterotron-accelerator-sim/1", "module": SIM_NAME,
+                     **accel.sidecar(desc), "clock": "clk (rising edge)",
+                     "reset": "rst (synchronous, active high)", "ports": port_list(top)}
+    return generate_from(SIM_NAME, desc.canonical(), make, desc.table())
 
 
 def run_accelerator(desc: Description, *, simulator: str = "verilator", seed: int | None = None,

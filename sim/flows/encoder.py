@@ -322,14 +322,14 @@ def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True
     return the testbench's figures, with ``passed``."""
     import json
 
-    from heterotron.sim.flows.accel import generate_accelerator
+    from heterotron.sim.flows.accel import generate_sim_accelerator
     from heterotron.sim.flows.runner import simulate_generated
 
     out = job.with_suffix(".json")
     out.unlink(missing_ok=True)
-    res = simulate_generated(generate_accelerator(desc), JOB_TESTBENCH, seed=seed,
+    res = simulate_generated(generate_sim_accelerator(desc), JOB_TESTBENCH, seed=seed,
                              bench={"job": str(job)}, bench_out=out, testcase="test_job",
-                             quiet=quiet)
+                             quiet=quiet, fast_model=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     figures = rows[-1] if rows else {}
     return {**figures, "passed": res.tests == 1 and res.failed == 0,

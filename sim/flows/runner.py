@@ -7,6 +7,7 @@ environment -> read the results. The user never sets ``PATH`` or ``VERILATOR_ROO
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -36,6 +37,19 @@ TIMESCALE = ("1ns", "1ps")  # Amaranth's Verilog has no `timescale of its own
 #: about 40% less time; benchmarks and ``heterotron sim`` keep the default.
 ENV_VERILATOR_OPT = "HETEROTRON_VERILATOR_OPT"
 VERILATOR_OPTS = ("-O0", "-O1", "-O2", "-O3", "-Os")
+#: A model built for a long run (``fast_model``): the code that runs every cycle
+#: (``OPT_FAST``, and Verilator's runtime, ``OPT_GLOBAL``) at ``-O2``, whatever
+#: :data:`ENV_VERILATOR_OPT` says, the start-up code (``OPT_SLOW``: the VPI symbol tables of
+#: every public signal, slow to optimise and run once) at ``-O0``.
+FAST_MODEL_MAKEFLAGS = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
+#: ... and only the top module's signals visible to the testbench: cocotb's runner makes
+#: every signal public (``--public-flat-rw``), which keeps Verilator from optimising them
+#: away and triples the time of every cycle; a testbench of a fast model reads and drives
+#: the top's ports only.
+FAST_MODEL_ARGS = ("--no-public-flat-rw", "--public-depth", "1")
+# The build folder of a fast model is named by its settings: changed settings, a new build.
+_FAST_SUFFIX = "-fast" + hashlib.sha256(
+    repr((FAST_MODEL_MAKEFLAGS, FAST_MODEL_ARGS)).encode()).hexdigest()[:6]
 
 
 @dataclass
@@ -69,7 +83,8 @@ def _verilator_opt() -> str:
     return opt
 
 
-def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, waves: bool) -> float:
+def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, waves: bool,
+           fast_model: bool = False) -> float:
     """Build the simulator model unless an identical one is already there."""
     stamp = build_dir / ".built"
     with locked(build_dir):
@@ -80,10 +95,15 @@ def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, wav
         makeflags = os.environ.get("MAKEFLAGS")
         if simulator == "verilator":
             build_args = [f"-Wno-{w}" for w in VERILATOR_WAIVERS]
+            if fast_model:
+                build_args += list(FAST_MODEL_ARGS)
             if waves:
                 build_args += ["--trace-structs"]
             opt = _verilator_opt()
-            if opt:  # the model's make takes the level from a command-line variable
+            # The model's make takes the levels from command-line variables.
+            if fast_model:
+                os.environ["MAKEFLAGS"] = " ".join([makeflags or "", FAST_MODEL_MAKEFLAGS]).strip()
+            elif opt:
                 os.environ["MAKEFLAGS"] = " ".join(
                     [makeflags or "", f"OPT_FAST={opt} OPT_SLOW={opt} OPT_GLOBAL={opt}"]).strip()
         else:
@@ -137,9 +157,11 @@ def simulate_generated(gen: Generated, testbench: str, *, simulator: str = "veri
                        seed: int | None = None, waves: bool = False, vectors: int | None = None,
                        stalls: bool = True, testcase: str | None = None,
                        bench: Sequence[int] | Mapping[str, Any] | None = None,
-                       bench_out: Path | None = None, quiet: bool = False) -> SimResult:
+                       bench_out: Path | None = None, quiet: bool = False,
+                       fast_model: bool = False) -> SimResult:
     """Build and simulate generated Verilog with the cocotb ``testbench`` module; the
-    testbench gets ``gen.params`` as its parameters (see :func:`run_sim`)."""
+    testbench gets ``gen.params`` as its parameters (see :func:`run_sim`). ``fast_model``
+    builds a Verilator model for a long run (:data:`FAST_MODEL_MAKEFLAGS`)."""
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
@@ -147,10 +169,12 @@ def simulate_generated(gen: Generated, testbench: str, *, simulator: str = "veri
     name = gen.module
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    opt = _verilator_opt() if simulator == "verilator" else ""
+    fast_model = fast_model and simulator == "verilator"
+    opt = _FAST_SUFFIX if fast_model else _verilator_opt() if simulator == "verilator" else ""
     build_dir = gen.verilog.parent / (simulator + ("-waves" if waves else "") + opt)
     runner = get_runner(simulator)
-    build_seconds = _build(runner, simulator, gen.verilog, gen.module, build_dir, waves)
+    build_seconds = _build(runner, simulator, gen.verilog, gen.module, build_dir, waves,
+                           fast_model)
 
     run_dir = build_root() / "runs" / f"{name}-{gen.key}-{simulator}-seed{seed}-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -227,9 +227,17 @@ class Device:
                 polls += 1
                 if polls > poll_limit:
                     raise HostTimeout(Op.WRITE_PROG, "the program queue never drained")
+                await self._pause()
                 continue
             await self.command(Op.WRITE_PROG, struct.pack(f"<{n}I", *words[i:i + n]))
             i += n
+
+    async def _pause(self) -> None:
+        """Let the device work a while before polling again: the transport's ``pause()`` if
+        it has one (the simulation's lets the simulator run free)."""
+        pause = getattr(self.transport, "pause", None)
+        if pause is not None:
+            await pause()
 
     async def read_reg(self, reg: int) -> int:
         _, p = await self.command(Op.READ_REG, struct.pack("<H", reg))
