@@ -22,7 +22,14 @@ import enum
 from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["error_ports", "sticky_errors", "raise_error"]
+__all__ = ["error_ports", "sticky_errors", "raise_error", "NO_INIT"]
+
+#: The attribute that marks a memory as an SRAM whose contents are undefined until written
+#: (``Memory(..., init=[], attrs={NO_INIT: 1})``): its Verilog carries no initial contents
+#: (:func:`heterotron.sim.flows.build.to_verilog`). Amaranth writes one line per word of a
+#: memory's initial contents, zeros included: 4M lines, and gigabytes of RAM while writing
+#: them, for a 16 MiB scratchpad.
+NO_INIT = "heterotron_no_init"
 
 
 def error_ports(flags: type[enum.IntFlag]) -> dict:

@@ -16,7 +16,7 @@ draws are made per cycle by xorshift generators seeded from the testbench's seed
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, unsigned
+from amaranth.hdl import Cat, ClockDomain, Const, Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -25,7 +25,7 @@ from heterotron.hdl.contract.accel import AccelError, Description
 from heterotron.hdl.top import Accelerator
 
 __all__ = ["SimAccelerator", "HOST_WORD_BYTES", "HOST_WORD", "PUSH_DEPTH", "PULL_DEPTH",
-           "xorshift32"]
+           "BOOT_CYCLES", "xorshift32"]
 
 #: Bytes a testbench moves per cycle through ``push`` and ``pull``.
 HOST_WORD_BYTES = 32
@@ -36,6 +36,8 @@ HOST_WORD = data.StructLayout({"data": unsigned(8 * HOST_WORD_BYTES),
 PUSH_DEPTH = 1024
 #: Words the pull FIFO holds.
 PULL_DEPTH = 256
+#: Cycles the harness holds ``sync`` in reset after power-on.
+BOOT_CYCLES = 4
 
 
 def xorshift32(s):
@@ -52,7 +54,8 @@ def xorshift32(s):
 
 
 class _Draw(wiring.Component):
-    """A random draw each cycle: ``hit`` is high with probability ``threshold / 256``."""
+    """A random draw each cycle: ``hit`` (a register) is high with probability
+    ``threshold / 256``."""
 
     def __init__(self, salt: int):
         self._salt = salt
@@ -68,7 +71,10 @@ class _Draw(wiring.Component):
                                   | 1), seeded.eq(1)]
         with m.Else():
             m.d.sync += state.eq(xorshift32(state))
-        m.d.comb += self.hit.eq(seeded & (state[:8] < self.threshold))
+        # Registered: the threshold is a top-level input, and Verilator evaluates all that a
+        # top-level input reaches combinationally (here: every tile's stream handshakes)
+        # on every call.
+        m.d.sync += self.hit.eq(seeded & (state[:8] < self.threshold))
         return m
 
 
@@ -76,8 +82,15 @@ class SimAccelerator(wiring.Component):
     """:class:`~heterotron.hdl.top.Accelerator` with its host link and back-pressure in
     hardware (simulation only).
 
+    The harness resets itself: ``sync`` is reset for the first :data:`BOOT_CYCLES` cycles
+    after power-on, by a counter of its own, so no top-level input reaches the design's
+    next-state logic (Verilator evaluates logic that a top-level input reaches on every
+    call; with ``rst`` a port that was all of it, twice a cycle).
+
     Members
     -------
+    clk : In(1)
+        The clock of ``sync``.
     push : In(stream of HOST_WORD)
         Host bytes to send, ``count`` (0 to :data:`HOST_WORD_BYTES`) a beat, into a FIFO of
         :data:`PUSH_DEPTH` words, sent into the accelerator's ``rx`` one byte a cycle with a
@@ -89,7 +102,7 @@ class SimAccelerator(wiring.Component):
         The bytes ``tx`` sent, packed: a word leaves when it is full or when ``tx`` has no
         byte for it that cycle. ``tx`` is held not ready with probability ``stall / 256``.
     seed : In(32)
-        Seeds the random draws; taken in the first cycle after reset.
+        Seeds the random draws; taken in the first cycle after the reset.
     gap, stall, tile_stall : In(8)
         Probabilities (out of 256) of a gap before an ``rx`` byte, of back-pressure on
         ``tx``, and of each tile's network inputs being held in a cycle.
@@ -100,6 +113,7 @@ class SimAccelerator(wiring.Component):
     def __init__(self, desc: Description):
         self.desc = desc
         super().__init__({
+            "clk": In(1),
             "push": In(stream.Signature(HOST_WORD)),
             "push_free": Out(range(PUSH_DEPTH + 1)),
             "pull": Out(stream.Signature(HOST_WORD)),
@@ -116,6 +130,13 @@ class SimAccelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         W = HOST_WORD_BYTES
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        m.domains.boot = cd_boot = ClockDomain("boot", reset_less=True)
+        boot = Signal(range(BOOT_CYCLES + 1), init=0)
+        with m.If(boot != BOOT_CYCLES):
+            m.d.boot += boot.eq(boot + 1)
+        m.d.comb += [cd_sync.clk.eq(self.clk), cd_boot.clk.eq(self.clk),
+                     cd_sync.rst.eq(boot != BOOT_CYCLES)]
         m.submodules.accel = acc = Accelerator(self.desc)
         m.d.comb += [self.running.eq(acc.running), self.watchdog.eq(acc.watchdog),
                      self.error.eq(acc.error), self.misrouted.eq(acc.misrouted)]

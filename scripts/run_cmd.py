@@ -32,9 +32,13 @@ def add_commands(commands) -> None:
                    help="the integer parameter set (heterotron accuracy's minilm-int.npz; "
                         "default: built once from the shipped calibration)")
     p.add_argument("--golden", action="store_true",
-                   help="run the program in the program interpreter only (default: on the "
-                        "RTL in Verilator, judged against the interpreter; a MiniLM layer "
-                        "takes tens of minutes there until the simulation speed-up lands)")
+                   help="run the program in the program interpreter only (default: also on "
+                        "the RTL in Verilator, judged against the interpreter: a model build "
+                        "of a few minutes, cached, then about a minute a layer)")
+    p.add_argument("--whole-memory", action="store_true",
+                   help="on the RTL, also read back and compare every byte of the scratchpad "
+                        "images, not only the tensors the program writes (about 2M more "
+                        "cycles a layer: the weights)")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
 
 
@@ -58,7 +62,7 @@ def cmd_run(args) -> int:
     try:
         report = run_minilm(desc, layers=args.layers, tokens=args.tokens,
                             sentence=args.sentence, params=args.params, golden=args.golden,
-                            progress=progress)
+                            whole_memory=args.whole_memory, progress=progress)
     except (EncoderRunError, CompileError) as exc:
         raise UsageError(f"{source}: {exc}") from None
     print(json.dumps(report, indent=1) if args.json else format_report(report))

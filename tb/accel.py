@@ -24,6 +24,7 @@ from heterotron.sim.golden import accel as golden
 from heterotron.sim.host.driver import Device, FrameReader
 from heterotron.tb import env
 from heterotron.tb.common import ClockedBench, StreamSink, StreamSource, make_rng
+from heterotron.tb.harness import HarnessTransport
 
 #: Cycles the driver waits for an answer before it calls the device dead.
 ANSWER_CYCLES = 200_000
@@ -88,10 +89,17 @@ def description():
 
 
 async def start(dut, salt: int):
+    """Reset the DUT and put the host driver on its link: the accelerator's own ports
+    driven byte by byte (:class:`SimTransport`), or the simulation harness's
+    (:class:`~heterotron.tb.harness.HarnessTransport`) when the DUT is the harness."""
     desc = description()
     rng = make_rng(salt)
-    link = SimTransport(dut, rng, len(desc.tiles))
-    await link.bench.start()
+    if hasattr(dut, "push__valid"):  # hdl/simtop.py's SimAccelerator
+        link = HarnessTransport(dut, int(rng.integers(1 << 32)))
+        await link.start()
+    else:
+        link = SimTransport(dut, rng, len(desc.tiles))
+        await link.bench.start()
     dev = Device(link, accel.sidecar(desc), timeout=ANSWER_CYCLES)
     return desc, rng, link, dev
 

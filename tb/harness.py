@@ -16,7 +16,7 @@ from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
 from heterotron.hdl.contract.hostlink import FLAG
-from heterotron.hdl.simtop import HOST_WORD, HOST_WORD_BYTES, PUSH_DEPTH
+from heterotron.hdl.simtop import BOOT_CYCLES, HOST_WORD, HOST_WORD_BYTES, PUSH_DEPTH
 from heterotron.tb.common import CLOCK_NS, decode, encode
 from heterotron.tb.env import stalls_from_env
 
@@ -49,18 +49,16 @@ class HarnessTransport:
         self._flags = 0           # FLAG bytes pulled (two a frame)
         self.cycle_waits = 0      # times the testbench woke (a figure of the run)
 
-    async def start(self, reset_cycles: int = 2) -> None:
+    async def start(self) -> None:
+        """Start the clock; the harness resets itself (:data:`BOOT_CYCLES`)."""
         dut = self.dut
         Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start(start_high=False)
-        dut.rst.value = 1
         dut.push__valid.value = 0
         dut.pull__ready.value = 0
         dut.seed.value = self._seed
         for name in ("gap", "stall", "tile_stall"):
             getattr(dut, name).value = 0
-        for _ in range(reset_cycles):
-            await RisingEdge(dut.clk)
-        dut.rst.value = 0
+        await _cycles(BOOT_CYCLES + 2)
         await RisingEdge(dut.clk)
 
     def set_stalls(self, gap: float, stall: float, tile_stall: float) -> None:
@@ -107,17 +105,22 @@ class HarnessTransport:
         self.cycle_waits += 1
         await _cycles(PAUSE_CYCLES)
 
-    async def wait_while_running(self, limit: int) -> bool:
+    async def wait_while_running(self, limit: int, every: int = 1 << 20,
+                                 tick=None) -> bool:
         """Let the simulator run until the accelerator stops running (``True``), or for
-        ``limit`` cycles (``False``)."""
+        ``limit`` cycles or until its watchdog fires (``False``); ``await tick()`` every
+        ``every`` cycles meanwhile."""
         left = limit
         while int(self.dut.running.value):
-            if left <= 0:
+            if left <= 0 or int(self.dut.watchdog.value):
                 return False
-            step = min(left, 1 << 20)
+            step = min(left, every)
             self.cycle_waits += 1
-            await First(FallingEdge(self.dut.running), _cycles(step))
+            await First(FallingEdge(self.dut.running), RisingEdge(self.dut.watchdog),
+                        _cycles(step))
             left -= step
+            if tick is not None and int(self.dut.running.value):
+                await tick()
         return True
 
     # -- bursts ----------------------------------------------------------------------------------

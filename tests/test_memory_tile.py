@@ -542,3 +542,25 @@ def test_verilog_lints_clean(tmp_path, params):
     ys = yosys_check(path, "memory_tile")
     assert ys.ok, ys.log[-2000:]
     assert ys.cells.get("mem_v2") == 1  # the scratchpad is one memory, not registers
+
+
+def test_largest_scratchpad_converts_without_initial_contents():
+    """The scratchpad is an SRAM, undefined until written: its Verilog has no initial block
+    (hdl.ports.NO_INIT), so the largest one (16 MiB, configs/encoder.toml's) is a short file,
+    not 4M lines of zeros (gigabytes of RAM while Amaranth writes them); a memory without
+    the mark (the control tile's program queue) keeps its initial contents."""
+    import re
+
+    from heterotron.hdl.accelerator import describe
+    from heterotron.hdl.tiles.control import ControlTile
+    from heterotron.sim.flows.build import to_verilog
+
+    text = to_verilog(MemoryTile(index=1, control=0, flit_width=32, kbytes=1 << 14,
+                                 max_packet=64), "memory_tile")
+    assert re.search(r"reg \[31:0\] mem \[4194303:0\];", text)
+    assert "mem[0] =" not in text and len(text) < 1_000_000
+    queue = to_verilog(ControlTile(describe({
+        "nx": 2, "ny": 1, "tile": [{"kind": "control", "at": [0, 0]},
+                                   {"kind": "memory", "at": [1, 0], "kbytes": 1}]})),
+        "control_tile")
+    assert re.search(r"queue\[0\] = 32'd0;", queue)

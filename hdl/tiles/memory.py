@@ -32,7 +32,7 @@ from heterotron.hdl.contract.accel import (
     opcode,
 )
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
-from heterotron.hdl.ports import error_ports, raise_error, sticky_errors
+from heterotron.hdl.ports import NO_INIT, error_ports, raise_error, sticky_errors
 from heterotron.hdl.tiles.common import check_placement, class_ports, header_value
 
 __all__ = ["MemoryTile", "MemoryTileError", "COPY"]
@@ -185,7 +185,9 @@ class MemoryTile(Parameterised, wiring.Component):
         lwb = wb.bit_length() - 1
         max_packet = self.max_packet
 
-        m.submodules.mem = mem = Memory(shape=unsigned(W), depth=words, init=[])
+        # An SRAM: undefined until written (no initial contents in the Verilog).
+        m.submodules.mem = mem = Memory(shape=unsigned(W), depth=words, init=[],
+                                        attrs={NO_INIT: 1})
         wr = mem.write_port(granularity=8)
         rd = mem.read_port()
         raised = sticky_errors(m, self.error, self.error_clear)

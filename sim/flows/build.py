@@ -20,6 +20,7 @@ from amaranth.hdl import Shape
 from amaranth.lib import data, wiring
 
 from heterotron.hdl.contract.params import defaults
+from heterotron.hdl.ports import NO_INIT
 from heterotron.sim.flows.units import Unit
 
 __all__ = ["Generated", "build_root", "generate", "generate_from", "sidecar", "port_list",
@@ -203,9 +204,38 @@ def generate_from(name: str, key_source: Any, make, params: dict[str, Any],
     return Generated(v_path, j_path, name, params, key)
 
 
+@contextmanager
+def _no_init_memories() -> Iterator[None]:
+    """While converting: memories marked :data:`~heterotron.hdl.ports.NO_INIT` whose initial
+    contents are all zero get no ``$meminit`` cell, so no initial block in the Verilog.
+    (Amaranth 0.5 has no switch for it; its RTLIL emitter's ``emit_memory`` writes only
+    that cell.)"""
+    from amaranth.back import rtlil
+
+    emit = rtlil.ModuleEmitter.emit_memory
+
+    def emit_memory(self, cell_idx, cell):
+        if cell.attributes.get(NO_INIT) and not any(cell.init):
+            return
+        emit(self, cell_idx, cell)
+
+    rtlil.ModuleEmitter.emit_memory = emit_memory
+    try:
+        yield
+    finally:
+        rtlil.ModuleEmitter.emit_memory = emit
+
+
+def to_verilog(component, name: str) -> str:
+    """The Verilog of ``component`` as module ``name`` (without source locations), its
+    :data:`~heterotron.hdl.ports.NO_INIT` memories without initial contents."""
+    with _no_init_memories():
+        return verilog.convert(component, name=name, emit_src=False)
+
+
 def _write(name: str, make, v_path: Path, j_path: Path) -> None:
     component, meta = make()
-    text = verilog.convert(component, name=name, emit_src=False)
+    text = to_verilog(component, name)
     # Write to temporary names first: an interrupted run never leaves a half file in the cache.
     v_tmp, j_tmp = v_path.with_suffix(".v.tmp"), j_path.with_suffix(".json.tmp")
     v_tmp.write_text(text)

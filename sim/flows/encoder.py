@@ -136,9 +136,12 @@ def _compare(enc, comp: Compiled, memories, x, xr, layer: int) -> tuple[list[dic
 
 def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
                sentence: str | None = None, params: str | Path | None = None,
-               golden: bool = False, progress=print) -> dict[str, Any]:
+               golden: bool = False, whole_memory: bool = False,
+               progress=print) -> dict[str, Any]:
     """Compile ``layers`` MiniLM layers for ``desc``, run them (the RTL in Verilator, or the
-    program interpreter with ``golden``) and judge every stage."""
+    program interpreter with ``golden``) and judge every stage. On the RTL, the tensors the
+    program writes are read back, and with ``whole_memory`` every byte of the images too
+    (nothing written where it should not be: about 2M more cycles a layer, the weights)."""
     enc = load_encoder(params, progress)
     if not 1 <= layers <= enc.layers:
         raise EncoderRunError(f"--layers must be in [1, {enc.layers}], not {layers}")
@@ -169,7 +172,7 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
         rows += stage_rows
     rtl = None
     if not golden:
-        rtl = _run_rtl(desc, comp, x, xr, res, progress)
+        rtl = _run_rtl(desc, comp, x, xr, res, progress, whole_memory)
         bad = rtl.get("mismatch")
         for r in rows:  # the RTL against the interpreter: stages before the first mismatch
             if bad and (r["layer"], r["stage"]) == (bad["layer"], bad["stage"]):
@@ -178,8 +181,9 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
                                        "got": bad["got"], "want": bad["want"], "rtl": True}
             elif bad and _after(r, bad):
                 r["bit_exact"] = None  # not judged: an earlier stage already differs
-        if not rtl["passed"] and not bad:
+        if not rtl["passed"] and not bad:  # failed, but no tensor differs: say where to look
             rows[-1]["bit_exact"] = False
+            rows[-1]["first_mismatch"] = {"rtl": True, "failed": rtl.get("results")}
     report: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2", "layers": layers, "tokens": T,
         "input": text if sentence is not None else f"first {T} tokens of a shipped paragraph",
@@ -229,14 +233,15 @@ def write_compiled_job(path: Path, comp: Compiled, x, xr, res,
     return sum(extent.values())
 
 
-def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress) -> dict[str, Any]:
+def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress,
+             whole_memory: bool) -> dict[str, Any]:
     """The compiled program on the RTL, judged against the interpreter's result ``res``."""
-    job = Path("build") / "run" / f"job-{desc.config_hash:08x}.npz"
+    job = (Path("build") / "run" / f"job-{desc.config_hash:08x}.npz").resolve()
     job.parent.mkdir(parents=True, exist_ok=True)
     nbytes = write_compiled_job(job, comp, x, xr, res)
     progress(f"simulating the RTL (Verilator): {nbytes} bytes of scratchpad images, "
              f"{len(comp.words)} program words")
-    return run_job(desc, job)
+    return run_job(desc, job, progress=progress is not None, whole_memory=whole_memory)
 
 
 def _utilisation(rtl: dict[str, Any]) -> dict[str, Any]:
@@ -265,8 +270,11 @@ def format_report(r: dict[str, Any]) -> str:
             mark = "bit-exact"
         else:
             mm = s["first_mismatch"]
-            mark = (f"MISMATCH: {mm['tensor']}{mm['at']} = {mm['got']}, run_layer "
-                    f"{mm['want']}")
+            if "failed" in mm:
+                mark = f"FAILED on the RTL, no tensor differs: see {mm['failed']}"
+            else:
+                mark = (f"MISMATCH: {mm['tensor']}{mm['at']} = {mm['got']}, run_layer "
+                        f"{mm['want']}")
         lines.append(f"  layer {s['layer']} {s['stage']:<10} {mark}")
     p = r["program"]
     lines.append(f"program: {p['words']} words, {p['instructions']} instructions, "
@@ -316,21 +324,78 @@ def job_tensors(comp: Compiled) -> list[dict]:
     return out
 
 
-def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True
-            ) -> dict[str, Any]:
+def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True,
+            progress: bool = False, whole_memory: bool = True) -> dict[str, Any]:
     """Run a job file (:func:`heterotron.tb.encoder.write_job`) on the RTL (Verilator) and
-    return the testbench's figures, with ``passed``."""
+    return the testbench's figures, with ``passed``; with ``progress``, a tqdm bar per phase
+    (loading the images, running the program, reading the scratchpads back). The testbench
+    reads back every byte of the images (``whole_memory``: nothing written where it should
+    not be), or only the bytes of the tensors the program writes."""
     import json
+    import threading
 
     from heterotron.sim.flows.accel import generate_sim_accelerator
     from heterotron.sim.flows.runner import simulate_generated
 
     out = job.with_suffix(".json")
     out.unlink(missing_ok=True)
-    res = simulate_generated(generate_sim_accelerator(desc), JOB_TESTBENCH, seed=seed,
-                             bench={"job": str(job)}, bench_out=out, testcase="test_job",
-                             quiet=quiet, fast_model=True)
+    ticks = job.with_suffix(".progress")
+    ticks.unlink(missing_ok=True)
+    bench = {"job": str(job), "read_back": "all" if whole_memory else "written",
+             **({"progress": str(ticks)} if progress else {})}
+    done: dict[str, Any] = {}
+
+    def simulate():
+        try:
+            done["res"] = simulate_generated(
+                generate_sim_accelerator(desc), JOB_TESTBENCH, seed=seed, bench=bench,
+                bench_out=out, testcase="test_job", quiet=quiet, fast_model=True)
+        except BaseException as exc:  # handed to the caller's thread
+            done["exc"] = exc
+
+    worker = threading.Thread(target=simulate)
+    worker.start()
+    if progress:
+        _follow(ticks, worker)
+    worker.join()
+    if "exc" in done:
+        raise done["exc"]
+    res = done["res"]
     rows = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     figures = rows[-1] if rows else {}
     return {**figures, "passed": res.tests == 1 and res.failed == 0,
             "results": str(res.results_xml), "build_seconds": round(res.build_seconds, 1)}
+
+
+_PHASES = {"load": ("loading images", "B"), "run": ("running the program", "instr"),
+           "read": ("reading back", "B")}
+
+
+def _follow(ticks: Path, worker) -> None:
+    """A tqdm bar per phase from the testbench's progress lines, until ``worker`` ends."""
+    import json
+
+    from tqdm import tqdm
+
+    bar, phase, seen = None, None, 0
+    while worker.is_alive():
+        worker.join(0.5)
+        if not ticks.exists():
+            continue
+        lines = ticks.read_text().splitlines()
+        for line in lines[seen:]:
+            try:
+                tick = json.loads(line)
+            except ValueError:  # a line being written
+                break
+            seen += 1
+            if tick["phase"] != phase:
+                if bar is not None:
+                    bar.close()
+                phase = tick["phase"]
+                what, unit = _PHASES[phase]
+                bar = tqdm(total=tick["total"], desc=what, unit=unit,
+                           unit_scale=unit == "B")
+            bar.update(tick["done"] - bar.n)
+    if bar is not None:
+        bar.close()

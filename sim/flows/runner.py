@@ -42,14 +42,15 @@ VERILATOR_OPTS = ("-O0", "-O1", "-O2", "-O3", "-Os")
 #: :data:`ENV_VERILATOR_OPT` says, the start-up code (``OPT_SLOW``: the VPI symbol tables of
 #: every public signal, slow to optimise and run once) at ``-O0``.
 FAST_MODEL_MAKEFLAGS = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
-#: ... and only the top module's signals visible to the testbench: cocotb's runner makes
-#: every signal public (``--public-flat-rw``), which keeps Verilator from optimising them
-#: away and triples the time of every cycle; a testbench of a fast model reads and drives
-#: the top's ports only.
-FAST_MODEL_ARGS = ("--no-public-flat-rw", "--public-depth", "1")
+#: ... and only the top module's ports visible to the testbench (a control file,
+#: :func:`_ports_vlt`): cocotb's runner makes every signal public (``--public-flat-rw``),
+#: which keeps Verilator from optimising them away, and has it evaluate everything they
+#: reach on every call as if the testbench could have changed them: it triples the time of
+#: a cycle. A testbench of a fast model reads and drives the top's ports only.
+FAST_MODEL_ARGS = ("--no-public-flat-rw",)
 # The build folder of a fast model is named by its settings: changed settings, a new build.
 _FAST_SUFFIX = "-fast" + hashlib.sha256(
-    repr((FAST_MODEL_MAKEFLAGS, FAST_MODEL_ARGS)).encode()).hexdigest()[:6]
+    repr((FAST_MODEL_MAKEFLAGS, FAST_MODEL_ARGS, "ports.vlt")).encode()).hexdigest()[:6]
 
 
 @dataclass
@@ -83,6 +84,23 @@ def _verilator_opt() -> str:
     return opt
 
 
+def _ports_vlt(verilog: Path, top: str, build_dir: Path) -> Path:
+    """A Verilator control file making the ports of module ``top`` public, and nothing
+    else."""
+    import re
+
+    text = verilog.read_text()
+    found = re.search(rf"^module {re.escape(top)}\s*\(([^)]*)\);", text, re.M)
+    if not found:
+        raise ToolError(f"no module {top} in {verilog}")
+    ports = [p.strip().lstrip("\\") for p in found.group(1).split(",") if p.strip()]
+    lines = ["`verilator_config"] + [
+        f'public_flat_rw -module "{top}" -var "{p}"' for p in ports]
+    path = build_dir / "ports.vlt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, waves: bool,
            fast_model: bool = False) -> float:
     """Build the simulator model unless an identical one is already there."""
@@ -96,7 +114,7 @@ def _build(runner, simulator: str, verilog: Path, top: str, build_dir: Path, wav
         if simulator == "verilator":
             build_args = [f"-Wno-{w}" for w in VERILATOR_WAIVERS]
             if fast_model:
-                build_args += list(FAST_MODEL_ARGS)
+                build_args += [*FAST_MODEL_ARGS, str(_ports_vlt(verilog, top, build_dir))]
             if waves:
                 build_args += ["--trace-structs"]
             opt = _verilator_opt()
