@@ -94,8 +94,10 @@ def _first_mismatch(tensors, rtl: dict[int, bytes], expected: dict[int, bytes]):
 
 #: Bytes moved between two progress lines while loading and reading back.
 PROGRESS_BYTES = 64 * 1024
-#: Cycles between two progress lines while the program runs.
+#: Cycles between two progress lines while the program runs, once it is all queued ...
 PROGRESS_CYCLES = 1 << 17
+#: ... and program words queued between two while it is being queued.
+PROGRESS_WORDS = 2048
 
 
 class Progress:
@@ -148,11 +150,14 @@ async def test_job(dut):
     cycles_reg = dev.registers["cycles"]
     t0 = time.monotonic()
     c0 = await dev.read_reg(cycles_reg)
-    await dev.write_program(job["words"])
     limit = int(cfg.get("max_cycles", 1 << 32))
 
     async def running():
         progress("run", await dev.read_reg(dev.registers["retired"]), job["retired"])
+    words = job["words"]
+    for off in range(0, len(words), PROGRESS_WORDS):  # the queue fills as the program runs
+        await dev.write_program(words[off:off + PROGRESS_WORDS])
+        await running()
     finished = await link.wait_while_running(limit, PROGRESS_CYCLES, running)
     st = await dev.wait_idle(polls=WAIT_POLLS)
     run_s = time.monotonic() - t0
@@ -192,7 +197,7 @@ async def test_job(dut):
     if out:
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
-    assert finished, (f"watchdog (no progress for the control tile's watchdog cycles)"
+    assert finished, ("watchdog (no progress for the control tile's watchdog cycles)"
                       if row["watchdog"] else f"still running after {limit} cycles")
     assert mismatch is None, f"first mismatch: {mismatch}"
     assert row["whole_memory_equal"] is not False, "a byte outside the tensors differs"
