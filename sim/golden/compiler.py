@@ -282,7 +282,13 @@ class _Compiler:
     # -- stages --------------------------------------------------------------------------------
 
     def static(self, name: str, x: Region, w: np.ndarray, out: Region) -> None:
-        """``out = x @ w.T`` (int32 sums, rescaled) on the PiM tiles."""
+        """``out = x @ w.T`` (int32 sums, rescaled) on the PiM tiles.
+
+        Output-column block ``j`` goes to PiM tile ``j mod tiles``, its K blocks summed in
+        the tile's accumulator (PROGRAM then MVM, block after block). The tiles' blocks are
+        emitted in rounds, every tile's PROGRAM of a round before every tile's MVM of it:
+        the control tile issues in order and holds the queue while the head's tile is busy,
+        so a tile's chain written out whole would keep the other tiles idle."""
         prog, p, s = self.prog, self.pim_p, self.settings
         rows, cols = p["rows"], p["cols"]
         N, K = w.shape
@@ -290,6 +296,7 @@ class _Compiler:
         kb, nb = -(-K // rows), -(-N // cols)
         ns, fs = noise_seed(name), fault_seed(name)
         chunks = [(m0, min(self.max_m, self.T - m0)) for m0 in range(0, self.T, self.max_m)]
+        blocks: dict[int, list] = {t.index: [] for t in self.pims}  # per tile, in its order
         for j in range(nb):
             tile = self.pims[j % len(self.pims)]
             n0, nn = j * cols, min(cols, N - j * cols)
@@ -297,15 +304,20 @@ class _Compiler:
                 for i in range(kb):
                     k0, kk = i * rows, min(rows, K - i * rows)
                     t = i * nb + j
-                    if s.sigma:
-                        prog.adc(tile, s.gain, s.offset, s.sigma, (ns + t) & M32)
-                    prog.program(tile, _aligned(_sub(wr, n0, nn, k0, kk), self.word,
-                                                f"{name} weight block"),
-                                 s.fault_rate, (fs + t) & M32)
+                    weights = _aligned(_sub(wr, n0, nn, k0, kk), self.word,
+                                       f"{name} weight block")
                     src = _aligned(_sub(x, m0, mm, k0, kk), self.word, f"{name} input block")
                     dest = (_aligned(_sub(out, m0, mm, n0, nn), self.word, f"{name} output")
                             if i == kb - 1 else None)
-                    prog.mvm(tile, src, dest, acc=i > 0)
+                    blocks[tile.index].append((tile, t, weights, src, dest, i > 0))
+        for r in range(max(len(b) for b in blocks.values())):
+            round_ = [b[r] for b in blocks.values() if r < len(b)]
+            for tile, t, weights, _, _, _ in round_:
+                if s.sigma:
+                    prog.adc(tile, s.gain, s.offset, s.sigma, (ns + t) & M32)
+                prog.program(tile, weights, s.fault_rate, (fs + t) & M32)
+            for tile, _, _, src, dest, acc in round_:
+                prog.mvm(tile, src, dest, acc=acc)
 
     def split_rows(self, *regions: Region):
         """Per SFU tile, its share of the rows of every region."""
