@@ -3,8 +3,9 @@ report every stage against the integer encoder (``bert_int.run_layer``).
 
 The program runs in the program interpreter (``golden=True``) or, by default, also on the
 RTL (Verilator, :mod:`heterotron.tb.encoder`), judged against the interpreter tensor by
-tensor. The RTL run is slow today (a few thousand cycles a second, the host link fed byte by
-byte from Python; a MiniLM layer is over a million cycles).
+tensor, in the simulation harness (:mod:`heterotron.hdl.simtop`) as a fast model: about
+30k cycles a second on ``configs/encoder.toml``, where MiniLM's layer 0 on 8 tokens is
+3.9M cycles after 2.1M of image loading.
 """
 
 from __future__ import annotations
