@@ -34,7 +34,8 @@ def add_commands(commands) -> None:
     p.add_argument("--golden", action="store_true",
                    help="run the program in the program interpreter only (default: also on "
                         "the RTL in Verilator, judged against the interpreter: a model build "
-                        "of a few minutes, cached, then about a minute a layer)")
+                        "of about 5 min, cached, then about 6 min a layer on the default "
+                        "description)")
     p.add_argument("--whole-memory", action="store_true",
                    help="on the RTL, also read back and compare every byte of the scratchpad "
                         "images, not only the tensors the program writes (about 2M more "

@@ -110,9 +110,7 @@ def used_extent(allocated: dict[int, int], writes) -> dict[int, int]:
     part is loaded and compared: the rest is never read."""
     out = dict(allocated)
     for w in writes:
-        r = w.region
-        end = r.addr + ((r.rows - 1) * r.stride + r.cols) * r.ebytes
-        out[w.mem] = max(out.get(w.mem, 0), end)
+        out[w.mem] = max(out.get(w.mem, 0), w.region.end)
     return {t: -(-n // 4) * 4 for t, n in out.items()}
 
 

@@ -24,6 +24,7 @@ import time
 import cocotb
 import numpy as np
 
+from heterotron.sim.golden.accel import Region
 from heterotron.tb import env
 from heterotron.tb.accel import WAIT_POLLS, start
 
@@ -62,8 +63,8 @@ def written_spans(tensors) -> dict[int, list[tuple[int, int]]]:
     word boundaries."""
     spans: dict[int, list[tuple[int, int]]] = {}
     for t in tensors:
-        end = t["addr"] + ((t["rows"] - 1) * t["stride"] + t["cols"]) * t["ebytes"]
-        spans.setdefault(t["mem"], []).append((t["addr"] // 4 * 4, -(-end // 4) * 4))
+        r = Region(*(t[k] for k in ("mem", "addr", "rows", "cols", "stride", "ebytes")))
+        spans.setdefault(r.mem, []).append((r.addr // 4 * 4, -(-r.end // 4) * 4))
     out = {}
     for mem, ranges in spans.items():
         merged: list[tuple[int, int]] = []

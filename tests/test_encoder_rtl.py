@@ -71,7 +71,7 @@ def test_synthetic_layer_on_the_rtl(tmp_path):
     assert figs[0]["cycles"] > 1.08 * figs[1]["cycles"], [f["cycles"] for f in figs]
 
 
-@pytest.mark.slow  # a 3-minute model build, then 2M bytes of images and a 1.3M-cycle layer
+@pytest.mark.slow  # a 4.5-min model build, then 2M bytes of images and a 3.9M-cycle layer
 def test_minilm_layer_on_the_rtl(tmp_path):
     """``heterotron run minilm --layers 1 --tokens 8`` on configs/encoder.toml: MiniLM's
     layer 0 on 8 real tokens runs on the RTL with every stage bit-exact (the RTL against

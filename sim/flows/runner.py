@@ -39,8 +39,8 @@ ENV_VERILATOR_OPT = "HETEROTRON_VERILATOR_OPT"
 VERILATOR_OPTS = ("-O0", "-O1", "-O2", "-O3", "-Os")
 #: A model built for a long run (``fast_model``): the code that runs every cycle
 #: (``OPT_FAST``, and Verilator's runtime, ``OPT_GLOBAL``) at ``-O2``, whatever
-#: :data:`ENV_VERILATOR_OPT` says, the start-up code (``OPT_SLOW``: the VPI symbol tables of
-#: every public signal, slow to optimise and run once) at ``-O0``.
+#: :data:`ENV_VERILATOR_OPT` says, the start-up code (``OPT_SLOW``: constructors and symbol
+#: tables, large, slow to optimise and run once) at ``-O0``.
 FAST_MODEL_MAKEFLAGS = "OPT_FAST=-O2 OPT_GLOBAL=-O2 OPT_SLOW=-O0"
 #: ... and only the top module's ports visible to the testbench (a control file,
 #: :func:`_ports_vlt`): cocotb's runner makes every signal public (``--public-flat-rw``),
