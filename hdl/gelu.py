@@ -110,8 +110,13 @@ class Gelu(Parameterised, wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes = self.lanes
+        # The stages advance together while the output can move, and only while a beat is
+        # in flight or offered: an empty pipeline holds still (its registers then keep
+        # stale operands, which no valid beat carries; an idle unit does not switch).
         advance = Signal()
-        m.d.comb += advance.eq(~self.o.valid | self.o.ready)
+        inflight = Signal(range(self.latency + 2))  # accepted, not yet delivered
+        m.d.comb += advance.eq((~self.o.valid | self.o.ready)
+                               & ((inflight != 0) | self.i.valid))
 
         # Configuration: taken when no row is open and the pipeline is empty.
         k = Signal(self.cfg_layout, name="consts")
@@ -130,7 +135,6 @@ class Gelu(Parameterised, wiring.Component):
         take = self.i.valid & self.i.ready
         with m.If(take):
             m.d.sync += in_row.eq(~self.i.payload.last)
-        inflight = Signal(range(self.latency + 2))  # accepted, not yet delivered
         m.d.sync += inflight.eq(inflight + take - (self.o.valid & self.o.ready))
         m.d.comb += busy.eq(in_row | (inflight != 0))
 

@@ -413,10 +413,15 @@ class PimTile(Parameterised, wiring.Component):
             m.d.comb += [shift.eq(Mux(b >= ib, b - ib, b)), negate.eq(b >= ib)]
         else:
             m.d.comb += [shift.eq(b), negate.eq(b == ib - 1)]
+        # The sums are loaded on a plane's first slot only (k = 0): the plane, the vector buffer
+        # and the cells hold still for its ``share`` slots, so the register holds the same sums
+        # the other slots would load; an idle tile's adder trees do not switch.
+        load_sums = Signal(name="load_sums")
+        m.d.comb += load_sums.eq(conv & (k == 0))
         psum = []
         for j in range(J):
             terms = [Mux(bits[r], cells[r][j * cb:(j + 1) * cb], 0) for r in range(self.rows)]
-            psum.append(reg(m, None, _balanced_sum(terms), f"psum{j}"))
+            psum.append(reg(m, load_sums, _balanced_sum(terms), f"psum{j}"))
         tag_layout = data.StructLayout({"valid": 1, "conv": 1, "last": 1, "shift": len(shift),
                                         "neg": 1, "k": len(k)})
         tag_now = Signal(tag_layout)

@@ -21,11 +21,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.accel import AccelError, Description
+from heterotron.hdl.contract.accel import MAX_TILES, AccelError, Description
 from heterotron.hdl.top import Accelerator
 
 __all__ = ["SimAccelerator", "HOST_WORD_BYTES", "HOST_WORD", "PUSH_DEPTH", "PULL_DEPTH",
-           "BOOT_CYCLES", "xorshift32"]
+           "POKE_WORD", "POKE_DEPTH", "BOOT_CYCLES", "xorshift32"]
 
 #: Bytes a testbench moves per cycle through ``push`` and ``pull``.
 HOST_WORD_BYTES = 32
@@ -36,6 +36,13 @@ HOST_WORD = data.StructLayout({"data": unsigned(8 * HOST_WORD_BYTES),
 PUSH_DEPTH = 1024
 #: Words the pull FIFO holds.
 PULL_DEPTH = 256
+#: One beat of ``poke``: ``count`` bytes of ``data`` for memory tile ``tile``'s scratchpad
+#: from byte ``addr`` (a multiple of the scratchpad word), byte 0 in the low bits.
+POKE_WORD = data.StructLayout({"tile": range(MAX_TILES), "addr": unsigned(32),
+                               "data": unsigned(8 * HOST_WORD_BYTES),
+                               "count": unsigned((HOST_WORD_BYTES).bit_length())})
+#: Words the poke FIFO holds.
+POKE_DEPTH = 256
 #: Cycles the harness holds ``sync`` in reset after power-on.
 BOOT_CYCLES = 4
 
@@ -101,6 +108,13 @@ class SimAccelerator(wiring.Component):
     pull : Out(stream of HOST_WORD)
         The bytes ``tx`` sent, packed: a word leaves when it is full or when ``tx`` has no
         byte for it that cycle. ``tx`` is held not ready with probability ``stall / 256``.
+    poke : In(stream of POKE_WORD)
+        Scratchpad bytes written straight into a memory tile, a scratchpad word a cycle
+        (the accelerator's ``poke`` backdoor), through a FIFO of :data:`POKE_DEPTH` words:
+        how a testbench loads images before a program runs without the host link's byte a
+        cycle. Never while a program runs (it takes the scratchpad's write port).
+    poke_free : Out(range(POKE_DEPTH + 1))
+        Words the poke FIFO can take now.
     seed : In(32)
         Seeds the random draws; taken in the first cycle after the reset.
     gap, stall, tile_stall : In(8)
@@ -117,6 +131,8 @@ class SimAccelerator(wiring.Component):
             "push": In(stream.Signature(HOST_WORD)),
             "push_free": Out(range(PUSH_DEPTH + 1)),
             "pull": Out(stream.Signature(HOST_WORD)),
+            "poke": In(stream.Signature(POKE_WORD)),
+            "poke_free": Out(range(POKE_DEPTH + 1)),
             "seed": In(32),
             "gap": In(8),
             "stall": In(8),
@@ -137,7 +153,7 @@ class SimAccelerator(wiring.Component):
             m.d.boot += boot.eq(boot + 1)
         m.d.comb += [cd_sync.clk.eq(self.clk), cd_boot.clk.eq(self.clk),
                      cd_sync.rst.eq(boot != BOOT_CYCLES)]
-        m.submodules.accel = acc = Accelerator(self.desc)
+        m.submodules.accel = acc = Accelerator(self.desc, backdoor=True)
         m.d.comb += [self.running.eq(acc.running), self.watchdog.eq(acc.watchdog),
                      self.error.eq(acc.error), self.misrouted.eq(acc.misrouted)]
 
@@ -185,4 +201,26 @@ class SimAccelerator(wiring.Component):
             m.d.sync += [acc_word.eq(0), count.eq(0)]
         m.d.comb += [self.pull.valid.eq(qf.r_rdy), self.pull.payload.eq(qf.r_data),
                      qf.r_en.eq(self.pull.ready)]
+
+        # -- poke -> the scratchpads' backdoor: a word of the beat a cycle -------------------------
+        wb = self.desc.params["flit_width"] // 8
+        m.submodules.poke_fifo = kf = SyncFIFOBuffered(width=POKE_WORD.size, depth=POKE_DEPTH)
+        m.d.comb += [kf.w_data.eq(self.poke.payload), kf.w_en.eq(self.poke.valid),
+                     self.poke.ready.eq(kf.w_rdy), self.poke_free.eq(POKE_DEPTH - kf.level)]
+        beat = Signal(POKE_WORD)
+        part = Signal(range(W // wb + 1))  # words of the beat written
+        have = Signal()
+        done = (part + 1) * wb >= beat.count
+        m.d.comb += kf.r_en.eq(~have)
+        with m.If(~have & kf.r_rdy):
+            m.d.sync += [beat.eq(kf.r_data), part.eq(0), have.eq(1)]
+        poke = acc.poke
+        m.d.comb += [poke.valid.eq(have), poke.payload.tile.eq(beat.tile),
+                     poke.payload.addr.eq((beat.addr >> (wb.bit_length() - 1)) + part),
+                     poke.payload.data.eq(beat.data.word_select(part, 8 * wb)),
+                     poke.payload.en.eq(Cat(part * wb + b < beat.count for b in range(wb)))]
+        with m.If(poke.valid & poke.ready):
+            m.d.sync += part.eq(part + 1)
+            with m.If(done):
+                m.d.sync += have.eq(0)
         return m

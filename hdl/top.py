@@ -5,10 +5,17 @@ a mesh per plane, the tiles on their nodes, the host port on the control tile.""
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from heterotron.hdl.contract.accel import WORD, AccelError, Description, MsgClass, TileKind
+from heterotron.hdl.contract.accel import (
+    MAX_TILES,
+    WORD,
+    AccelError,
+    Description,
+    MsgClass,
+    TileKind,
+)
 from heterotron.hdl.hostport import HostPort
 from heterotron.hdl.mesh import Mesh
 from heterotron.hdl.tiles.common import CLASS_PORTS
@@ -22,14 +29,15 @@ from heterotron.hdl.tiles.sfu import SfuTile
 __all__ = ["Accelerator"]
 
 
-def _tile(desc: Description, t) -> wiring.Component:
+def _tile(desc: Description, t, backdoor: bool = False) -> wiring.Component:
     p = desc.params
     control = desc.control.index
     if t.kind == TileKind.CONTROL:
         return ControlTile(desc)
     if t.kind == TileKind.MEMORY:
         return MemoryTile(index=t.index, control=control, flit_width=p["flit_width"],
-                          kbytes=t.params["kbytes"], max_packet=p["max_packet"])
+                          kbytes=t.params["kbytes"], max_packet=p["max_packet"],
+                          backdoor=backdoor)
     if t.kind == TileKind.SFU:
         return SfuTile(index=t.index, control=control, flit_width=p["flit_width"],
                        max_packet=p["max_packet"], **t.params)
@@ -62,11 +70,17 @@ class Accelerator(wiring.Component):
     stall : In(tiles)
         Test hook (tie to 0 in a design): while bit ``i`` is high, tile ``i`` takes nothing
         from the network, so a testbench can put random back-pressure on every tile.
+    poke : In(stream of :meth:`poke_layout`), only with ``backdoor=True``
+        Simulation only: a word into memory tile ``tile``'s scratchpad a cycle
+        (:attr:`MemoryTile.poke <heterotron.hdl.tiles.memory.MemoryTile>`), for loading
+        images without the host link; never in a generated design.
     """
 
-    def __init__(self, desc: Description):
+    def __init__(self, desc: Description, *, backdoor: bool = False):
         self.desc = desc
+        self.backdoor = backdoor
         super().__init__({
+            **({"poke": In(stream.Signature(self.poke_layout))} if backdoor else {}),
             "rx": In(stream.Signature(unsigned(8))),
             "tx": Out(stream.Signature(unsigned(8))),
             "running": Out(1),
@@ -75,6 +89,13 @@ class Accelerator(wiring.Component):
             "misrouted": Out(1),
             "stall": In(len(desc.tiles)),
         })
+
+    @property
+    def poke_layout(self) -> data.StructLayout:
+        """A backdoor write: memory tile index, word address, word, byte enables."""
+        fw = self.desc.params["flit_width"]
+        return data.StructLayout({"tile": range(MAX_TILES), "addr": unsigned(32),
+                                  "data": unsigned(fw), "en": unsigned(fw // 8)})
 
     def plane_width(self, plane: int) -> int:
         data = self.desc.planes["data"]
@@ -100,8 +121,16 @@ class Accelerator(wiring.Component):
         used_nodes = set()
         misrouted = []
         for t in desc.tiles:
-            tile = _tile(desc, t)
+            tile = _tile(desc, t, self.backdoor)
             m.submodules[t.name] = tile
+            if self.backdoor and t.kind == TileKind.MEMORY:
+                mine = self.poke.payload.tile == t.index
+                m.d.comb += [tile.poke.valid.eq(self.poke.valid & mine),
+                             tile.poke.payload.addr.eq(self.poke.payload.addr),
+                             tile.poke.payload.data.eq(self.poke.payload.data),
+                             tile.poke.payload.en.eq(self.poke.payload.en)]
+                with m.If(mine):
+                    m.d.comb += self.poke.ready.eq(tile.poke.ready)
             tiles[t.index] = tile
             node = topo.index(t.at)
             used_nodes.add(node)

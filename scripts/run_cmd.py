@@ -40,6 +40,11 @@ def add_commands(commands) -> None:
                    help="on the RTL, also read back and compare every byte of the scratchpad "
                         "images, not only the tensors the program writes (about 2M more "
                         "cycles a layer: the weights)")
+    p.add_argument("--load", choices=("backdoor", "host"), default="backdoor",
+                   help="how the scratchpad images reach the RTL: straight into the "
+                        "scratchpads through the simulation harness, a word a cycle "
+                        "(backdoor), or through the host link, a byte a cycle, as on a board "
+                        "(host; about 2M more cycles a layer). Default: %(default)s")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
 
 
@@ -63,7 +68,8 @@ def cmd_run(args) -> int:
     try:
         report = run_minilm(desc, layers=args.layers, tokens=args.tokens,
                             sentence=args.sentence, params=args.params, golden=args.golden,
-                            whole_memory=args.whole_memory, progress=progress)
+                            whole_memory=args.whole_memory, load=args.load,
+                            progress=progress)
     except (EncoderRunError, CompileError) as exc:
         raise UsageError(f"{source}: {exc}") from None
     print(json.dumps(report, indent=1) if args.json else format_report(report))

@@ -141,8 +141,20 @@ async def test_job(dut):
     t0 = time.monotonic()
     images = job["images"]
 
+    backdoor = cfg.get("load", "host") == "backdoor"
+    if backdoor and not hasattr(link, "poke"):
+        raise ValueError("load = backdoor needs the simulation harness (its poke port)")
+    for t, img in images.items():
+        size = next(x for x in desc.tiles if x.index == t).params["kbytes"] * 1024
+        if len(img) > size:
+            raise ValueError(f"the image of memory tile {t} is {len(img)} bytes, its "
+                             f"scratchpad {size}")
+
     async def load(t, off, n):
-        await dev.write_mem(dev.address(t, off), images[t][off:off + n])
+        if backdoor:  # straight into the scratchpad, a word a cycle (the harness's poke)
+            await link.poke(t, off, images[t][off:off + n])
+        else:  # through the host link, as a board is loaded
+            await dev.write_mem(dev.address(t, off), images[t][off:off + n])
     await _move(progress, "load", {t: len(img) for t, img in images.items()}, load)
     load_s = time.monotonic() - t0
     # Cycles from the CYCLES register: from before the first program word to the first
@@ -187,7 +199,8 @@ async def test_job(dut):
     counters = await dev.counters()
     row = {"cycles": cycles,
            "cycles_per_second": round(cycles / run_s) if run_s else 0,
-           "load_seconds": round(load_s, 2), "run_seconds": round(run_s, 2),
+           "load": "backdoor" if backdoor else "host", "load_seconds": round(load_s, 2),
+           "run_seconds": round(run_s, 2),
            "read_seconds": round(read_s, 2), "wakes": link.cycle_waits,
            "retired": st["retired"], "error": st["error"], "watchdog": int(dut.watchdog.value),
            "finished": finished, "mismatch": mismatch,

@@ -16,7 +16,14 @@ from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 from cocotb.utils import get_sim_time
 
 from heterotron.hdl.contract.hostlink import FLAG
-from heterotron.hdl.simtop import BOOT_CYCLES, HOST_WORD, HOST_WORD_BYTES, PUSH_DEPTH
+from heterotron.hdl.simtop import (
+    BOOT_CYCLES,
+    HOST_WORD,
+    HOST_WORD_BYTES,
+    POKE_DEPTH,
+    POKE_WORD,
+    PUSH_DEPTH,
+)
 from heterotron.tb.common import CLOCK_NS, decode, encode
 from heterotron.tb.env import stalls_from_env
 
@@ -55,6 +62,7 @@ class HarnessTransport:
         Clock(dut.clk, CLOCK_NS, unit="ns", impl="gpi").start(start_high=False)
         dut.push__valid.value = 0
         dut.pull__ready.value = 0
+        dut.poke__valid.value = 0
         dut.seed.value = self._seed
         for name in ("gap", "stall", "tile_stall"):
             getattr(dut, name).value = 0
@@ -122,6 +130,44 @@ class HarnessTransport:
             if tick is not None and int(self.dut.running.value):
                 await tick()
         return True
+
+    async def poke(self, tile: int, addr: int, data: bytes) -> None:
+        """Write ``data`` into memory tile ``tile``'s scratchpad from byte ``addr`` (a multiple
+        of :data:`HOST_WORD_BYTES`) through the harness's backdoor, a scratchpad word a
+        cycle, and return once it is all written. For images before a program runs: the
+        backdoor takes the scratchpad's write port. The caller checks that the bytes fit."""
+        if addr % HOST_WORD_BYTES:
+            raise ValueError(f"a poke starts at a multiple of {HOST_WORD_BYTES} bytes, "
+                             f"not at {addr}")
+        dut, W = self.dut, HOST_WORD_BYTES
+        off = 0
+        while off < len(data):
+            await ReadOnly()
+            free = int(dut.poke_free.value)
+            await RisingEdge(dut.clk)
+            self.cycle_waits += 1
+            while off < len(data) and free:
+                chunk = data[off:off + W]
+                dut.poke__payload.value = encode(POKE_WORD, {
+                    "tile": tile, "addr": addr + off, "count": len(chunk),
+                    "data": int.from_bytes(chunk, "little")})
+                dut.poke__valid.value = 1
+                off += W
+                free -= 1
+                await RisingEdge(dut.clk)
+            dut.poke__valid.value = 0
+            await self._poke_drain(POKE_DEPTH // 2 if off < len(data) else POKE_DEPTH)
+        await _cycles(W)  # the last beat's words into the scratchpad
+
+    async def _poke_drain(self, free: int) -> None:
+        """Wait until the poke FIFO has ``free`` words free."""
+        while True:
+            await ReadOnly()
+            if int(self.dut.poke_free.value) >= free:
+                break
+            self.cycle_waits += 1
+            await _cycles(POKE_DEPTH // 4)
+        await RisingEdge(self.dut.clk)
 
     # -- bursts ----------------------------------------------------------------------------------
 

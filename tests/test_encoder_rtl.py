@@ -54,16 +54,19 @@ def test_pim_through_the_network(accelerator_testbench):
 def test_synthetic_layer_on_the_rtl(tmp_path):
     """A random two-head layer with real calibration on 6 tokens, on encoder-small in its
     simulation harness, under random gaps and back-pressure on the host link and every
-    tile, then without: every tensor bit-exact both times, and the back-pressure slowed the
-    layer down (about 1 min: a 45 s model build, then 140k cycles a run)."""
+    tile with the images loaded through the host link, then without back-pressure with the
+    images poked in through the harness's backdoor: every tensor and every image byte
+    read back bit-exact both times, and the back-pressure slowed the layer down (about 1
+    min: a 45 s model build, then 140k cycles a run)."""
     desc = _desc("encoder-small")
     w = bf.synthetic_weights(hidden=32, heads=2, layers=1, intermediate=64, seed=7)
     enc = bi.build(w, bf.random_tokens(12, 16, seed=8))
     x, xr = bi.quantize_input(enc, bf.embed(w, bf.random_tokens(1, 6, seed=9)[0]))
     figs = []
-    for stalls in ((0.6, 0.6, 0.6), (0.0, 0.0, 0.0)):
-        fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, stalls))
+    for stalls, load in (((0.6, 0.6, 0.6), "host"), ((0.0, 0.0, 0.0), "backdoor")):
+        fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, stalls), load=load)
         assert fig["passed"], fig
+        assert fig["load"] == load
         assert fig["mismatch"] is None and fig["whole_memory_equal"]
         busy = {t["kind"]: t["busy"] for t in fig["tiles"] if t["busy"]}
         assert {"pim", "sfu", "sa"} <= set(busy), busy

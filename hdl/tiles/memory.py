@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import Out
+from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.accel import (
     ACCEL_PARAMS,
@@ -138,6 +138,11 @@ class MemoryTile(Parameterised, wiring.Component):
     busy : Out(1)
         A read job is coming in, waiting or running, or a write packet is in progress (from
         the cycle after its header to the cycle its DONE, if any, is taken).
+    poke : In(stream of :meth:`poke_layout`), only with ``backdoor=True``
+        Simulation only (a constructor argument, never a description field): writes one
+        scratchpad word a cycle, ``{addr, data, en}`` (word address, word, byte enables),
+        while no write packet is in progress, so a testbench can load images at a word a
+        cycle before a program runs instead of through the host link.
     error, error_clear : Out(2), In(1)
         Sticky :class:`MemoryTileError` flags (:mod:`heterotron.hdl.ports`).
     """
@@ -161,14 +166,22 @@ class MemoryTile(Parameterised, wiring.Component):
                              f"{p['kbytes']}")
         check_placement(p)
 
-    def __init__(self, **given):
+    def __init__(self, *, backdoor: bool = False, **given):
         p = self._take_params(given)
+        self.backdoor = backdoor
         super().__init__({
             **class_ports(p["flit_width"], rx=(MsgClass.CMD, MsgClass.REQ, MsgClass.DATA),
                           tx=(MsgClass.DATA, MsgClass.DONE)),
             "busy": Out(1),
             **error_ports(MemoryTileError),
+            **({"poke": In(stream.Signature(self.poke_layout))} if backdoor else {}),
         })
+
+    @property
+    def poke_layout(self) -> data.StructLayout:
+        """A backdoor write: word address, word, byte enables."""
+        return data.StructLayout({"addr": range(self.words), "data": unsigned(self.flit_width),
+                                  "en": unsigned(self.word_bytes)})
 
     @property
     def word_bytes(self) -> int:
@@ -469,4 +482,11 @@ class MemoryTile(Parameterised, wiring.Component):
                 m.d.sync += wst.eq(_W_HDR)
 
         m.d.comb += done.payload.dest.eq(self.control)
+
+        if self.backdoor:  # after the write engine's assignments: these take the port
+            poke = self.poke
+            m.d.comb += poke.ready.eq(~writing)
+            with m.If(poke.valid & ~writing):
+                m.d.comb += [wr.addr.eq(poke.payload.addr), wr.data.eq(poke.payload.data),
+                             wr.en.eq(poke.payload.en)]
         return m

@@ -137,12 +137,16 @@ def _compare(enc, comp: Compiled, memories, x, xr, layer: int) -> tuple[list[dic
 
 def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
                sentence: str | None = None, params: str | Path | None = None,
-               golden: bool = False, whole_memory: bool = False,
+               golden: bool = False, whole_memory: bool = False, load: str = "backdoor",
                progress=print) -> dict[str, Any]:
     """Compile ``layers`` MiniLM layers for ``desc``, run them (the RTL in Verilator, or the
-    program interpreter with ``golden``) and judge every stage. On the RTL, the tensors the
-    program writes are read back, and with ``whole_memory`` every byte of the images too
+    program interpreter with ``golden``) and judge every stage. On the RTL, the images are
+    loaded through the harness's backdoor (``load = "backdoor"``, a scratchpad word a
+    cycle) or through the host link (``"host"``, a byte a cycle, as on a board); the tensors
+    the program writes are read back, and with ``whole_memory`` every byte of the images too
     (nothing written where it should not be: about 2M more cycles a layer, the weights)."""
+    if load not in LOADS:
+        raise EncoderRunError(f"--load must be one of {', '.join(LOADS)}, not {load!r}")
     enc = load_encoder(params, progress)
     if not 1 <= layers <= enc.layers:
         raise EncoderRunError(f"--layers must be in [1, {enc.layers}], not {layers}")
@@ -173,7 +177,7 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
         rows += stage_rows
     rtl = None
     if not golden:
-        rtl = _run_rtl(desc, comp, x, xr, res, progress, whole_memory)
+        rtl = _run_rtl(desc, comp, x, xr, res, progress, whole_memory, load)
         bad = rtl.get("mismatch")
         for r in rows:  # the RTL against the interpreter: stages before the first mismatch
             if bad and (r["layer"], r["stage"]) == (bad["layer"], bad["stage"]):
@@ -235,14 +239,17 @@ def write_compiled_job(path: Path, comp: Compiled, x, xr, res,
 
 
 def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress,
-             whole_memory: bool) -> dict[str, Any]:
+             whole_memory: bool, load: str) -> dict[str, Any]:
     """The compiled program on the RTL, judged against the interpreter's result ``res``."""
     job = (Path("build") / "run" / f"job-{desc.config_hash:08x}.npz").resolve()
     job.parent.mkdir(parents=True, exist_ok=True)
     nbytes = write_compiled_job(job, comp, x, xr, res)
-    progress(f"simulating the RTL (Verilator): {nbytes} bytes of scratchpad images, "
-             f"{len(comp.words)} program words")
-    return run_job(desc, job, progress=progress is not None, whole_memory=whole_memory)
+    if progress is not None:
+        progress(f"simulating the RTL (Verilator): {nbytes} bytes of scratchpad images "
+                 f"(loaded through the {'harness backdoor' if load == 'backdoor' else 'host link'}"
+                 f"), {len(comp.words)} program words")
+    return run_job(desc, job, progress=progress is not None, whole_memory=whole_memory,
+                   load=load)
 
 
 def _utilisation(rtl: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +315,10 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: How a job's images reach the scratchpads: the simulation harness's backdoor (a
+#: scratchpad word a cycle), or the host link (a byte a cycle, as on a board).
+LOADS = ("backdoor", "host")
+
 #: The testbench that runs a job on the RTL (:mod:`heterotron.tb.encoder`).
 JOB_TESTBENCH = "heterotron.tb.encoder"
 
@@ -326,12 +337,16 @@ def job_tensors(comp: Compiled) -> list[dict]:
 
 
 def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True,
-            progress: bool = False, whole_memory: bool = True) -> dict[str, Any]:
+            progress: bool = False, whole_memory: bool = True,
+            load: str = "host") -> dict[str, Any]:
     """Run a job file (:func:`heterotron.tb.encoder.write_job`) on the RTL (Verilator) and
     return the testbench's figures, with ``passed``; with ``progress``, a tqdm bar per phase
     (loading the images, running the program, reading the scratchpads back). The testbench
     reads back every byte of the images (``whole_memory``: nothing written where it should
-    not be), or only the bytes of the tensors the program writes."""
+    not be), or only the bytes of the tensors the program writes. ``load``: the images go
+    through the host link (``"host"``) or the harness's backdoor (``"backdoor"``)."""
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {', '.join(LOADS)}, not {load!r}")
     import json
     import threading
 
@@ -342,7 +357,7 @@ def run_job(desc: Description, job: Path, *, seed: int = 1, quiet: bool = True,
     out.unlink(missing_ok=True)
     ticks = job.with_suffix(".progress")
     ticks.unlink(missing_ok=True)
-    bench = {"job": str(job), "read_back": "all" if whole_memory else "written",
+    bench = {"job": str(job), "read_back": "all" if whole_memory else "written", "load": load,
              **({"progress": str(ticks)} if progress else {})}
     done: dict[str, Any] = {}
 
