@@ -185,7 +185,21 @@ class SystolicArray(Parameterised, wiring.Component):
     def elaborate(self, platform):
         m = Module()
         en = Signal()  # every register of the array advances together
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        can_move = ~self.o.valid | self.o.ready
+        if self.dataflow == "os":
+            # An idle array holds still: after ``drain`` advances without an input beat
+            # every register is at its fixed point (bubbles add nothing, flags are clear,
+            # the counters saturated), so freezing it changes no register, and an idle array
+            # does not switch. The first beat offered moves it again in the same cycle.
+            drain = 2 * (self.rows + self.cols) + 8
+            quiet = Signal(range(drain + 1), name="quiet")
+            with m.If(self.i.valid):
+                m.d.sync += quiet.eq(0)
+            with m.Elif(can_move & (quiet != drain)):
+                m.d.sync += quiet.eq(quiet + 1)
+            m.d.comb += en.eq(can_move & ((quiet != drain) | self.i.valid))
+        else:
+            m.d.comb += en.eq(can_move)
         if self.dataflow == "os":
             self._elaborate_os(m, en)
         else:
