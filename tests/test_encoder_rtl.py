@@ -20,6 +20,7 @@ from heterotron.sim.flows.encoder import run_job, write_compiled_job
 from heterotron.sim.golden import bert_float as bf
 from heterotron.sim.golden import bert_int as bi
 from heterotron.sim.golden.accel import Interpreter
+from heterotron.sim.golden.bound import pim_floors
 from heterotron.sim.golden.compiler import compile_encoder
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -29,10 +30,12 @@ def _desc(name):
     return describe(tomllib.loads((CONFIGS / f"{name}.toml").read_text())["accelerator"])
 
 
-def _job(tmp_path, desc, enc, x, xr, stalls):
+def _job(tmp_path, desc, enc, x, xr, stalls, floors=None):
     comp = compile_encoder(enc, desc, x.shape[0], layers=1)
     interp = Interpreter(desc, comp.memories(x, xr))
-    interp.execute(comp.words)
+    got = pim_floors(desc, interp, comp.words)
+    if floors is not None:
+        floors.update(got)
     res = interp.result()
     assert res.error == 0
     taps = {}
@@ -63,13 +66,18 @@ def test_synthetic_layer_on_the_rtl(tmp_path):
     enc = bi.build(w, bf.random_tokens(12, 16, seed=8))
     x, xr = bi.quantize_input(enc, bf.embed(w, bf.random_tokens(1, 6, seed=9)[0]))
     figs = []
+    floors: dict[int, int] = {}
     for stalls, load in (((0.6, 0.6, 0.6), "host"), ((0.0, 0.0, 0.0), "backdoor")):
-        fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, stalls), load=load)
+        fig = run_job(desc, _job(tmp_path, desc, enc, x, xr, stalls, floors), load=load)
         assert fig["passed"], fig
         assert fig["load"] == load
         assert fig["mismatch"] is None and fig["whole_memory_equal"]
         busy = {t["kind"]: t["busy"] for t in fig["tiles"] if t["busy"]}
         assert {"pim", "sfu", "sa"} <= set(busy), busy
+        # the floor is a lower bound: no PiM tile did its work in fewer cycles
+        for t in fig["tiles"]:
+            if t["tile"] in floors:
+                assert 0 < floors[t["tile"]] <= t["busy"], (t, floors)
         figs.append(fig)
     assert figs[0]["cycles"] > 1.08 * figs[1]["cycles"], [f["cycles"] for f in figs]
 

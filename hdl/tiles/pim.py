@@ -49,13 +49,16 @@ the unit the vector's ``rows / lanes`` beats; the unit computes a vector in ``ma
 converted planes * adc_share)`` cycles (it buffers two), so the loader keeps up while ``K +
 rows / lanes`` is below that. The rescale divides sequentially, ``_DIV_BITS`` quotient bits a
 cycle: ``ceil(n_bits / _DIV_BITS) + 1`` cycles a sum, ``n_bits = acc_bits + ADC_FRAC + 2``;
-then the row's packet, ``3 + ceil(4 * dest.cols / word_bytes)`` beats.
+then the row's packet, ``3 + ceil(4 * dest.cols / word_bytes)`` beats. DATA beats are
+buffered ahead of the loader (:data:`RX_BUFFER_BYTES`), so the memory tile sends a job of up
+to that size at a beat a cycle and is free for the other tiles' jobs meanwhile.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import enum, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
@@ -96,6 +99,12 @@ _UNIT_PARAMS = tuple(q.name for q in PIM_PARAMS)
 _CHAIN_BITS = 16
 #: Quotient bits the rescale's divider makes a cycle.
 _DIV_BITS = 4
+#: Bytes of DATA beats the tile buffers ahead of its loader (one block RAM): the memory
+#: tile's read engine serves one job at a time, so a loader taking an element a cycle
+#: (a weight a cycle while programming) would hold it at a quarter of its rate on a 32-bit
+#: plane, and every other tile's job waiting behind; buffered, a job of up to this many
+#: bytes leaves the memory tile at a beat a cycle.
+RX_BUFFER_BYTES = 1024
 
 
 class _State(enum.Enum, shape=5):
@@ -268,7 +277,13 @@ class PimNetTile(Parameterised, wiring.Component):
         cfg_i = Signal(2, name="cfg_step")
 
         # -- the element loader: DATA packets -> one element a cycle ------------------------
-        rx = self.data_rx
+        depth = max(16, RX_BUFFER_BYTES // wb)
+        m.submodules.rx_buffer = rxb = SyncFIFOBuffered(
+            width=len(self.data_rx.payload.as_value()), depth=depth)
+        rx = self.data_rx.signature.flip().create()  # the buffer's output, as the port
+        m.d.comb += [rxb.w_data.eq(self.data_rx.payload), rxb.w_en.eq(self.data_rx.valid),
+                     self.data_rx.ready.eq(rxb.w_rdy),
+                     rx.valid.eq(rxb.r_rdy), rx.payload.eq(rxb.r_data), rxb.r_en.eq(rx.ready)]
         wreg = Signal(W, name="rx_word")
         wvalid = Signal(name="rx_wvalid")
         pk_hdr = Signal(range(4), name="rx_hdr")

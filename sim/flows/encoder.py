@@ -21,6 +21,7 @@ import numpy as np
 from heterotron.hdl.contract.accel import Description, TileKind, decode_instr
 from heterotron.sim.golden import bert_int as bi
 from heterotron.sim.golden.accel import Interpreter
+from heterotron.sim.golden.bound import PimFloors
 from heterotron.sim.golden.compiler import STAGES, Compiled, compile_encoder
 
 __all__ = ["EncoderRunError", "load_encoder", "inputs", "run_minilm", "program_stats",
@@ -161,6 +162,8 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
     from tqdm import tqdm
 
     interp = Interpreter(desc, comp.memories(x, xr))
+    floors = PimFloors(desc)
+    interp.on_mvm = floors.on_mvm
     t0 = time.monotonic()
     with tqdm(total=len(comp.stage_words), desc="interpreter", unit="stage",
               disable=progress is None) as bar:
@@ -169,7 +172,9 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
             interp.execute(comp.words[lo:hi])
             bar.update()
     run_s = time.monotonic() - t0
+    interp.on_mvm = None
     res = interp.result()
+    floor = floors.result(comp.words)
     rows = []
     xi, xri = x, xr
     for i in comp.layers:
@@ -199,8 +204,10 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
         "retired": res.retired, "program": stats,
         "seconds": {"compile": round(compile_s, 2), "run": round(run_s, 2)},
     }
+    if floor:
+        report["pim_floor"] = {str(t): c for t, c in floor.items()}
     if rtl is not None:
-        report["rtl"] = _utilisation(rtl)
+        report["rtl"] = _utilisation(rtl, floor)
     if layers == enc.layers:
         from heterotron.sim.golden import bert_float as bf
 
@@ -252,16 +259,22 @@ def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress,
                    load=load)
 
 
-def _utilisation(rtl: dict[str, Any]) -> dict[str, Any]:
+def _utilisation(rtl: dict[str, Any], floor: dict[int, int]) -> dict[str, Any]:
+    """Each tile's use; the bounding tile (the busiest) and, where the tile has a floor
+    (:mod:`heterotron.sim.golden.bound`, the PiM tiles), the layer's ratio to the highest
+    floor: the bound."""
     cycles = rtl.get("cycles", 0)
-    tiles = [{**t, "utilisation": round(t["busy"] / cycles, 4) if cycles else 0.0}
+    tiles = [{**t, "utilisation": round(t["busy"] / cycles, 4) if cycles else 0.0,
+              **({"floor": floor[t["tile"]]} if t["tile"] in floor else {})}
              for t in rtl.get("tiles", [])]
     work = [t for t in tiles if t["kind"] not in ("control", "memory")]
-    bound = max(work, key=lambda t: t["busy"]) if work else None
+    busiest = max(work, key=lambda t: t["busy"]) if work else None
+    top = max(floor, key=floor.get) if floor else None
     return {"cycles": cycles, "tiles": tiles,
-            "bounding_tile": bound and {"tile": bound["tile"], "kind": bound["kind"],
-                                        "busy": bound["busy"]},
-            "ratio_to_bound": round(cycles / bound["busy"], 3) if bound and bound["busy"]
+            "bounding_tile": busiest and {"tile": busiest["tile"], "kind": busiest["kind"],
+                                          "busy": busiest["busy"]},
+            "bound": top is not None and {"tile": top, "floor": floor[top]} or None,
+            "ratio_to_bound": round(cycles / floor[top], 3) if top is not None and floor[top]
             else None,
             "cycles_per_second": rtl.get("cycles_per_second"),
             "seconds": {"load": rtl.get("load_seconds"), "run": rtl.get("run_seconds"),
@@ -306,12 +319,17 @@ def format_report(r: dict[str, Any]) -> str:
         u = r["rtl"]
         lines.append(f"cycles: {u['cycles']} ({u['cycles_per_second']} simulated cycles/s)")
         for t in u["tiles"]:
+            fl = f", floor {t['floor']}" if "floor" in t else ""
             lines.append(f"  tile {t['tile']} ({t['kind']}): busy {t['busy']} "
-                         f"({100 * t['utilisation']:.1f}%), items {t['items']}")
-        b = u["bounding_tile"]
+                         f"({100 * t['utilisation']:.1f}%), items {t['items']}{fl}")
+        b, fl = u["bounding_tile"], u["bound"]
         if b:
-            lines.append(f"bound: tile {b['tile']} ({b['kind']}), busy {b['busy']} cycles; "
-                         f"the layer took {u['ratio_to_bound']}x that")
+            lines.append(f"busiest: tile {b['tile']} ({b['kind']}), busy {b['busy']} cycles "
+                         f"(issue to done, waiting for its data included)")
+        if fl:
+            lines.append(f"bound: tile {fl['tile']} (pim), floor {fl['floor']} cycles (a weight "
+                         f"a cycle, its conversions, its rescales); the run took "
+                         f"{u['ratio_to_bound']}x that")
     return "\n".join(lines)
 
 

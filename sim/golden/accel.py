@@ -642,6 +642,11 @@ class Interpreter:
         self.writes: list[Write] = []
         self._inflight: dict[int, _Access] = {}
         self.pending = 0
+        #: Called as ``on_mvm(tile, x, dest_cols)`` for every PiM MVM that runs, with its
+        #: ``M x K`` inputs as the tile takes them (wrapped) and the result columns it
+        #: writes (0 without ``out``): how :mod:`heterotron.sim.golden.bound` sees the data a
+        #: tile's conversions depend on. The interpreter itself counts no cycles.
+        self.on_mvm = None
 
     # -- the program loop ----------------------------------------------------------------------
 
@@ -1025,6 +1030,8 @@ class Interpreter:
         stored = read_tensor(self.mem[src.mem], src, True)
         wrapped = _wrap(stored, p["input_bits"], True)
         x[:, :src.cols] = wrapped
+        if self.on_mvm is not None:
+            self.on_mvm(tile.index, wrapped, dest.cols if dest is not None else 0)
         if (wrapped != stored).any():
             self._unit_error(id, st, PIM_RANGE, f"MVM: {int((wrapped != stored).sum())} inputs "
                                                 f"outside {p['input_bits']} signed bits, "
