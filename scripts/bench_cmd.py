@@ -1,6 +1,7 @@
 """``heterotron bench gemm`` (GEMM cycles and utilisation), ``heterotron bench sfu``
-(special-function units: cycles per row, FPGA figures, error against float) and ``heterotron
-bench accelerator`` (a GEMM through the mesh against the bare engine)."""
+(special-function units: cycles per row, FPGA figures, error against float), ``heterotron
+bench accelerator`` (a GEMM through the mesh against the bare engine) and ``heterotron bench
+minilm`` (MiniLM's layer 0 on the RTL against its bound, over tokens and PiM tiles)."""
 
 from __future__ import annotations
 
@@ -141,6 +142,48 @@ def cmd_bench_accelerator(args) -> int:
     return 0 if r["meets_goal"] else 1
 
 
+def cmd_bench_minilm(args) -> int:
+    from pathlib import Path
+
+    from heterotron.scripts.common import ConfigError, load_config
+    from heterotron.sim.flows.encoder import EncoderRunError, bench_minilm, plot_bench
+
+    source, config = load_config(args.config)
+    if "accelerator" not in config:
+        raise ConfigError(f"{source}: no [accelerator] table")
+    if any(not 1 <= t <= 128 for t in args.tokens):
+        raise UsageError(f"--tokens must be in [1, 128], not {args.tokens}")
+
+    def progress(msg):
+        print(f"[heterotron] {msg}", file=sys.stderr, flush=True)
+    try:
+        rows = bench_minilm(config["accelerator"], args.tokens, args.pim_tiles,
+                            progress=progress)
+    except EncoderRunError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-minilm.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_bench(rows, out / "bench-minilm.png")
+    if args.json:
+        print(json.dumps({"benchmark": "minilm", "results": rows}, indent=2))
+    else:
+        print(f"MiniLM layer 0 on the RTL (Verilator), {source}: cycles against the bound "
+              "(the highest PiM floor, sim/golden/bound.py)")
+        print(f"  {'tokens':>6}{'PiM tiles':>10}{'cycles':>12}{'bound':>12}{'ratio':>7}"
+              f"{'bit-exact':>11}{'sim cycles/s':>14}")
+        for r in rows:
+            print(f"  {r['tokens']:>6}{r['pim_tiles']:>10}{r['cycles']:>12}{r['bound']:>12}"
+                  f"{r['ratio_to_bound']:>7}{'yes' if r['bit_exact'] else 'NO':>11}"
+                  f"{r['cycles_per_second']:>14}")
+        print(f"  wrote {out / 'bench-minilm.json'} and {out / 'bench-minilm.png'}")
+    tok = ",".join(map(str, args.tokens))
+    tiles = ",".join(map(str, args.pim_tiles))
+    print(f"  reproduce: heterotron bench minilm --tokens {tok} --pim-tiles {tiles} "
+          f"--config {args.config}", file=sys.stderr if args.json else sys.stdout)
+    return 0 if all(r["bit_exact"] for r in rows) else 1
+
+
 def add_commands(commands) -> None:
     commands.group("bench", "benchmarks measured in RTL simulation")
     p = commands.command("gemm", "GEMM cycles and utilisation on the systolic array",
@@ -160,6 +203,18 @@ def add_commands(commands) -> None:
                    help="store A as M x K (default: A^T, which the engine takes at link "
                         "width)")
     p.add_argument("--seed", type=int, default=1, help="operand seed (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p = commands.command("minilm", "MiniLM layer 0 on the RTL against its bound, over tokens "
+                         "and PiM tiles, with a plot", cmd_bench_minilm, group="bench")
+    p.add_argument("--tokens", type=_sizes, default=[8, 32, 128],
+                   help="token counts on the whole description (default: 8,32,128)")
+    p.add_argument("--pim-tiles", type=_sizes, default=[2, 1],
+                   help="PiM tile counts (its first ones kept) at the first token count; the "
+                        "description's own count is always measured (default: 2,1)")
+    p.add_argument("--config", default="encoder", metavar="NAME|FILE.toml",
+                   help="the accelerator description (default: %(default)s)")
+    p.add_argument("-o", "--output", default="build/bench", metavar="DIR",
+                   help="where the JSON and the plot go (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p = commands.command("sfu", "Softmax/GELU/LayerNorm/ResidualAdd: cycles per row, FPGA "
                          "figures, error against float", cmd_bench_sfu, group="bench")

@@ -24,7 +24,8 @@ def add_commands(commands) -> None:
                    "(default: %(default)s)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--tokens", type=int, default=8,
-                     help="run the first T tokens of a shipped paragraph (default: %(default)s)")
+                     help="run the first T tokens of the shipped paragraphs, 3-128 (default: "
+                          "%(default)s)")
     src.add_argument("--sentence", help="run this sentence instead")
     p.add_argument("--config", default=DEFAULT_ENCODER, metavar="NAME|FILE.toml",
                    help="the accelerator description (default: %(default)s)")

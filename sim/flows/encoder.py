@@ -59,17 +59,18 @@ def load_encoder(params: str | Path | None = None, progress=print) -> bi.IntEnco
 
 def inputs(enc: bi.IntEncoder, *, tokens: int | None = None, sentence: str | None = None):
     """``(text, tokenized, x, xr, float embedding)`` for a sentence, or for the first
-    ``tokens`` tokens of the first shipped paragraph ([CLS] ... [SEP] kept)."""
+    ``tokens`` tokens of the shipped paragraphs, one after another ([CLS] ... [SEP] kept;
+    up to 86 tokens, the first paragraph alone)."""
     from heterotron.sim.golden import bert_float as bf
     from heterotron.sim.studies.accuracy import shipped_sentences
 
     if sentence is None:
         if tokens is None or not 3 <= tokens <= 128:
             raise EncoderRunError(f"--tokens must be in [3, 128], not {tokens}")
-        sentence = shipped_sentences("paragraphs")[0]
+        sentence = " ".join(shipped_sentences("paragraphs"))
         tok = bf.tokenize([sentence], max_len=tokens)[0]
         if len(tok.ids) < tokens:
-            raise EncoderRunError(f"the shipped paragraph has only {len(tok.ids)} tokens")
+            raise EncoderRunError(f"the shipped paragraphs have only {len(tok.ids)} tokens")
     else:
         tok = bf.tokenize([sentence])[0]
     w = bf.load_minilm()
@@ -196,7 +197,8 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
             rows[-1]["first_mismatch"] = {"rtl": True, "failed": rtl.get("results")}
     report: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2", "layers": layers, "tokens": T,
-        "input": text if sentence is not None else f"first {T} tokens of a shipped paragraph",
+        "input": text if sentence is not None
+        else f"first {T} tokens of the shipped paragraphs",
         "engine": "program interpreter (golden)" if golden else "RTL (Verilator)",
         "description": desc.canonical(),
         "bit_exact": all(r["bit_exact"] is True for r in rows), "stages": rows,
@@ -433,3 +435,82 @@ def _follow(ticks: Path, worker) -> None:
             bar.update(tick["done"] - bar.n)
     if bar is not None:
         bar.close()
+
+
+def with_pim_tiles(table: dict[str, Any], n: int) -> dict[str, Any]:
+    """An ``[accelerator]`` table keeping only its first ``n`` PiM tiles (the compiler spreads
+    the static-weight blocks over the PiM tiles there are)."""
+    import copy
+
+    tiles = table.get("tile", [])
+    have = sum(1 for t in tiles if t.get("kind") == "pim")
+    if not 1 <= n <= have:
+        raise EncoderRunError(f"--pim-tiles must be in [1, {have}] (the description's PiM "
+                              f"tiles), not {n}")
+    out = copy.deepcopy(table)
+    kept, seen = [], 0
+    for t in out["tile"]:
+        if t.get("kind") == "pim":
+            seen += 1
+            if seen > n:
+                continue
+        kept.append(t)
+    out["tile"] = kept
+    return out
+
+
+def bench_minilm(table: dict[str, Any], tokens: list[int], pim_tiles: list[int], *,
+                 params: str | Path | None = None, progress=print) -> list[dict[str, Any]]:
+    """MiniLM's layer 0 on the RTL: its cycles against its bound (the highest PiM floor) for
+    each token count on the description of ``table``, then for each PiM tile count at the
+    first token count. Every run is judged stage by stage as ``run minilm`` judges it."""
+    from heterotron.hdl.accelerator import describe
+
+    have = sum(1 for t in table.get("tile", []) if t.get("kind") == "pim")
+    points = [(t, have) for t in tokens] + [(tokens[0], n) for n in pim_tiles if n != have]
+    rows = []
+    for t, n in points:
+        desc = describe(with_pim_tiles(table, n))
+        if progress is not None:
+            progress(f"layer 0 on {t} tokens, {n} PiM tiles")
+        r = run_minilm(desc, layers=1, tokens=t, params=params, progress=progress)
+        u = r["rtl"]
+        rows.append({"tokens": r["tokens"], "pim_tiles": n, "bit_exact": r["bit_exact"],
+                     "cycles": u["cycles"], "bound": u["bound"] and u["bound"]["floor"],
+                     "ratio_to_bound": u["ratio_to_bound"],
+                     "busiest": u["bounding_tile"], "cycles_per_second":
+                     u["cycles_per_second"], "instructions": r["program"]["instructions"]})
+    return rows
+
+
+def plot_bench(rows: list[dict[str, Any]], path: Path) -> None:
+    """Cycles and bound against tokens (all PiM tiles) and against PiM tiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    most = max(r["pim_tiles"] for r in rows)
+    by_t = sorted((r for r in rows if r["pim_tiles"] == most), key=lambda r: r["tokens"])
+    t0 = rows[0]["tokens"]
+    by_p = sorted((r for r in rows if r["tokens"] == t0), key=lambda r: r["pim_tiles"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, pts, key, label in ((axes[0], by_t, "tokens", f"tokens ({most} PiM tiles)"),
+                                (axes[1], by_p, "pim_tiles", f"PiM tiles ({t0} tokens)")):
+        xs = [r[key] for r in pts]
+        ax.plot(xs, [r["cycles"] for r in pts], "o-", label="RTL cycles")
+        ax.plot(xs, [r["bound"] for r in pts], "s--", label="bound (highest PiM floor)")
+        for r in pts:
+            ax.annotate(f"{r['ratio_to_bound']}x", (r[key], r["cycles"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("cycles, MiniLM layer 0")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("MiniLM layer 0 on the RTL against its bound")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
