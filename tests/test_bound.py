@@ -42,8 +42,8 @@ def test_pim_floor_counts_writes_conversions_and_rescales():
     rows = np.zeros((4, 16), np.int16)
     rows[1, :] = -1        # every one of the 12 planes: 96 cycles
     rows[2, 3] = 2047      # planes 0 .. 10: 88 cycles
-    rows[3, 7] = 0xF0      # planes 4 .. 7: 32 cycles, below the loader's 16 + 16 / 4 = 20
-    for r in range(4):     # row 0: no plane, 1 cycle, the loader's 20
+    rows[3, 7] = 0xF0      # planes 4 .. 7: 32 cycles
+    for r in range(4):     # row 0: no plane, 1 cycle; the loader: 16 + 16 / 4 = 20 a vector
         at = x.addr + r * x.stride * 2
         image[at:at + 32] = rows[r].astype("<i2").tobytes()
     interp = Interpreter(desc, {mem.index: bytes(image)})
@@ -52,4 +52,6 @@ def test_pim_floor_counts_writes_conversions_and_rescales():
     net = PimNetTile(index=pim.index, control=desc.control.index, flit_width=32, max_packet=64,
                      **p)
     rescale = 4 * (1 + 4 * (net.div_cycles + 2) + 3 + 4)  # 4 rows of 4 sums, 4-beat packets
-    assert floors == {pim.index: 16 * 4 + (20 + 96 + 88 + 32) + rescale}
+    # the first vector's load, then the unit's conversions (longer than 4 loads + the last's)
+    vectors = 20 + (1 + 96 + 88 + 32) + net.unit.latency
+    assert floors == {pim.index: 16 * 4 + vectors + rescale}

@@ -4,11 +4,13 @@ A PiM tile (:mod:`heterotron.hdl.tiles.pim`) spends, whatever the network and th
 tiles do:
 
 * ``PROGRAM``: ``rows * cols`` cycles, one crossbar weight a cycle (padding included);
-* ``MVM``: for each of its ``M`` input vectors, the longer of the loader's ``K + rows /
-  lanes`` cycles (an element a cycle into the vector buffer, then the vector's beats to the
-  unit) and the unit's conversion, ``max(1, planes * adc_share)`` cycles, where ``planes``
-  is the number of input bit-planes converted: all ``input_bits`` (twice that in
-  sign-magnitude) or, with ``skip_zero``, those with a set bit in the vector;
+* ``MVM``: a vector takes the loader ``L = K + rows / lanes`` cycles (an element a cycle
+  into the vector buffer, then its beats to the unit) and the unit ``U = max(1, planes *
+  adc_share)`` cycles, where ``planes`` is the number of input bit-planes converted: all
+  ``input_bits`` (twice that in sign-magnitude) or, with ``skip_zero``, those with a set bit
+  in the vector. The unit converts a vector only once it is loaded, and the loader works
+  ahead of it: the ``M`` vectors take at least ``max(L_0 + sum U, sum L + U_last)`` cycles,
+  then the unit's :attr:`~heterotron.hdl.pim.PimTile.latency` for the last sums;
 * with ``out``: for each row, an accumulator read, ``dest.cols`` rescales of
   ``div_cycles + 2`` cycles each, and the row's packet (``3 + ceil(4 * dest.cols /
   word_bytes)`` beats).
@@ -65,14 +67,15 @@ class PimFloors:
         for i, t in self.tiles.items():
             net = PimNetTile(index=i, control=desc.control.index, flit_width=p["flit_width"],
                              max_packet=p["max_packet"], **t.params)
-            self._shape[i] = (t.params, net.div_cycles, net.word_bytes)
+            self._shape[i] = (t.params, net.div_cycles, net.word_bytes, net.unit.latency)
         self._mvm: Counter = Counter()
 
     def on_mvm(self, tile: int, x: np.ndarray, dest_cols: int) -> None:
-        q, div, wb = self._shape[tile]
+        q, div, wb, latency = self._shape[tile]
+        m = x.shape[0]
         load = x.shape[1] + q["rows"] // q["lanes"]
         unit = np.maximum(1, _planes(q, x) * q["adc_share"])
-        self._mvm[tile] += int(np.maximum(unit, load).sum())
+        self._mvm[tile] += max(load + int(unit.sum()), m * load + int(unit[-1])) + latency
         if dest_cols:
             beats = -(-4 * dest_cols // wb)
             self._mvm[tile] += x.shape[0] * (1 + dest_cols * (div + 2) + 3 + beats)
