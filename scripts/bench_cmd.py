@@ -169,7 +169,7 @@ def cmd_bench_minilm(args) -> int:
         print(json.dumps({"benchmark": "minilm", "results": rows}, indent=2))
     else:
         print(f"MiniLM layer 0 on the RTL (Verilator), {source}: cycles against the bound "
-              "(the highest PiM floor, sim/golden/bound.py)")
+              "(the highest PiM floor, sim/flows/bound.py)")
         print(f"  {'tokens':>6}{'PiM tiles':>10}{'cycles':>12}{'bound':>12}{'ratio':>7}"
               f"{'bit-exact':>11}{'sim cycles/s':>14}")
         for r in rows:

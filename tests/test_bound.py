@@ -1,4 +1,4 @@
-"""The PiM tiles' floor (sim/golden/bound.py): the cycles a program cannot take fewer of,
+"""The PiM tiles' floor (sim/flows/bound.py): the cycles a program cannot take fewer of,
 counted from the documented datapath rates on data whose bit-planes are known by hand."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ else:  # pragma: no cover
 
 from heterotron.hdl.accelerator import describe
 from heterotron.hdl.contract.accel import TileKind
+from heterotron.hdl.contract.params import inspect_only
 from heterotron.hdl.tiles.pim import PimNetTile
+from heterotron.sim.flows.bound import pim_floors
 from heterotron.sim.golden.accel import Interpreter, Program
-from heterotron.sim.golden.bound import pim_floors
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -49,8 +50,8 @@ def test_pim_floor_counts_writes_conversions_and_rescales():
     interp = Interpreter(desc, {mem.index: bytes(image)})
     floors = pim_floors(desc, interp, prog.words)
     assert interp.result().error == 0
-    net = PimNetTile(index=pim.index, control=desc.control.index, flit_width=32, max_packet=64,
-                     **p)
+    net = inspect_only(PimNetTile(index=pim.index, control=desc.control.index, flit_width=32,
+                                  max_packet=64, **p))
     rescale = 4 * (1 + 4 * (net.div_cycles + 2) + 3 + 4)  # 4 rows of 4 sums, 4-beat packets
     # the first vector's load, then the unit's conversions (longer than 4 loads + the last's)
     vectors = 20 + (1 + 96 + 88 + 32) + net.unit.latency

@@ -305,8 +305,8 @@ def test_bench_variants_and_long_inputs(encoder, weights):
     runs layer 0 bit-exact (the blocks spread over two tiles, the floor is per tile and
     grows); a PiM count the description does not have is refused by name and range; and
     128 tokens of the shipped paragraphs exist (the first paragraph alone has 86)."""
+    from heterotron.sim.flows.bound import pim_floors
     from heterotron.sim.flows.encoder import EncoderRunError, inputs, with_pim_tiles
-    from heterotron.sim.golden.bound import pim_floors
 
     t = _table()
     two = describe(with_pim_tiles(t, 2))

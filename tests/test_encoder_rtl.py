@@ -16,11 +16,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from heterotron.hdl.accelerator import describe
+from heterotron.sim.flows.bound import pim_floors
 from heterotron.sim.flows.encoder import run_job, write_compiled_job
 from heterotron.sim.golden import bert_float as bf
 from heterotron.sim.golden import bert_int as bi
 from heterotron.sim.golden.accel import Interpreter
-from heterotron.sim.golden.bound import pim_floors
 from heterotron.sim.golden.compiler import compile_encoder
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

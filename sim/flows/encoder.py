@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from heterotron.hdl.contract.accel import Description, TileKind, decode_instr
+from heterotron.sim.flows.bound import PimFloors
 from heterotron.sim.golden import bert_int as bi
 from heterotron.sim.golden.accel import Interpreter
-from heterotron.sim.golden.bound import PimFloors
 from heterotron.sim.golden.compiler import STAGES, Compiled, compile_encoder
 
 __all__ = ["EncoderRunError", "load_encoder", "inputs", "run_minilm", "program_stats",
@@ -263,7 +263,7 @@ def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress,
 
 def _utilisation(rtl: dict[str, Any], floor: dict[int, int]) -> dict[str, Any]:
     """Each tile's use; the bounding tile (the busiest) and, where the tile has a floor
-    (:mod:`heterotron.sim.golden.bound`, the PiM tiles), the layer's ratio to the highest
+    (:mod:`heterotron.sim.flows.bound`, the PiM tiles), the layer's ratio to the highest
     floor: the bound."""
     cycles = rtl.get("cycles", 0)
     tiles = [{**t, "utilisation": round(t["busy"] / cycles, 4) if cycles else 0.0,

@@ -644,7 +644,7 @@ class Interpreter:
         self.pending = 0
         #: Called as ``on_mvm(tile, x, dest_cols)`` for every PiM MVM that runs, with its
         #: ``M x K`` inputs as the tile takes them (wrapped) and the result columns it
-        #: writes (0 without ``out``): how :mod:`heterotron.sim.golden.bound` sees the data a
+        #: writes (0 without ``out``): how :mod:`heterotron.sim.flows.bound` sees the data a
         #: tile's conversions depend on. The interpreter itself counts no cycles.
         self.on_mvm = None
 

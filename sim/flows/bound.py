@@ -59,14 +59,16 @@ class PimFloors:
     program's words."""
 
     def __init__(self, desc: Description):
+        from heterotron.hdl.contract.params import inspect_only
         from heterotron.hdl.tiles.pim import PimNetTile
 
         p = desc.params
         self.tiles = {t.index: t for t in desc.of_kind(TileKind.PIM)}
         self._shape = {}
         for i, t in self.tiles.items():
-            net = PimNetTile(index=i, control=desc.control.index, flit_width=p["flit_width"],
-                             max_packet=p["max_packet"], **t.params)
+            net = inspect_only(PimNetTile(index=i, control=desc.control.index,
+                                          flit_width=p["flit_width"],
+                                          max_packet=p["max_packet"], **t.params))
             self._shape[i] = (t.params, net.div_cycles, net.word_bytes, net.unit.latency)
         self._mvm: Counter = Counter()
 
