@@ -18,6 +18,7 @@ from heterotron.hdl.rowstream import (
     requant_stages,
     row_unit_ports,
 )
+from heterotron.hdl.simgate import gated_module
 
 __all__ = ["Gelu"]
 
@@ -142,35 +143,37 @@ class Gelu(Parameterised, wiring.Component):
         m.d.comb += [tag.valid.eq(take), tag.n.eq(self.i.payload.n),
                      tag.last.eq(self.i.payload.last)]
         plan = self._plan()
+        # Every register below advances with ``advance`` (heterotron.hdl.simgate).
+        pm, padv = gated_module(m, platform, advance, "pipe")
 
         # operands
-        tag, x = reg(m, advance, tag, "s1_tag"), reg(m, advance, self.i.payload.data, "s1_x")
-        ax = [reg(m, advance, abs(self.i.payload.data[j]), f"s1_abs{j}") for j in range(lanes)]
+        tag, x = reg(pm, padv, tag, "s1_tag"), reg(pm, padv, self.i.payload.data, "s1_x")
+        ax = [reg(pm, padv, abs(self.i.payload.data[j]), f"s1_abs{j}") for j in range(lanes)]
         # min(|x|, -b) + b <= 0
-        t = [reg(m, advance, Mux(ax[j] < nb, ax[j], nb) - nb, f"s2_t{j}") for j in range(lanes)]
-        tag, x = reg(m, advance, tag, "s2_tag"), reg(m, advance, x, "s2_x")
+        t = [reg(pm, padv, Mux(ax[j] < nb, ax[j], nb) - nb, f"s2_t{j}") for j in range(lanes)]
+        tag, x = reg(pm, padv, tag, "s2_tag"), reg(pm, padv, x, "s2_x")
         # (...)^2 + c
-        sq = [mul_pipe(m, advance, t[j], t[j], f"sq{j}") for j in range(lanes)]
-        tag = delay(m, advance, tag, plan["square"], "sq_tag")
-        x = delay(m, advance, x, plan["square"], "sq_x")
-        sq = [reg(m, advance, sq[j] + k.c, f"s3_sqc{j}") for j in range(lanes)]
-        tag, x = reg(m, advance, tag, "s3_tag"), reg(m, advance, x, "s3_x")
+        sq = [mul_pipe(pm, padv, t[j], t[j], f"sq{j}") for j in range(lanes)]
+        tag = delay(pm, padv, tag, plan["square"], "sq_tag")
+        x = delay(pm, padv, x, plan["square"], "sq_x")
+        sq = [reg(pm, padv, sq[j] + k.c, f"s3_sqc{j}") for j in range(lanes)]
+        tag, x = reg(pm, padv, tag, "s3_tag"), reg(pm, padv, x, "s3_x")
         # erf = floor(sign(x) * sq / 2^14) + one
-        erf = [reg(m, advance, (Mux(x[j] < 0, -sq[j], Mux(x[j] == 0, 0, sq[j])) >> 14) + k.one,
+        erf = [reg(pm, padv, (Mux(x[j] < 0, -sq[j], Mux(x[j] == 0, 0, sq[j])) >> 14) + k.one,
                    f"s4_erf{j}") for j in range(lanes)]
-        tag, x = reg(m, advance, tag, "s4_tag"), reg(m, advance, x, "s4_x")
+        tag, x = reg(pm, padv, tag, "s4_tag"), reg(pm, padv, x, "s4_x")
         # g = -(x * erf)
-        prod = [mul_pipe(m, advance, x[j], erf[j], f"xg{j}") for j in range(lanes)]
-        tag = delay(m, advance, tag, plan["product"], "xg_tag")
-        g = [reg(m, advance, -prod[j], f"s5_g{j}") for j in range(lanes)]
-        tag = reg(m, advance, tag, "s5_tag")
+        prod = [mul_pipe(pm, padv, x[j], erf[j], f"xg{j}") for j in range(lanes)]
+        tag = delay(pm, padv, tag, plan["product"], "xg_tag")
+        g = [reg(pm, padv, -prod[j], f"s5_g{j}") for j in range(lanes)]
+        tag = reg(pm, padv, tag, "s5_tag")
         # requantisation; its last register is the output register
-        tag = delay(m, advance, tag, plan["requant"] - 1, "rq_tag")
+        tag = delay(pm, padv, tag, plan["requant"] - 1, "rq_tag")
         for j in range(lanes):
-            out, _ = requant_stages(m, advance, [(g[j], k.m, k.e)], self.out_width, f"rq{j}")
-            m.d.comb += self.o.payload.data[j].eq(out)
-        with m.If(advance):
-            m.d.sync += [self.o.valid.eq(tag.valid), self.o.payload.n.eq(tag.n),
-                         self.o.payload.last.eq(tag.last)]
+            out, _ = requant_stages(pm, padv, [(g[j], k.m, k.e)], self.out_width, f"rq{j}")
+            pm.d.comb += self.o.payload.data[j].eq(out)
+        with pm.If(padv):
+            pm.d.sync += [self.o.valid.eq(tag.valid), self.o.payload.n.eq(tag.n),
+                          self.o.payload.last.eq(tag.last)]
         return m
 

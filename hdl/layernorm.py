@@ -26,6 +26,7 @@ from heterotron.hdl.rowstream import (
     tree_pipe,
     tree_stages,
 )
+from heterotron.hdl.simgate import gated_pipeline
 
 __all__ = ["LayerNorm", "LayerNormKind"]
 
@@ -218,11 +219,14 @@ class LayerNorm(Parameterised, wiring.Component):
         m.d.comb += [ev.keep.eq(s1.take & s1.keep), ev.first.eq(s1.first),
                      ev.push.eq(s1.push), ev.desc.bank.eq(s1.bank),
                      ev.desc.last.eq(s1.last_idx), ev.desc.n.eq(s1.n)]
-        lanes_in = [reg(m, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0),
+        # Stage 1's pipeline holds still once its last beat is through (heterotron.hdl.simgate).
+        pm, _ = gated_pipeline(m, platform, 1, self.i.valid | ev.keep | ev.push,
+                            tree_stages(L) + 2, "s1_pipe")
+        lanes_in = [reg(pm, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0),
                         f"s1_lane{j}") for j in range(L)]
-        ev = reg(m, None, ev, "s1_ev")
-        beat_sum = tree_pipe(m, None, lanes_in, lambda a, b: a + b, "s1_sum")
-        ev = delay(m, None, ev, tree_stages(L), "s1_ev")
+        ev = reg(pm, None, ev, "s1_ev")
+        beat_sum = tree_pipe(pm, None, lanes_in, lambda a, b: a + b, "s1_sum")
+        ev = delay(pm, None, ev, tree_stages(L), "s1_ev")
         run_sum = Signal(signed(sw))
         new_sum = Signal(signed(sw))
         m.d.comb += new_sum.eq(Mux(ev.first, 0, run_sum) + beat_sum)
@@ -265,18 +269,21 @@ class LayerNorm(Parameterised, wiring.Component):
         tag_l = data.StructLayout({"valid": 1, "last": 1, "desc": desc2})
         t = Signal(tag_l, name="s3_t0")
         m.d.comb += [t.valid.eq(s3.active), t.last.eq(s3.last), t.desc.eq(s3.cur)]
-        t = reg(m, None, t, "s3_t1")  # the buffer read lands with it
-        xv = reg(m, None, x_rd_var.data, "s3_x")  # registered straight out of the block RAM
-        t = reg(m, None, t, "s3_tx")
-        dev = [reg(m, None, xv[j] - t.desc.mean, f"s3_dev{j}") for j in range(L)]
-        t = reg(m, None, t, "s3_t2")
-        ds = [reg(m, None, Mux(lane_valid(t.desc.n, t.last, j, L), dev[j] >> shift, 0),
+        # So does stage 3's (heterotron.hdl.simgate).
+        pm, _ = gated_pipeline(m, platform, 1, s3.active, 4 + mul_stages(
+            signed(W + 2), signed(W + 2)) + tree_stages(L) + 2, "s3_pipe")
+        t = reg(pm, None, t, "s3_t1")  # the buffer read lands with it
+        xv = reg(pm, None, x_rd_var.data, "s3_x")  # registered straight out of the block RAM
+        t = reg(pm, None, t, "s3_tx")
+        dev = [reg(pm, None, xv[j] - t.desc.mean, f"s3_dev{j}") for j in range(L)]
+        t = reg(pm, None, t, "s3_t2")
+        ds = [reg(pm, None, Mux(lane_valid(t.desc.n, t.last, j, L), dev[j] >> shift, 0),
                   f"s3_ds{j}") for j in range(L)]
-        t = reg(m, None, t, "s3_t3")
-        sq = [mul_pipe(m, None, ds[j], ds[j], f"s3_sq{j}") for j in range(L)]
-        t = delay(m, None, t, mul_stages(ds[0].shape(), ds[0].shape()), "s3_tm")
-        lane_sum = tree_pipe(m, None, sq, lambda a, b: a + b, "s3_sum")
-        t = delay(m, None, t, tree_stages(L), "s3_ts")
+        t = reg(pm, None, t, "s3_t3")
+        sq = [mul_pipe(pm, None, ds[j], ds[j], f"s3_sq{j}") for j in range(L)]
+        t = delay(pm, None, t, mul_stages(ds[0].shape(), ds[0].shape()), "s3_tm")
+        lane_sum = tree_pipe(pm, None, sq, lambda a, b: a + b, "s3_sum")
+        t = delay(pm, None, t, tree_stages(L), "s3_ts")
         vw = self.var_width
         acc = Signal(vw, name="s3_acc")
         var = Signal(vw)
@@ -334,30 +341,34 @@ class LayerNorm(Parameterised, wiring.Component):
         o = Signal(otag_l, name="s5_t0")
         m.d.comb += [o.valid.eq(s5.active), o.last.eq(s5.last), o.n.eq(s5.cur.n),
                      o.mean.eq(s5.cur.mean), o.recip.eq(s5.cur.recip)]
-        o = reg(m, advance, o, "s5_t1")  # the buffer and table reads land with it
-        ent = reg(m, advance, t_rd.data, "s5_entry1")
-        xv = [reg(m, advance, x_rd_out.data[j], f"s5_x{j}") for j in range(L)]
-        o = reg(m, advance, o, "s5_t2")
-        dev = [reg(m, advance, xv[j] - o.mean, f"s5_dev{j}") for j in range(L)]
-        ent = reg(m, advance, ent, "s5_entry2")
-        o = reg(m, advance, o, "s5_t3")
-        prod = [mul_pipe(m, advance, dev[j], o.recip, f"s5_mul{j}") for j in range(L)]
+        # And stage 5's (heterotron.hdl.simgate).
+        plan = self._plan()
+        pm, padv = gated_pipeline(m, platform, advance, s5.active,
+                            8 + plan["product"] + plan["requant"], "s5_pipe")
+        o = reg(pm, padv, o, "s5_t1")  # the buffer and table reads land with it
+        ent = reg(pm, padv, t_rd.data, "s5_entry1")
+        xv = [reg(pm, padv, x_rd_out.data[j], f"s5_x{j}") for j in range(L)]
+        o = reg(pm, padv, o, "s5_t2")
+        dev = [reg(pm, padv, xv[j] - o.mean, f"s5_dev{j}") for j in range(L)]
+        ent = reg(pm, padv, ent, "s5_entry2")
+        o = reg(pm, padv, o, "s5_t3")
+        prod = [mul_pipe(pm, padv, dev[j], o.recip, f"s5_mul{j}") for j in range(L)]
         stages = self._plan()["product"]
-        ent = delay(m, advance, ent, stages, "s5_entry_m")
-        o = delay(m, advance, o, stages, "s5_tm")
-        y = [reg(m, advance, (prod[j] >> (RECIP_BITS - 30)) + ent[j].bias, f"s5_y{j}")
+        ent = delay(pm, padv, ent, stages, "s5_entry_m")
+        o = delay(pm, padv, o, stages, "s5_tm")
+        y = [reg(pm, padv, (prod[j] >> (RECIP_BITS - 30)) + ent[j].bias, f"s5_y{j}")
              for j in range(L)]
-        ent = reg(m, advance, ent, "s5_entry4")
-        o = reg(m, advance, o, "s5_t4")
-        zs = [reg(m, advance, Mux(ent[j].neg, -y[j], y[j]), f"s5_z{j}") for j in range(L)]
-        ent = reg(m, advance, ent, "s5_entry5")
-        o = reg(m, advance, o, "s5_t5")
-        o = delay(m, advance, o, self._plan()["requant"] - 1, "s5_trq")
+        ent = reg(pm, padv, ent, "s5_entry4")
+        o = reg(pm, padv, o, "s5_t4")
+        zs = [reg(pm, padv, Mux(ent[j].neg, -y[j], y[j]), f"s5_z{j}") for j in range(L)]
+        ent = reg(pm, padv, ent, "s5_entry5")
+        o = reg(pm, padv, o, "s5_t5")
+        o = delay(pm, padv, o, self._plan()["requant"] - 1, "s5_trq")
         for j in range(L):
-            out, _ = requant_stages(m, advance, [(zs[j], ent[j].m, ent[j].e)], self.out_width,
+            out, _ = requant_stages(pm, padv, [(zs[j], ent[j].m, ent[j].e)], self.out_width,
                                     f"rq{j}")
-            m.d.comb += self.o.payload.data[j].eq(out)
-        with m.If(advance):
-            m.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),
+            pm.d.comb += self.o.payload.data[j].eq(out)
+        with pm.If(padv):
+            pm.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),
                          self.o.payload.last.eq(o.last)]
         return m

@@ -33,6 +33,7 @@ from heterotron.hdl.contract.pim import (
 )
 from heterotron.hdl.ports import error_ports, raise_error, sticky_errors
 from heterotron.hdl.rowstream import delay, mul_pipe, mul_stages, reg
+from heterotron.hdl.simgate import gated_pipeline
 
 __all__ = ["PimTile", "PimFlag", "PimReg"]
 
@@ -303,13 +304,26 @@ class PimTile(Parameterised, wiring.Component):
                 new_cells.append(cell)
         new_group = Signal(group)
         m.d.comb += new_group.eq(Cat(*new_cells))
-        with m.If(self.wr.valid & self.wr.ready):
-            with m.If(w_ok):
-                for r in range(self.rows):
-                    with m.If(wp.row == r):
-                        m.d.sync += cells[r].word_select(wp.col, group).eq(new_group)
-            with m.Else():
-                raise_error(m, raised, PimFlag.WEIGHT)
+        wtake = Signal()
+        m.d.comb += wtake.eq(self.wr.valid & self.wr.ready)
+        # The datapath's registers (the cells, the vector buffers, the slot issuer and the
+        # conversion pipeline) change only on a weight written, an input beat taken, while a
+        # vector converts or one starts, and then for the pipeline's depth: by then the last
+        # sums are in the accumulators and every stage holds the idle slot's tag (not valid,
+        # not converting) with values that only such tags carry, which nothing reads. So in
+        # the simulation harness they get a clock that ticks only then
+        # (heterotron.hdl.simgate), one clock for all, so that the column sums' adder trees
+        # are computed in the block that loads them; elsewhere they are the unit's own.
+        take_x = Signal()
+        start = Signal()
+        pm, _ = gated_pipeline(m, platform, 1, wtake | take_x | active | start,
+                            self.latency + 2, "datapath")
+        with pm.If(wtake & w_ok):
+            for r in range(self.rows):
+                with pm.If(wp.row == r):
+                    pm.d.sync += cells[r].word_select(wp.col, group).eq(new_group)
+        with m.If(wtake & ~w_ok):
+            raise_error(m, raised, PimFlag.WEIGHT)
 
         # -- input ingest: two vector buffers ------------------------------------------------
         nbeats = self.rows // self.lanes
@@ -332,15 +346,19 @@ class PimTile(Parameterised, wiring.Component):
             else:
                 beat_or = beat_or | v.as_unsigned()
         set_full = [Signal(name=f"set_full{i}") for i in (0, 1)]
+        m.d.comb += take_x.eq(taking)
+        with pm.If(take_x):
+            for i in (0, 1):
+                with pm.If(wsel == i):
+                    for bt in range(nbeats):
+                        with pm.If(beat == bt):
+                            for lane in range(self.lanes):
+                                pm.d.sync += bufs[i][bt * self.lanes + lane].eq(
+                                    self.x.payload[lane])
+                    pm.d.sync += ored[i].eq(Mux(beat == 0, 0, ored[i]) | beat_or)
         with m.If(taking):
             for i in (0, 1):
                 with m.If(wsel == i):
-                    for bt in range(nbeats):
-                        with m.If(beat == bt):
-                            for lane in range(self.lanes):
-                                m.d.sync += bufs[i][bt * self.lanes + lane].eq(
-                                    self.x.payload[lane])
-                    m.d.sync += ored[i].eq(Mux(beat == 0, 0, ored[i]) | beat_or)
                     m.d.comb += set_full[i].eq(beat == nbeats - 1)
             with m.If(beat == nbeats - 1):
                 m.d.sync += [beat.eq(0), wsel.eq(~wsel)]
@@ -357,7 +375,6 @@ class PimTile(Parameterised, wiring.Component):
         m.d.comb += last.eq(active & (zero_vec | ((k == share - 1) & (rem == 0))))
         next_sel = rsel ^ last
         credit = (inflight + fifo.level) < depth
-        start = Signal()
         m.d.comb += start.eq((~active | last) & full.bit_select(next_sel, 1) & ~self.cfg.valid
                              & ~self.wr.valid & credit)
         if self.skip_zero:
@@ -370,24 +387,24 @@ class PimTile(Parameterised, wiring.Component):
             m.d.sync += full[i].eq((full[i] | set_full[i]) & ~clr_full[i])
         low_mask = _lowest(m, mask, NP, "first_plane")
         low_rem = _lowest(m, rem, NP, "next_plane")
-        with m.If(last):
-            m.d.sync += [active.eq(0), rsel.eq(~rsel)]
-        with m.Elif(active):
-            with m.If(k == share - 1):
-                m.d.sync += [k.eq(0), b.eq(low_rem), rem.eq(rem & (rem - 1))]
-            with m.Else():
-                m.d.sync += k.eq(k + 1)
-        with m.If(start):
-            m.d.sync += [active.eq(1), k.eq(0), b.eq(low_mask), rem.eq(mask & (mask - 1)),
-                         zero_vec.eq(mask == 0)]
+        with pm.If(last):
+            pm.d.sync += [active.eq(0), rsel.eq(~rsel)]
+        with pm.Elif(active):
+            with pm.If(k == share - 1):
+                pm.d.sync += [k.eq(0), b.eq(low_rem), rem.eq(rem & (rem - 1))]
+            with pm.Else():
+                pm.d.sync += k.eq(k + 1)
+        with pm.If(start):
+            pm.d.sync += [active.eq(1), k.eq(0), b.eq(low_mask), rem.eq(mask & (mask - 1)),
+                          zero_vec.eq(mask == 0)]
         conv = active & ~zero_vec
         # statistics
-        with m.If(conv):
-            m.d.sync += self.conv_cycles.eq(self.conv_cycles + 1)
+        with pm.If(conv):
+            pm.d.sync += self.conv_cycles.eq(self.conv_cycles + 1)
         if self.skip_zero:
             zeros = sum(~mask[i] for i in range(NP))
-            with m.If(start):
-                m.d.sync += self.skip_cycles.eq(self.skip_cycles + zeros * share)
+            with pm.If(start):
+                pm.d.sync += self.skip_cycles.eq(self.skip_cycles + zeros * share)
 
         # -- column sums of the issued plane ---------------------------------------------------
         xb = Signal(self.rows * ib)
@@ -417,27 +434,27 @@ class PimTile(Parameterised, wiring.Component):
         # and the cells hold still for its ``share`` slots, so the register holds the same sums
         # the other slots would load; an idle tile's adder trees do not switch.
         load_sums = Signal(name="load_sums")
-        m.d.comb += load_sums.eq(conv & (k == 0))
+        pm.d.comb += load_sums.eq(conv & (k == 0))
         psum = []
         for j in range(J):
             terms = [Mux(bits[r], cells[r][j * cb:(j + 1) * cb], 0) for r in range(self.rows)]
-            psum.append(reg(m, load_sums, _balanced_sum(terms), f"psum{j}"))
+            psum.append(reg(pm, load_sums, _balanced_sum(terms), f"psum{j}"))
         tag_layout = data.StructLayout({"valid": 1, "conv": 1, "last": 1, "shift": len(shift),
                                         "neg": 1, "k": len(k)})
         tag_now = Signal(tag_layout)
-        m.d.comb += tag_now.eq(Cat(active, conv, last, shift, negate, k))
-        tag = reg(m, None, tag_now, "tag_p")
+        pm.d.comb += tag_now.eq(Cat(active, conv, last, shift, negate, k))
+        tag = reg(pm, None, tag_now, "tag_p")
 
         # -- ADCs: select, noise, gain ----------------------------------------------------------
         t_conv, t_k = tag.conv, tag.k
         codes_in, znoise = [], []
         for a in range(self.n_adc):
             sel = Signal(self._p_width(), name=f"adc{a}_p")
-            with m.Switch(t_k):
+            with pm.Switch(t_k):
                 for kk in range(share):
-                    with _case(m, kk, share):
-                        m.d.comb += sel.eq(psum[a * share + kk])
-            codes_in.append(reg(m, None, sel, f"adc{a}_psel"))
+                    with _case(pm, kk, share):
+                        pm.d.comb += sel.eq(psum[a * share + kk])
+            codes_in.append(reg(pm, None, sel, f"adc{a}_psel"))
             if self.noise:
                 state = Signal(32, init=noise_seed_mix(0, a), name=f"lfsr{a}")
                 stepped = _xorshift32(m, state, f"lfsr{a}_next")
@@ -450,32 +467,32 @@ class PimTile(Parameterised, wiring.Component):
                 zr = Signal(Z_SHAPE, name=f"adc{a}_z")
                 m.d.sync += zr.eq(z)
                 znoise.append(zr)
-        tag = reg(m, None, tag, "tag_sel")
+        tag = reg(pm, None, tag, "tag_sel")
         d = self._mul_depth()
         codes = []
         for a in range(self.n_adc):
-            prod = mul_pipe(m, None, codes_in[a], gain, f"adc{a}_gain")
-            prod = delay(m, None, prod, d - mul_stages(unsigned(self._p_width()),
+            prod = mul_pipe(pm, None, codes_in[a], gain, f"adc{a}_gain")
+            prod = delay(pm, None, prod, d - mul_stages(unsigned(self._p_width()),
                                                         unsigned(gain_w)), f"adc{a}_gd")
             total = prod + offset + (1 << (ADC_FRAC - 1))
             if self.noise:
-                nz = mul_pipe(m, None, znoise[a], sigma, f"adc{a}_noise")
-                nz = delay(m, None, nz, d - mul_stages(Z_SHAPE, unsigned(SIGMA_BITS)),
+                nz = mul_pipe(pm, None, znoise[a], sigma, f"adc{a}_noise")
+                nz = delay(pm, None, nz, d - mul_stages(Z_SHAPE, unsigned(SIGMA_BITS)),
                            f"adc{a}_nd")
                 total = total + (nz >> NOISE_SHIFT)
-            v = reg(m, None, total, f"adc{a}_v")
+            v = reg(pm, None, total, f"adc{a}_v")
             q = v >> ADC_FRAC
             code = Signal(enob, name=f"adc{a}_code")
-            m.d.sync += code.eq(Mux(q < 0, 0, Mux(q > levels, levels, q)))
+            pm.d.sync += code.eq(Mux(q < 0, 0, Mux(q > levels, levels, q)))
             codes.append(code)
-        tag = delay(m, None, tag, d + 2, "tag_adc")
+        tag = delay(pm, None, tag, d + 2, "tag_adc")
 
         # -- shift and add ------------------------------------------------------------------------
         t_conv, t_k = tag.conv, tag.k
         deltas = []
         for c in range(self.cols):
             sel = Signal(signed((levels * ssum).bit_length() + 1), name=f"col{c}_slot")
-            with m.Switch(t_k):
+            with pm.Switch(t_k):
                 for kk in range(share):
                     terms = []
                     for a in range(self.n_adc):
@@ -485,25 +502,25 @@ class PimTile(Parameterised, wiring.Component):
                         part, s = (j // S) % 2, j % S
                         term = codes[a] << (s * cb)
                         terms.append(-term if part else term)
-                    with _case(m, kk, share):
-                        m.d.comb += sel.eq(sum(terms) if terms else 0)
+                    with _case(pm, kk, share):
+                        pm.d.comb += sel.eq(sum(terms) if terms else 0)
             shifted = sel << tag.shift
             delta = Signal(signed(self.acc_width), name=f"col{c}_delta")
-            m.d.sync += delta.eq(Mux(~t_conv, 0, Mux(tag.neg, -shifted, shifted)))
+            pm.d.sync += delta.eq(Mux(~t_conv, 0, Mux(tag.neg, -shifted, shifted)))
             deltas.append(delta)
-        tag = reg(m, None, tag, "tag_term")
+        tag = reg(pm, None, tag, "tag_term")
         t_valid, t_last = tag.valid, tag.last
         accs = [Signal(signed(self.acc_width), name=f"acc{c}") for c in range(self.cols)]
         sums = [acc + dl for acc, dl in zip(accs, deltas, strict=True)]
-        m.d.comb += fifo.w_data.eq(Cat(*(s_[:self.acc_width] for s_ in sums)))
+        pm.d.comb += fifo.w_data.eq(Cat(*(s_[:self.acc_width] for s_ in sums)))
         # one expression, not an assignment under If: Icarus then evaluates it at time 0, and
         # the inflight count that depends on it never starts as X
-        m.d.comb += fifo.w_en.eq(t_valid & t_last)
-        with m.If(t_valid):
-            with m.If(t_last):
-                m.d.sync += [acc.eq(0) for acc in accs]
-            with m.Else():
-                m.d.sync += [acc.eq(s_) for acc, s_ in zip(accs, sums, strict=True)]
+        pm.d.comb += fifo.w_en.eq(t_valid & t_last)
+        with pm.If(t_valid):
+            with pm.If(t_last):
+                pm.d.sync += [acc.eq(0) for acc in accs]
+            with pm.Else():
+                pm.d.sync += [acc.eq(s_) for acc, s_ in zip(accs, sums, strict=True)]
         m.d.sync += inflight.eq(inflight + start - fifo.w_en)
 
         # -- output ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.params import Param, Parameterised
 from heterotron.hdl.rowstream import delay, reg, requant_latency, requant_stages
+from heterotron.hdl.simgate import gated_pipeline
 
 __all__ = ["Requantizer"]
 
@@ -182,25 +183,30 @@ class Requantizer(Parameterised, wiring.Component):
             for k in range(lanes):
                 with m.If(wen[k]):
                     m.d.sync += table[k].eq(wdata[k])
-                with m.If(advance):
-                    m.d.sync += row[k].eq(Mux(wen[k], wdata[k], table[k]))
 
         # Stage 1: register the operands (and the metadata); the scale-table read lands
         # alongside. Then one requant_stages per lane; the valid bit and the metadata ride
         # beside them in registers that advance the same way.
-        v1 = reg(m, advance, self.i.valid, "s1_valid")
-        s1 = reg(m, advance, self.i.payload, "s1")
+        # The stages hold still once the last beat is out (heterotron.hdl.simgate).
+        pm, padv = gated_pipeline(m, platform, advance, self.i.valid, self.latency + 1,
+                                  "pipe")
+        if self.groups == 1:
+            for k in range(lanes):
+                with pm.If(padv):
+                    pm.d.sync += row[k].eq(Mux(wen[k], wdata[k], table[k]))
+        v1 = reg(pm, padv, self.i.valid, "s1_valid")
+        s1 = reg(pm, padv, self.i.payload, "s1")
         z = s1.z if structured else s1
         out_data = self.o.payload.data if self.meta_width else self.o.payload
         for k in range(lanes):
             terms = [(z[k], row[k].m, row[k].e)]
             if residual:
                 terms.append((s1.y[k], row[k].m_y, row[k].e_y))
-            out, stages = requant_stages(m, advance, terms, self.out_width, f"rq{k}")
-            m.d.comb += out_data[k].eq(out)
+            out, stages = requant_stages(pm, padv, terms, self.out_width, f"rq{k}")
+            pm.d.comb += out_data[k].eq(out)
         assert 1 + stages == self.latency
-        with m.If(advance):
-            m.d.sync += self.o.valid.eq(delay(m, advance, v1, stages - 1, "valid"))
+        with pm.If(padv):
+            pm.d.sync += self.o.valid.eq(delay(pm, padv, v1, stages - 1, "valid"))
         if self.meta_width:
-            m.d.comb += self.o.payload.meta.eq(delay(m, advance, s1.meta, stages, "meta"))
+            pm.d.comb += self.o.payload.meta.eq(delay(pm, padv, s1.meta, stages, "meta"))
         return m

@@ -18,6 +18,7 @@ from heterotron.hdl.contract.noc import (
     link_signature,
 )
 from heterotron.hdl.contract.params import Parameterised
+from heterotron.hdl.simgate import gated_module
 
 __all__ = ["Router", "FlitBuffer", "rr_pick"]
 
@@ -189,7 +190,13 @@ class Router(Parameterised, wiring.Component):
         return out
 
     def elaborate(self, platform):
-        m = Module()
+        top = Module()
+        # A router with every buffer empty and no flit offered changes no register (no write,
+        # no read, no choice: every output's request needs a buffered head). So in the
+        # simulation harness it gets a clock that ticks only otherwise
+        # (heterotron.hdl.simgate); elsewhere ``m`` is the router's own module.
+        busy = Signal()
+        m, _ = gated_module(top, platform, busy, "core")
         p = self.parameters
         hdr = header_layout(p["nx"], p["ny"], p["nz"])
         width = p["flit_width"] + 2
@@ -266,4 +273,8 @@ class Router(Parameterised, wiring.Component):
             for term in pops[port][1:]:
                 r_en = r_en | term
             m.d.comb += self.buffers[port].r_en.eq(r_en)
-        return m
+        if m is not top:
+            top.d.comb += busy.eq(Cat(*(getattr(self, f"i_{port}").valid
+                                        | (self.buffers[port].level != 0)
+                                        for port in self.ports)).any())
+        return top

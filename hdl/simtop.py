@@ -16,12 +16,13 @@ draws are made per cycle by xorshift generators seeded from the testbench's seed
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockDomain, Const, Module, Signal, unsigned
+from amaranth.hdl import Cat, ClockDomain, Const, Elaboratable, Fragment, Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.accel import MAX_TILES, AccelError, Description
+from heterotron.hdl.simgate import SIM_GATING
 from heterotron.hdl.top import Accelerator
 
 __all__ = ["SimAccelerator", "HOST_WORD_BYTES", "HOST_WORD", "PUSH_DEPTH", "PULL_DEPTH",
@@ -83,6 +84,16 @@ class _Draw(wiring.Component):
         # on every call.
         m.d.sync += self.hit.eq(seeded & (state[:8] < self.threshold))
         return m
+
+
+class _ElaboratedFor(Elaboratable):
+    """``inner`` elaborated for ``platform``, whatever its parent is elaborated for."""
+
+    def __init__(self, inner, platform):
+        self._inner, self._platform = inner, platform
+
+    def elaborate(self, platform):
+        return Fragment.get(self._inner, self._platform)
 
 
 class SimAccelerator(wiring.Component):
@@ -153,7 +164,11 @@ class SimAccelerator(wiring.Component):
             m.d.boot += boot.eq(boot + 1)
         m.d.comb += [cd_sync.clk.eq(self.clk), cd_boot.clk.eq(self.clk),
                      cd_sync.rst.eq(boot != BOOT_CYCLES)]
-        m.submodules.accel = acc = Accelerator(self.desc, backdoor=True)
+        acc = Accelerator(self.desc, backdoor=True)
+        # Elaborated for the harness: idle units get gated clocks (heterotron.hdl.simgate).
+        # No top-level input reaches the accelerator combinationally (the draws are
+        # registered, the FIFOs' outputs too), as the gated clocks' enables need.
+        m.submodules.accel = _ElaboratedFor(acc, SIM_GATING)
         m.d.comb += [self.running.eq(acc.running), self.watchdog.eq(acc.watchdog),
                      self.error.eq(acc.error), self.misrouted.eq(acc.misrouted)]
 

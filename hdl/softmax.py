@@ -26,6 +26,7 @@ from heterotron.hdl.rowstream import (
     tree_pipe,
     tree_stages,
 )
+from heterotron.hdl.simgate import gated_pipeline
 
 __all__ = ["Softmax"]
 
@@ -230,11 +231,15 @@ class Softmax(Parameterised, wiring.Component):
         m.d.comb += [ev.keep.eq(s1.take & s1.keep), ev.first.eq(s1.first),
                      ev.push.eq(s1.push), ev.desc.bank.eq(s1.bank),
                      ev.desc.last.eq(s1.last_idx), ev.desc.n.eq(s1.n)]
-        lanes_in = [reg(m, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo),
+        # Each stage's pipeline holds still once its last beat is through (heterotron.hdl.
+        # simgate); the unit's latency bounds every stage's depth.
+        pm, _ = gated_pipeline(m, platform, 1, self.i.valid | ev.keep | ev.push, self.latency,
+                            "s1_pipe")
+        lanes_in = [reg(pm, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo),
                         f"s1_lane{j}") for j in range(L)]
-        ev = reg(m, None, ev, "s1_ev")
-        bmax = tree_pipe(m, None, lanes_in, lambda a, b: Mux(a > b, a, b), "s1_max")
-        ev = delay(m, None, ev, tree_stages(L), "s1_ev")
+        ev = reg(pm, None, ev, "s1_ev")
+        bmax = tree_pipe(pm, None, lanes_in, lambda a, b: Mux(a > b, a, b), "s1_max")
+        ev = delay(pm, None, ev, tree_stages(L), "s1_ev")
         run_max = Signal(signed(W))
         new_max = Mux(~ev.first & (run_max > bmax), run_max, bmax)
         with m.If(ev.keep):
@@ -264,59 +269,60 @@ class Softmax(Parameterised, wiring.Component):
         t = Signal(tag_layout, name="s2_t0")
         m.d.comb += [t.valid.eq(s2.active), t.idx.eq(s2.idx), t.last.eq(s2.last),
                      t.bank.eq(ebank2), t.desc.eq(cur2)]
-        t = reg(m, None, t, "s2_t1")  # the buffer read lands with it
-        xs = reg(m, None, x_rd.data, "s2_x")  # registered straight out of the block RAM
-        t = reg(m, None, t, "s2_tx")
+        pm, _ = gated_pipeline(m, platform, 1, s2.active, self.latency, "s2_pipe")
+        t = reg(pm, None, t, "s2_t1")  # the buffer read lands with it
+        xs = reg(pm, None, x_rd.data, "s2_x")  # registered straight out of the block RAM
+        t = reg(pm, None, t, "s2_tx")
         # clamp at 30 * x0, negate: a = -(max(x - max, 30 x0)) >= 0
-        d = [reg(m, None, xs[j] - t.desc.max, f"s2_d{j}") for j in range(L)]
-        t = reg(m, None, t, "s2_t2")
+        d = [reg(pm, None, xs[j] - t.desc.max, f"s2_d{j}") for j in range(L)]
+        t = reg(pm, None, t, "s2_t2")
         # 0 <= a <= 30 |x0| < 2^(h + 5): kept at that width through the division
         aw = len(k.x0) + 4
         # the wide compare in one stage, the negation in the next (only its low aw bits are
         # kept, so synthesis keeps an aw-bit carry chain: a < 2^aw)
-        clamp = [reg(m, None, d[j] < x0_30, f"s2_clamp{j}") for j in range(L)]
-        d = [reg(m, None, d[j], f"s2_dn{j}") for j in range(L)]
-        t = reg(m, None, t, "s2_tc")
-        a = [reg(m, None, (-Mux(clamp[j], x0_30, d[j]))[:aw], f"s2_a{j}") for j in range(L)]
-        t = reg(m, None, t, "s2_t3")
+        clamp = [reg(pm, None, d[j] < x0_30, f"s2_clamp{j}") for j in range(L)]
+        d = [reg(pm, None, d[j], f"s2_dn{j}") for j in range(L)]
+        t = reg(pm, None, t, "s2_tc")
+        a = [reg(pm, None, (-Mux(clamp[j], x0_30, d[j]))[:aw], f"s2_a{j}") for j in range(L)]
+        t = reg(pm, None, t, "s2_t3")
         q = [Const(0, 5)] * L
         for bit in reversed(range(5)):  # restoring division of a by -x0, five quotient bits
             step_q, step_a = [], []
             for j in range(L):
                 ge = a[j] >= (nx0 << bit)
-                step_a.append(reg(m, None, Mux(ge, a[j] - (nx0 << bit), a[j])[:aw],
+                step_a.append(reg(pm, None, Mux(ge, a[j] - (nx0 << bit), a[j])[:aw],
                                   f"s2_rem{bit}_{j}"))
-                step_q.append(reg(m, None, q[j] | (ge << bit), f"s2_q{bit}_{j}"))
+                step_q.append(reg(pm, None, q[j] | (ge << bit), f"s2_q{bit}_{j}"))
             a, q = step_a, step_q
-            t = reg(m, None, t, f"s2_tq{bit}")
+            t = reg(pm, None, t, f"s2_tq{bit}")
         # r = -rem in (x0, 0]; z = (r + b) r + c <= c; e = max(z >> q, 0)
         # the remainder is below -x0 <= 2^h: h + 1 bits hold it exactly
         a = [rem[:len(k.x0)] for rem in a]
-        rb = [reg(m, None, k.b - rem, f"s2_rb{j}") for j, rem in enumerate(a)]
-        r = [reg(m, None, -rem, f"s2_r{j}") for j, rem in enumerate(a)]
-        q = [reg(m, None, qj, f"s2_qr{j}") for j, qj in enumerate(q)]
-        t = reg(m, None, t, "s2_tr")
-        prod = [mul_pipe(m, None, rb[j], r[j], f"s2_mul{j}") for j in range(L)]
+        rb = [reg(pm, None, k.b - rem, f"s2_rb{j}") for j, rem in enumerate(a)]
+        r = [reg(pm, None, -rem, f"s2_r{j}") for j, rem in enumerate(a)]
+        q = [reg(pm, None, qj, f"s2_qr{j}") for j, qj in enumerate(q)]
+        t = reg(pm, None, t, "s2_tr")
+        prod = [mul_pipe(pm, None, rb[j], r[j], f"s2_mul{j}") for j in range(L)]
         stages = self._plan()["exp"]
-        q = [delay(m, None, qj, stages, f"s2_qm{j}") for j, qj in enumerate(q)]
-        t = delay(m, None, t, stages, "s2_tm")
-        z = [reg(m, None, prod[j] + k.c, f"s2_z{j}") for j in range(L)]
-        q = [reg(m, None, qj, f"s2_qz{j}") for j, qj in enumerate(q)]
-        t = reg(m, None, t, "s2_tz")
+        q = [delay(pm, None, qj, stages, f"s2_qm{j}") for j, qj in enumerate(q)]
+        t = delay(pm, None, t, stages, "s2_tm")
+        z = [reg(pm, None, prod[j] + k.c, f"s2_z{j}") for j in range(L)]
+        q = [reg(pm, None, qj, f"s2_qz{j}") for j, qj in enumerate(q)]
+        t = reg(pm, None, t, "s2_tz")
         ez = []
         for j in range(L):
             zq = z[j] >> q[j]
-            ez.append(reg(m, None, Mux(zq < 0, 0, zq), f"s2_e{j}"))
-        t = reg(m, None, t, "s2_te")
+            ez.append(reg(pm, None, Mux(zq < 0, 0, zq), f"s2_e{j}"))
+        t = reg(pm, None, t, "s2_te")
         # write e; sum the valid lanes (a registered tree), then the running row sum, which
         # goes to the reciprocal stage with the row's last beat
-        m.d.comb += [e_wr.addr.eq(Cat(t.idx, t.bank)), e_wr.en.eq(t.valid)]
+        pm.d.comb += [e_wr.addr.eq(Cat(t.idx, t.bank)), e_wr.en.eq(t.valid)]
         for j in range(L):
-            m.d.comb += e_wr.data[j].eq(ez[j])
+            pm.d.comb += e_wr.data[j].eq(ez[j])
         sw = self.sum_width
-        lane_sum = tree_pipe(m, None, [Mux(lane_valid(t.desc.n, t.last, j, L), ez[j][:E], 0)
+        lane_sum = tree_pipe(pm, None, [Mux(lane_valid(t.desc.n, t.last, j, L), ez[j][:E], 0)
                                        for j in range(L)], lambda x, y: x + y, "s2_sum")
-        t = delay(m, None, t, tree_stages(L), "s2_ts")
+        t = delay(pm, None, t, tree_stages(L), "s2_ts")
         acc = Signal(sw, name="s2_acc")
         total = Signal(sw)
         m.d.comb += total.eq(acc + lane_sum)
@@ -380,22 +386,24 @@ class Softmax(Parameterised, wiring.Component):
                                           "recip": unsigned(34), "sh": sh_shape}))
         m.d.comb += [o_tag.valid.eq(s4.active), o_tag.n.eq(s4.cur.n), o_tag.last.eq(s4.last),
                      o_tag.recip.eq(s4.cur.recip), o_tag.sh.eq(s4.cur.sh)]
-        o_tag = reg(m, advance, o_tag, "s4_t1")  # the buffer read lands with it
-        e_val = [reg(m, advance, e_rd.data[j], f"s4_e{j}") for j in range(L)]
-        o_tag = reg(m, advance, o_tag, "s4_t2")
-        prods = [mul_pipe(m, advance, e_val[j], o_tag.recip, f"s4_mul{j}") for j in range(L)]
-        o_tag = delay(m, advance, o_tag, self._plan()["out"], "s4_tm")
+        pm, padv = gated_pipeline(m, platform, advance, s4.active, self.latency,
+                                  "s4_pipe")
+        o_tag = reg(pm, padv, o_tag, "s4_t1")  # the buffer read lands with it
+        e_val = [reg(pm, padv, e_rd.data[j], f"s4_e{j}") for j in range(L)]
+        o_tag = reg(pm, padv, o_tag, "s4_t2")
+        prods = [mul_pipe(pm, padv, e_val[j], o_tag.recip, f"s4_mul{j}") for j in range(L)]
+        o_tag = delay(pm, padv, o_tag, self._plan()["out"], "s4_tm")
         # e * recip / 2^(31 + sh - out_width): one bit more than the output, for the rounding
-        halves = [reg(m, advance, (prods[j] >> (31 - self.out_width)) >> o_tag.sh,
+        halves = [reg(pm, padv, (prods[j] >> (31 - self.out_width)) >> o_tag.sh,
                       f"s4_half{j}") for j in range(L)]
-        o_tag = reg(m, advance, o_tag, "s4_t3")
+        o_tag = reg(pm, padv, o_tag, "s4_t3")
         top = (1 << self.out_width) - 1
-        with m.If(advance):
-            m.d.sync += [self.o.valid.eq(o_tag.valid), self.o.payload.n.eq(o_tag.n),
+        with pm.If(padv):
+            pm.d.sync += [self.o.valid.eq(o_tag.valid), self.o.payload.n.eq(o_tag.n),
                          self.o.payload.last.eq(o_tag.last)]
             for j in range(L):
                 scaled = (halves[j] + 1) >> 1  # round half up
-                m.d.sync += self.o.payload.data[j].eq(Mux(scaled > top, top, scaled))
+                pm.d.sync += self.o.payload.data[j].eq(Mux(scaled > top, top, scaled))
         return m
 
     def _divfree(self, m, start, s, finish, recip, sh):

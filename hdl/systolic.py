@@ -7,6 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
+from heterotron.hdl.simgate import gated_module
 
 __all__ = ["SystolicArray", "array_params", "check_accumulator", "operand_range"]
 
@@ -200,10 +201,14 @@ class SystolicArray(Parameterised, wiring.Component):
             m.d.comb += en.eq(can_move & ((quiet != drain) | self.i.valid))
         else:
             m.d.comb += en.eq(can_move)
+        # Every register below advances with ``en``: in the simulation harness they get a
+        # clock that ticks only then (:mod:`heterotron.hdl.simgate`), and load on its every
+        # tick (``ren``); elsewhere they stay here under ``en``. The handshakes use ``en``.
+        core, ren = gated_module(m, platform, en, "core")
         if self.dataflow == "os":
-            self._elaborate_os(m, en)
+            self._elaborate_os(core, en, ren)
         else:
-            self._elaborate_ws(m, en)
+            self._elaborate_ws(core, en, ren)
         return m
 
     # -- helpers ----------------------------------------------------------------------------
@@ -242,7 +247,7 @@ class SystolicArray(Parameterised, wiring.Component):
 
     # -- output-stationary ------------------------------------------------------------------
 
-    def _elaborate_os(self, m, en):
+    def _elaborate_os(self, m, en, ren):
         R, C = self.rows, self.cols
         acc_shape = signed(self.acc_width)
 
@@ -255,7 +260,7 @@ class SystolicArray(Parameterised, wiring.Component):
         m.d.comb += self.i.ready.eq(en & ~(self.i.valid & hold))
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
-        with m.If(en):
+        with m.If(ren):
             m.d.sync += [
                 gap_first.eq(Mux(take & p.first, 1, Mux(gap_first < R, gap_first + 1, R))),
                 gap_last.eq(Mux(take & p.last, 1, Mux(gap_last < R, gap_last + 1, R))),
@@ -263,20 +268,20 @@ class SystolicArray(Parameterised, wiring.Component):
 
         # Input stage: a bubble enters as a = 0 with no flags (it adds nothing).
         s0 = Signal(self.i.payload.shape(), name="s0")
-        with m.If(en):
+        with m.If(ren):
             m.d.sync += s0.eq(Mux(take, self.i.payload.as_value(), 0))
 
         # Skew: row i of A (with the flags) by i cycles, column j of B and bias by j.
-        left = [(self._delay(m, en, s0.a[i], i, f"a_skew{i}"),
-                 self._delay(m, en, s0.first, i, f"f_skew{i}"),
-                 self._delay(m, en, s0.last, i, f"l_skew{i}")) for i in range(R)]
-        top = [self._delay(m, en, s0.b[j], j, f"b_skew{j}") for j in range(C)]
+        left = [(self._delay(m, ren, s0.a[i], i, f"a_skew{i}"),
+                 self._delay(m, ren, s0.first, i, f"f_skew{i}"),
+                 self._delay(m, ren, s0.last, i, f"l_skew{i}")) for i in range(R)]
+        top = [self._delay(m, ren, s0.b[j], j, f"b_skew{j}") for j in range(C)]
         bias = []
         for j in range(C):
-            bj = self._delay(m, en, s0.bias[j], j, f"bias_skew{j}")
-            fj = self._delay(m, en, s0.first, j, f"bias_ld{j}")
+            bj = self._delay(m, ren, s0.bias[j], j, f"bias_skew{j}")
+            fj = self._delay(m, ren, s0.first, j, f"bias_ld{j}")
             reg = Signal(acc_shape, name=f"bias{j}")
-            with m.If(en & fj):
+            with m.If(ren & fj):
                 m.d.sync += reg.eq(bj)
             bias.append(reg)
 
@@ -289,14 +294,14 @@ class SystolicArray(Parameterised, wiring.Component):
                 a_in, f_in, l_in = left[i]
                 b_in = top[j]
                 tag = f"pe{i}_{j}"
-                prod = self._product(m, en, a_in, b_in, f"{tag}_p")
+                prod = self._product(m, ren, a_in, b_in, f"{tag}_p")
                 fp, lp = Signal(name=f"{tag}_pfirst"), Signal(name=f"{tag}_plast")
                 acc = Signal(acc_shape, name=f"{tag}_acc")
                 done = Signal(name=f"{tag}_done")  # acc holds a final sum this cycle
                 a_r = Signal(a_in.shape(), name=f"{tag}_a")
                 b_r = Signal(b_in.shape(), name=f"{tag}_b")
                 f_r, l_r = Signal(name=f"{tag}_f"), Signal(name=f"{tag}_l")
-                with m.If(en):
+                with m.If(ren):
                     m.d.sync += [
                         a_r.eq(a_in), f_r.eq(f_in), l_r.eq(l_in), b_r.eq(b_in),
                         fp.eq(f_in), lp.eq(l_in), done.eq(lp),
@@ -312,16 +317,16 @@ class SystolicArray(Parameterised, wiring.Component):
             pick = 0
             for d, a in zip(dones, accs, strict=True):
                 pick = pick | Mux(d, a, 0)
-            with m.If(en):
+            with m.If(ren):
                 m.d.sync += [valid_j.eq(_or(dones)), data_j.eq(pick)]
             col_out.append((valid_j, data_j))
 
-        self._deskew(m, en, [d for _, d in col_out])
+        self._deskew(m, ren, [d for _, d in col_out])
         m.d.comb += self.o.valid.eq(col_out[C - 1][0])
 
     # -- weight-stationary ------------------------------------------------------------------
 
-    def _elaborate_ws(self, m, en):
+    def _elaborate_ws(self, m, en, ren):
         R, C = self.rows, self.cols
         acc_shape = signed(self.acc_width)
         p = self.i.payload
@@ -339,7 +344,7 @@ class SystolicArray(Parameterised, wiring.Component):
         m.d.comb += take.eq(self.i.valid & self.i.ready)
         wtake = Signal()
         m.d.comb += wtake.eq(self.w.valid & self.w.ready)
-        with m.If(en):
+        with m.If(ren):
             with m.If(take & p.swap):
                 m.d.sync += [full.eq(0), guard.eq(self.ws_guard)]
             with m.Elif(guard != 0):
@@ -351,7 +356,7 @@ class SystolicArray(Parameterised, wiring.Component):
 
         s0 = Signal(p.shape(), name="s0")
         v0 = Signal(name="s0_valid")
-        with m.If(en):
+        with m.If(ren):
             m.d.sync += [s0.eq(p), v0.eq(take)]
 
         # The swap flag runs one cycle ahead of its beat's operands, so a PE copies its shadow
@@ -359,10 +364,10 @@ class SystolicArray(Parameterised, wiring.Component):
         # weight straight from a register (no mux in front of the DSP).
         swap_now = Signal()
         m.d.comb += swap_now.eq(take & p.swap)
-        left = [(self._delay(m, en, s0.a[i], i, f"a_skew{i}"),
-                 self._delay(m, en, swap_now, i, f"sw_skew{i}")) for i in range(R)]
+        left = [(self._delay(m, ren, s0.a[i], i, f"a_skew{i}"),
+                 self._delay(m, ren, swap_now, i, f"sw_skew{i}")) for i in range(R)]
         # The partial sum meets row 0's product one cycle after A: column j by j + 1.
-        above = [self._delay(m, en, s0.psum[j], j + 1, f"psum_skew{j}") for j in range(C)]
+        above = [self._delay(m, ren, s0.psum[j], j + 1, f"psum_skew{j}") for j in range(C)]
 
         for i in range(R):
             for j in range(C):
@@ -370,20 +375,20 @@ class SystolicArray(Parameterised, wiring.Component):
                 tag = f"pe{i}_{j}"
                 w_act = Signal(self.b_shape, name=f"{tag}_w")
                 w_sh = Signal(self.b_shape, name=f"{tag}_wsh")
-                with m.If(en & wtake & (wrow == i)):
+                with m.If(ren & wtake & (wrow == i)):
                     m.d.sync += w_sh.eq(self.w.payload[j])
-                prod = self._product(m, en, a_in, w_act, f"{tag}_p")
+                prod = self._product(m, ren, a_in, w_act, f"{tag}_p")
                 a_r, sw_r = Signal(a_in.shape(), name=f"{tag}_a"), Signal(name=f"{tag}_sw")
                 psum = Signal(acc_shape, name=f"{tag}_psum")
-                with m.If(en):
+                with m.If(ren):
                     m.d.sync += [a_r.eq(a_in), sw_r.eq(sw_in), psum.eq(above[j] + prod)]
                     with m.If(sw_in):
                         m.d.sync += w_act.eq(w_sh)
                 left[i] = (a_r, sw_r)
                 above[j] = psum
 
-        self._deskew(m, en, above)
-        m.d.comb += self.o.valid.eq(self._delay(m, en, v0, R + C, "valid"))
+        self._deskew(m, ren, above)
+        m.d.comb += self.o.valid.eq(self._delay(m, ren, v0, R + C, "valid"))
 
 
 def _or(bits):

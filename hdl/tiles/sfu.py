@@ -81,7 +81,7 @@ LayerNorm runs its rows twice and writes its table before each pass (two cycles 
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -111,7 +111,8 @@ from heterotron.hdl.contract.numerics import EXP_MAX_WIDTH, EXP_MIN_BITS, exp_fi
 from heterotron.hdl.contract.params import Param, ParamError, Parameterised
 from heterotron.hdl.gelu import Gelu
 from heterotron.hdl.layernorm import LayerNorm, LayerNormKind
-from heterotron.hdl.rowstream import SfuError, delay, requant_stages
+from heterotron.hdl.rowstream import SfuError, delay, requant_latency, requant_stages
+from heterotron.hdl.simgate import gated_pipeline
 from heterotron.hdl.softmax import Softmax
 from heterotron.hdl.tiles.common import check_placement, class_ports
 
@@ -653,17 +654,21 @@ class SfuTile(Parameterised, wiring.Component):
         ey = Signal(range(64))
         m.d.comb += [my.eq(Mux(use_y, a_rq.m_y[:31], 0)), ey.eq(a_rq.e_y[:6])]
         rq_out = []
-        stages = 0
+        rq_tag = Signal(name="rq_in_valid")
+        m.d.comb += rq_tag.eq(f_valid & (op == _Op.REQUANT))
+        stages = requant_latency((signed(33), Value.cast(rq_rd["m"].data[0]).shape()),
+                                 (Value.cast(y_rd.data[0]).shape(), my.shape()))
+        # Its stages hold still once the last beat is out (heterotron.hdl.simgate).
+        rm, rq_en = gated_pipeline(m, platform, rq_adv, rq_tag, stages + 1, "requant")
         for j in range(L):
             z = Signal(signed(33), name=f"rq_z{j}")
             m.d.comb += z.eq(f_data[j] + Mux(use_bias, rq_rd["bias"].data[j], 0))
             terms = [(z, rq_rd["m"].data[j], rq_rd["e"].data[j]),
                      (y_rd.data[j], my, ey)]
-            out, stages = requant_stages(m, rq_adv, terms, 32, f"rq{j}")
+            out, got = requant_stages(rm, rq_en, terms, 32, f"rq{j}")
+            assert got == stages
             rq_out.append(out)
-        rq_tag = Signal(name="rq_in_valid")
-        m.d.comb += rq_tag.eq(f_valid & (op == _Op.REQUANT))
-        m.d.comb += rq_valid.eq(delay(m, rq_adv, rq_tag, stages, "rq_valid"))
+        m.d.comb += rq_valid.eq(delay(rm, rq_en, rq_tag, stages, "rq_valid"))
 
         m.d.comb += f_ready.eq(rq_adv)
         for kind, u in units.items():

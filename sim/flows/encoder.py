@@ -11,6 +11,7 @@ tensor, in the simulation harness (:mod:`heterotron.hdl.simtop`) as a fast model
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -250,15 +251,21 @@ def write_compiled_job(path: Path, comp: Compiled, x, xr, res,
 def _run_rtl(desc: Description, comp: Compiled, x, xr, res, progress,
              whole_memory: bool, load: str) -> dict[str, Any]:
     """The compiled program on the RTL, judged against the interpreter's result ``res``."""
-    job = (Path("build") / "run" / f"job-{desc.config_hash:08x}.npz").resolve()
+    # Per process: two runs at once (two terminals, test workers) must not share the job,
+    # its result or its progress file.
+    job = (Path("build") / "run" / f"job-{desc.config_hash:08x}-{os.getpid()}.npz").resolve()
     job.parent.mkdir(parents=True, exist_ok=True)
     nbytes = write_compiled_job(job, comp, x, xr, res)
     if progress is not None:
         progress(f"simulating the RTL (Verilator): {nbytes} bytes of scratchpad images "
                  f"(loaded through the {'harness backdoor' if load == 'backdoor' else 'host link'}"
                  f"), {len(comp.words)} program words")
-    return run_job(desc, job, progress=progress is not None, whole_memory=whole_memory,
-                   load=load)
+    try:
+        return run_job(desc, job, progress=progress is not None, whole_memory=whole_memory,
+                       load=load)
+    finally:
+        for done in (job, job.with_suffix(".json"), job.with_suffix(".progress")):
+            done.unlink(missing_ok=True)
 
 
 def _utilisation(rtl: dict[str, Any], floor: dict[int, int]) -> dict[str, Any]:
