@@ -133,13 +133,6 @@ def test_cocotb_2d_in_the_harness(accelerator_testbench):
 
 
 @pytest.mark.slow
-def test_cocotb_3d_in_the_harness(accelerator_testbench):
-    """The same on accel-3d: the 3D routers' gated clocks (about 2 minutes)."""
-    accelerator_testbench(shipped("accel-3d"), seed=15, vectors=3,
-                          testcase="test_random_programs", harness=True)
-
-
-@pytest.mark.slow
 def test_cocotb_3d(accelerator_testbench):
     """The 3D description (two tiers, 64-bit flits): about 2 minutes."""
     accelerator_testbench(shipped("accel-3d"), seed=12, vectors=3)
