@@ -80,8 +80,9 @@ def written_spans(tensors) -> dict[int, list[tuple[int, int]]]:
 def _first_mismatch(tensors, rtl: dict[int, bytes], expected: dict[int, bytes]):
     for t in tensors:
         eb = t["ebytes"]
+        region = Region(t["mem"], t["addr"], t["rows"], t["cols"], t["stride"], eb)
         for r in range(t["rows"]):
-            start = t["addr"] + r * t["stride"] * eb
+            start = region.row_start(r)
             got = rtl[t["mem"]][start:start + t["cols"] * eb]
             want = expected[t["mem"]][start:start + t["cols"] * eb]
             if got != want:

@@ -288,6 +288,19 @@ def test_run_minilm_command_six_layers(capsys, tmp_path, encoder):
     assert report["program"]["pim_blocks_programmed"] == 6 * 3456
 
 
+def test_run_minilm_quietly(capsys, tmp_path, encoder):
+    """``run_minilm(progress=None)`` runs without a message or a progress bar (it used to
+    call ``None`` with its first message) and judges every stage as the command does."""
+    from heterotron.sim.flows.encoder import run_minilm
+
+    path = bi.save(encoder, tmp_path / "enc.npz")
+    report = run_minilm(describe(_table()), layers=1, tokens=8, params=path, golden=True,
+                        progress=None)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert report["bit_exact"] and len(report["stages"]) == 8
+
+
 def test_run_minilm_command_refusals(capsys, tmp_path, encoder):
     from heterotron.scripts.cli import main
 

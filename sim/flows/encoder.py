@@ -147,10 +147,12 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
     loaded through the harness's backdoor (``load = "backdoor"``, a scratchpad word a
     cycle) or through the host link (``"host"``, a byte a cycle, as on a board); the tensors
     the program writes are read back, and with ``whole_memory`` every byte of the images too
-    (nothing written where it should not be: about 2M more cycles a layer, the weights)."""
+    (nothing written where it should not be: about 2M more cycles a layer, the weights).
+    ``progress`` takes the messages; ``None`` runs quietly (no messages, no bars)."""
     if load not in LOADS:
         raise EncoderRunError(f"--load must be one of {', '.join(LOADS)}, not {load!r}")
-    enc = load_encoder(params, progress)
+    say = progress if progress is not None else (lambda _message: None)
+    enc = load_encoder(params, say)
     if not 1 <= layers <= enc.layers:
         raise EncoderRunError(f"--layers must be in [1, {enc.layers}], not {layers}")
     text, tok, x, xr, w = inputs(enc, tokens=tokens, sentence=sentence)
@@ -159,8 +161,8 @@ def run_minilm(desc: Description, *, layers: int = 1, tokens: int | None = 8,
     comp = compile_encoder(enc, desc, T, layers)
     compile_s = time.monotonic() - t0
     stats = program_stats(comp)
-    progress(f"compiled {layers} layer(s) for {T} tokens: {stats['words']} words, "
-             f"{stats['instructions']} instructions ({compile_s:.1f} s)")
+    say(f"compiled {layers} layer(s) for {T} tokens: {stats['words']} words, "
+        f"{stats['instructions']} instructions ({compile_s:.1f} s)")
     from tqdm import tqdm
 
     interp = Interpreter(desc, comp.memories(x, xr))
