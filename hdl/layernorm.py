@@ -219,9 +219,10 @@ class LayerNorm(Parameterised, wiring.Component):
         m.d.comb += [ev.keep.eq(s1.take & s1.keep), ev.first.eq(s1.first),
                      ev.push.eq(s1.push), ev.desc.bank.eq(s1.bank),
                      ev.desc.last.eq(s1.last_idx), ev.desc.n.eq(s1.n)]
-        # Stage 1's pipeline holds still once its last beat is through (heterotron.hdl.simgate).
-        pm, _ = gated_pipeline(m, platform, 1, self.i.valid | ev.keep | ev.push,
-                            tree_stages(L) + 2, "s1_pipe")
+        # Each stage's pipeline holds still once its last beat is through (heterotron.hdl.
+        # simgate); the unit's latency bounds every stage's depth.
+        pm, _ = gated_pipeline(m, platform, 1, self.i.valid | ev.keep | ev.push, self.latency,
+                               "s1_pipe")
         lanes_in = [reg(pm, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], 0),
                         f"s1_lane{j}") for j in range(L)]
         ev = reg(pm, None, ev, "s1_ev")
@@ -269,9 +270,7 @@ class LayerNorm(Parameterised, wiring.Component):
         tag_l = data.StructLayout({"valid": 1, "last": 1, "desc": desc2})
         t = Signal(tag_l, name="s3_t0")
         m.d.comb += [t.valid.eq(s3.active), t.last.eq(s3.last), t.desc.eq(s3.cur)]
-        # So does stage 3's (heterotron.hdl.simgate).
-        pm, _ = gated_pipeline(m, platform, 1, s3.active, 4 + mul_stages(
-            signed(W + 2), signed(W + 2)) + tree_stages(L) + 2, "s3_pipe")
+        pm, _ = gated_pipeline(m, platform, 1, s3.active, self.latency, "s3_pipe")
         t = reg(pm, None, t, "s3_t1")  # the buffer read lands with it
         xv = reg(pm, None, x_rd_var.data, "s3_x")  # registered straight out of the block RAM
         t = reg(pm, None, t, "s3_tx")
@@ -341,10 +340,7 @@ class LayerNorm(Parameterised, wiring.Component):
         o = Signal(otag_l, name="s5_t0")
         m.d.comb += [o.valid.eq(s5.active), o.last.eq(s5.last), o.n.eq(s5.cur.n),
                      o.mean.eq(s5.cur.mean), o.recip.eq(s5.cur.recip)]
-        # And stage 5's (heterotron.hdl.simgate).
-        plan = self._plan()
-        pm, padv = gated_pipeline(m, platform, advance, s5.active,
-                            8 + plan["product"] + plan["requant"], "s5_pipe")
+        pm, padv = gated_pipeline(m, platform, advance, s5.active, self.latency, "s5_pipe")
         o = reg(pm, padv, o, "s5_t1")  # the buffer and table reads land with it
         ent = reg(pm, padv, t_rd.data, "s5_entry1")
         xv = [reg(pm, padv, x_rd_out.data[j], f"s5_x{j}") for j in range(L)]
@@ -370,5 +366,5 @@ class LayerNorm(Parameterised, wiring.Component):
             pm.d.comb += self.o.payload.data[j].eq(out)
         with pm.If(padv):
             pm.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),
-                         self.o.payload.last.eq(o.last)]
+                          self.o.payload.last.eq(o.last)]
         return m

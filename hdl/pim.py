@@ -317,7 +317,7 @@ class PimTile(Parameterised, wiring.Component):
         take_x = Signal()
         start = Signal()
         pm, _ = gated_pipeline(m, platform, 1, wtake | take_x | active | start,
-                            self.latency + 2, "datapath")
+                               self.latency + 2, "datapath")
         with pm.If(wtake & w_ok):
             for r in range(self.rows):
                 with pm.If(wp.row == r):
@@ -356,7 +356,7 @@ class PimTile(Parameterised, wiring.Component):
                                 pm.d.sync += bufs[i][bt * self.lanes + lane].eq(
                                     self.x.payload[lane])
                     pm.d.sync += ored[i].eq(Mux(beat == 0, 0, ored[i]) | beat_or)
-        with m.If(taking):
+        with m.If(take_x):
             for i in (0, 1):
                 with m.If(wsel == i):
                     m.d.comb += set_full[i].eq(beat == nbeats - 1)

@@ -234,7 +234,7 @@ class Softmax(Parameterised, wiring.Component):
         # Each stage's pipeline holds still once its last beat is through (heterotron.hdl.
         # simgate); the unit's latency bounds every stage's depth.
         pm, _ = gated_pipeline(m, platform, 1, self.i.valid | ev.keep | ev.push, self.latency,
-                            "s1_pipe")
+                               "s1_pipe")
         lanes_in = [reg(pm, None, Mux(lane_valid(beat.n, beat.last, j, L), beat.data[j], lo),
                         f"s1_lane{j}") for j in range(L)]
         ev = reg(pm, None, ev, "s1_ev")
