@@ -8,28 +8,43 @@ generate accelerator`` writes, never from a hand-copied table.
 
 The driver is ``async`` so that the same code runs inside cocotb (where waiting means letting
 the simulator run) and on a board (``asyncio.run(...)``; the serial transport blocks briefly).
+
+Errors: :class:`HostError` when the device answers a command with a status other than OK (or
+its answer is corrupted, or it is not the accelerator of the sidecar), :class:`HostTimeout`
+when it does not answer in time, :class:`LinkError` when the transport itself fails (a port
+that cannot be opened or goes away, pyserial missing).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from heterotron.hdl.contract import hostlink
 from heterotron.hdl.contract.hostlink import FLAG, Op, Status
 
 __all__ = ["Transport", "SerialTransport", "Device", "HostError", "HostTimeout",
-           "FrameReader"]
+           "LinkError", "FrameReader"]
 
 
 class HostError(RuntimeError):
-    """The device answered a command with a status other than OK."""
+    """The device answered a command with a status other than OK (``status`` < 0: an answer
+    that could not be read; ``Status.OK``: a good answer the driver refuses, ``detail`` says
+    why)."""
 
     def __init__(self, op: Op, status: Status | int, detail: str = ""):
         self.op, self.status = op, status
-        name = Status(status).name if status in set(Status) else f"status {status}"
-        super().__init__(f"{Op(op).name}: {name}{': ' + detail if detail else ''}")
+        known = status in set(Status)
+        if known and status != Status.OK:
+            what = [Status(status).name]
+        elif known or status is None or status < 0:
+            what = []
+        else:
+            what = [f"status {status}"]
+        super().__init__(": ".join([Op(op).name, *what, *([detail] if detail else [])]))
 
 
 class HostTimeout(HostError):
@@ -40,42 +55,121 @@ class HostTimeout(HostError):
         RuntimeError.__init__(self, f"{Op(op).name}: no answer ({detail})")
 
 
-class Transport(Protocol):
-    """Moves bytes to and from the device."""
+class LinkError(RuntimeError):
+    """The transport failed: a port that cannot be opened, a write that does not go out, a
+    device that went away, or pyserial missing."""
 
-    async def send(self, data: bytes) -> None: ...
+
+class Transport(Protocol):
+    """Moves bytes to and from the device.
+
+    A transport may also have ``pause()`` (the driver awaits it when it has nothing to do
+    until the device has worked a while) and ``close()``.
+    """
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` (all of it, in order)."""
+        ...
 
     async def receive(self, timeout: float) -> bytes:
-        """Some bytes that arrived (``b""`` when none came within ``timeout`` seconds, or
-        the transport's own measure of time)."""
+        """Bytes that arrived since the last call, in order, returned once at least one has
+        come: any number, a partial frame or several frames (:class:`FrameReader` keeps the
+        pieces); ``b""`` when none came within ``timeout`` seconds (or the transport's own
+        measure of time: cycles in simulation)."""
         ...
 
 
 class SerialTransport:
-    """A serial port (pyserial), e.g. a board's FTDI UART."""
+    """A serial port (pyserial), e.g. a board's FTDI UART: 8 data bits, no parity, one stop
+    bit, no flow control.
 
-    def __init__(self, port: str, baud: int = 115200):
+    Parameters
+    ----------
+    port : str
+        The device (``/dev/ttyUSB1``, ``COM3``).
+    baud : int
+        Bits per second.
+    write_timeout : float
+        Seconds a write may wait for room before the port is given up as stuck.
+
+    Input that was waiting before the port opened is dropped. A context manager
+    (``with SerialTransport(...) as link:``); :meth:`close` closes the port. Every failure of
+    the port itself is a :class:`LinkError`: pyserial missing, a port that cannot be opened,
+    a write that times out, a device that goes away.
+    """
+
+    def __init__(self, port: str, baud: int = 115200, *, write_timeout: float = 5.0):
         try:
             import serial
-        except ImportError:  # pragma: no cover - depends on the machine
-            raise RuntimeError("the serial transport needs pyserial: pip install pyserial") \
+        except ImportError:
+            raise LinkError("the serial transport needs pyserial: pip install pyserial") \
                 from None
-        self._port = serial.Serial(port, baud, timeout=0)
+        if not isinstance(baud, int) or baud <= 0:
+            raise LinkError(f"the baud rate must be a positive integer, not {baud!r}")
+        self.name = port
+        self._errors = (serial.SerialException, OSError)
+        try:
+            self._port = serial.Serial(port, baud, timeout=0, write_timeout=write_timeout)
+        except (*self._errors, ValueError) as exc:
+            raise LinkError(f"cannot open serial port {port}: {_reason(exc)}") from None
+        try:
+            self._port.reset_input_buffer()
+        except self._errors as exc:
+            self._port.close()
+            raise LinkError(f"cannot use serial port {port}: {_reason(exc)}") from None
+
+    def __enter__(self) -> SerialTransport:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     async def send(self, data: bytes) -> None:
-        self._port.write(data)
-        self._port.flush()
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except self._errors as exc:
+            raise LinkError(f"writing to {self.name}: {_reason(exc)}") from None
 
     async def receive(self, timeout: float) -> bytes:
-        self._port.timeout = timeout
-        first = self._port.read(1)
-        if not first:
-            return b""
-        self._port.timeout = 0
-        return first + self._port.read(self._port.in_waiting or 0)
+        """Waits up to ``timeout`` seconds for a first byte, then takes what else has
+        already arrived, without waiting for more (see :meth:`Transport.receive`)."""
+        port = self._port
+        try:
+            if port.timeout != timeout:  # pyserial reconfigures the port on every change
+                port.timeout = timeout
+            first = port.read(1)
+            if not first:
+                return b""
+            waiting = port.in_waiting
+            return first + (port.read(waiting) if waiting else b"")
+        except self._errors as exc:
+            raise LinkError(f"reading from {self.name}: {_reason(exc)}") from None
 
     def close(self) -> None:
+        """Close the port (again: nothing)."""
         self._port.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a port operation failed, in a few words: the OS's error, found down the chain of
+    exceptions (pyserial repeats the port's name and nests the OS's message)."""
+    seen = exc
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if code is None and seen.args and isinstance(seen.args[0], int):  # termios.error
+            code = seen.args[0]
+        if isinstance(code, int) and code > 0:
+            text = os.strerror(code)
+            if code in (errno.EACCES, errno.EPERM):
+                text += " (on Linux: be in the group that owns the device, often dialout)"
+            elif code == errno.EBUSY:
+                text += " (another program has it open)"
+            elif code == errno.ENOTTY:
+                text = f"not a serial port ({text})"
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 class FrameReader:
@@ -177,7 +271,7 @@ class Device:
     async def ping(self) -> dict[str, int]:
         """The device's identity; raises when it is not the accelerator of the sidecar."""
         _, p = await self.command(Op.PING)
-        magic, version, tiles, word_bytes, config_hash = struct.unpack("<IHBBI", p)
+        magic, version, tiles, word_bytes, config_hash = _unpack(Op.PING, "<IHBBI", p)
         found = {"magic": magic, "version": version, "tiles": tiles, "word_bytes": word_bytes,
                  "config_hash": config_hash}
         want = {"magic": self.sidecar["magic"], "version": self.sidecar["version"],
@@ -196,22 +290,34 @@ class Device:
                 return window["base"] + local
         raise ValueError(f"tile {tile} is not a memory tile")
 
-    async def write_mem(self, addr: int, data: bytes) -> None:
+    async def write_mem(self, addr: int, data: bytes, *,
+                        progress: Callable[[int], None] | None = None) -> None:
+        """Write ``data`` from memory-map address ``addr``, a frame at a time;
+        ``progress(n)`` after each frame with the bytes it wrote."""
         if len(data) % 4 or addr % 4:
             raise ValueError("memory writes are whole 32-bit words at word addresses")
         step = hostlink.MAX_PAYLOAD - 4
         for off in range(0, len(data), step):
             chunk = data[off:off + step]
             await self.command(Op.WRITE_MEM, struct.pack("<I", addr + off) + chunk)
+            if progress is not None:
+                progress(len(chunk))
 
-    async def read_mem(self, addr: int, nbytes: int) -> bytes:
+    async def read_mem(self, addr: int, nbytes: int, *,
+                       progress: Callable[[int], None] | None = None) -> bytes:
+        """``nbytes`` from memory-map address ``addr``, a frame at a time; ``progress(n)``
+        after each frame with the bytes it read."""
         if nbytes % 4 or addr % 4:
             raise ValueError("memory reads are whole 32-bit words at word addresses")
         out = bytearray()
         for off in range(0, nbytes, hostlink.MAX_PAYLOAD):
             n = min(hostlink.MAX_PAYLOAD, nbytes - off)
             _, p = await self.command(Op.READ_MEM, struct.pack("<IH", addr + off, n))
+            if len(p) != n:
+                raise HostError(Op.READ_MEM, Status.OK, f"{len(p)} bytes for the {n} asked")
             out += p
+            if progress is not None:
+                progress(n)
         return bytes(out)
 
     async def write_program(self, words: Iterable[int], *, poll_limit: int = 100000) -> None:
@@ -241,7 +347,7 @@ class Device:
 
     async def read_reg(self, reg: int) -> int:
         _, p = await self.command(Op.READ_REG, struct.pack("<H", reg))
-        return struct.unpack("<I", p)[0]
+        return _unpack(Op.READ_REG, "<I", p)[0]
 
     async def write_reg(self, reg: int, value: int) -> None:
         await self.command(Op.WRITE_REG, struct.pack("<HI", reg, value))
@@ -273,3 +379,11 @@ class Device:
 
     async def clear_errors(self) -> None:
         await self.write_reg(self.registers["error"], 0xFFFFFFFF)
+
+
+def _unpack(op: Op, fmt: str, payload: bytes) -> tuple:
+    """An OK answer's payload as ``fmt``; :class:`HostError` when it is not that long."""
+    if len(payload) != struct.calcsize(fmt):
+        raise HostError(op, Status.OK, f"an answer of {len(payload)} bytes, not "
+                                       f"{struct.calcsize(fmt)}")
+    return struct.unpack(fmt, payload)

@@ -1,0 +1,451 @@
+"""``heterotron host``: the accelerator on a board, over its serial port, with the host driver
+(:mod:`heterotron.sim.host.driver`) the simulation uses.
+
+::
+
+    heterotron host --port DEV [--baud N] [--config NAME|FILE | --sidecar FILE] [--timeout S]
+                    ping | status | counters | gemm [--m M --k K --n N --seed S --tile T]
+
+The link options may also come after the action (``heterotron host ping --port DEV``). The
+driver's constants (registers, tiles, memory map, config hash) come from the sidecar: the
+``accelerator.json`` that ``heterotron generate accelerator`` wrote (``--sidecar``), or the same
+one computed from the description (``--config``, as ``generate accelerator`` reads it). Every
+action first checks that the board answers and runs that description (``PING``).
+
+A failure of the link or of the board is one line on stderr and exit status 1 (a GEMM whose
+result differs from the golden interpreter's too); a mistake in the arguments, status 2.
+Actions to come (``run minilm`` on a board) are declared and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heterotron.scripts.common import (
+    DEFAULT_CONFIG,
+    Commands,
+    ConfigError,
+    UsageError,
+    resolve_description,
+)
+
+__all__ = ["add_commands", "cmd_host", "GemmJob", "gemm_job", "load_sidecar"]
+
+DEFAULT_BAUD = 115200
+#: Seconds the driver waits for each answer by default (a 1 KiB frame takes 90 ms at 115200
+#: baud; a board answers within microseconds of the frame's end).
+DEFAULT_TIMEOUT = 2.0
+#: Status polls before a program that does not finish counts as hung (each a register read,
+#: about 2 ms at 115200 baud).
+WAIT_POLLS = 100_000
+#: The keys of a sidecar the driver and the GEMM need.
+SIDECAR_KEYS = ("magic", "version", "config_hash", "description", "tiles", "registers",
+                "tile_registers", "memory_map")
+
+
+def add_commands(commands: Commands) -> None:
+    p = commands.command(
+        "host", "the accelerator on a board over its serial port: ping, status registers, "
+        "tile counters, a random GEMM checked bit for bit against the golden interpreter",
+        cmd_host)
+    _link_args(p, after=False)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help in (
+            ("ping", "check that the board runs the accelerator of the description"),
+            ("status", "the control registers: running, errors, instructions retired, "
+                       "program queue, cycles"),
+            ("counters", "every tile's status, busy and stalled cycles, instructions")):
+        _link_args(actions.add_parser(name, help=help), after=True)
+    g = actions.add_parser("gemm", help="a random integer GEMM on an SA tile: operands "
+                           "written, the program queued, the result read back and compared "
+                           "with the golden interpreter; cycles and each tile's counters")
+    _link_args(g, after=True)
+    for dim, what in (("m", "rows of A and C"), ("k", "columns of A, rows of B"),
+                      ("n", "columns of B and C")):
+        g.add_argument(f"--{dim}", type=int, default=16,
+                       help=f"{what} (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="random seed of the operands (default: random, printed)")
+    g.add_argument("--tile", type=int, default=None,
+                   help="the SA tile's index (default: the description's first SA tile)")
+    r = actions.add_parser("run", help="(not yet) a model on the board; today "
+                           "`heterotron run minilm` runs it on the simulated accelerator")
+    _link_args(r, after=True)
+    r.add_argument("model", choices=("minilm",))
+
+
+def _link_args(p: argparse.ArgumentParser, *, after: bool) -> None:
+    """The link options, on ``host`` itself and again on each action (``after``: given
+    there, they override; not given, they leave what came before the action)."""
+    def default(value):
+        return argparse.SUPPRESS if after else value
+    p.add_argument("--port", default=default(None), metavar="DEV",
+                   help="the serial device (/dev/ttyUSB1, COM3); required")
+    p.add_argument("--baud", type=int, default=default(DEFAULT_BAUD),
+                   help=f"bits per second (default: {DEFAULT_BAUD})")
+    p.add_argument("--config", default=default(None), metavar="NAME|FILE.toml",
+                   help="the accelerator description the board was built from (default: "
+                        f"{DEFAULT_CONFIG}, as `heterotron generate accelerator`)")
+    p.add_argument("--sidecar", default=default(None), metavar="FILE.json",
+                   help="the accelerator.json `heterotron generate accelerator` wrote, "
+                        "instead of --config")
+    p.add_argument("--timeout", type=float, default=default(DEFAULT_TIMEOUT), metavar="S",
+                   help=f"seconds to wait for each answer (default: {DEFAULT_TIMEOUT})")
+
+
+# -- the sidecar ----------------------------------------------------------------------------------
+
+def load_sidecar(path: str):
+    """``(sidecar, description)`` of an ``accelerator.json``: the description parsed again
+    from the sidecar and checked against its config hash."""
+    from heterotron.hdl.accelerator import describe
+    from heterotron.hdl.contract.accel import DescriptionError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"sidecar {path} not found")
+    try:
+        side = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"sidecar {path}: not JSON: {exc}") from None
+    missing = [k for k in SIDECAR_KEYS if not isinstance(side, dict) or k not in side]
+    if missing:
+        raise ConfigError(f"{path} is not an accelerator sidecar (no {', '.join(missing)}); "
+                          "`heterotron generate accelerator -o DIR` writes DIR/accelerator.json")
+    canon = side["description"]
+    try:
+        desc = describe({**canon["params"], "planes": canon["planes"], "tile": canon["tiles"]})
+    except (DescriptionError, KeyError, TypeError) as exc:
+        raise ConfigError(f"sidecar {path}: its description does not parse: {exc}") from None
+    if desc.config_hash != side["config_hash"]:
+        raise ConfigError(f"sidecar {path}: config hash {side['config_hash']!r} is not its "
+                          f"description's ({desc.config_hash}); written by another version "
+                          "of heterotron? Generate it again")
+    return side, desc
+
+
+def _sidecar(args) -> tuple[str, dict[str, Any], Any]:
+    """``(source, sidecar, description)`` from ``--sidecar`` or ``--config``."""
+    from heterotron.hdl.contract import accel
+
+    if args.sidecar is not None and args.config is not None:
+        raise UsageError("give --config or --sidecar, not both")
+    if args.sidecar is not None:
+        side, desc = load_sidecar(args.sidecar)
+        return args.sidecar, side, desc
+    config = argparse.Namespace(config=args.config or DEFAULT_CONFIG, param=None)
+    source, desc = resolve_description(config)
+    return source, accel.sidecar(desc), desc
+
+
+# -- the GEMM ---------------------------------------------------------------------------------
+
+@dataclass
+class GemmJob:
+    """A GEMM program, its scratchpad image and what the golden interpreter says it leaves."""
+
+    sa: Any  #: the SA tile
+    mem: int  #: the memory tile holding the operands and the result
+    params: dict[str, Any]  #: the SA tile's engine parameters
+    m: int
+    k: int
+    n: int
+    a: Any  #: A (``M x K``) and B (``K x N``), NumPy arrays
+    b: Any
+    image: bytes  #: memory tile ``mem`` from address 0, as the host writes it
+    words: list[int]
+    result: Any  #: the interpreter's :class:`~heterotron.sim.golden.accel.Result`
+    c: Any  #: the result's region
+
+    @property
+    def expected(self) -> bytes:
+        """The image after the program (what the host reads back)."""
+        return self.result.memories[self.mem][:len(self.image)]
+
+    def describe(self) -> str:
+        p = self.params
+        kind = "int" if p["a_signed"] else "uint"
+        out = (f"requantised to int{p['out_width']}" if p["requant"]
+               else f"int{p['acc_width']} sums")
+        return (f"GEMM {self.m}x{self.k}x{self.n} ({kind}{p['a_width']} x "
+                f"{'int' if p['b_signed'] else 'uint'}{p['b_width']}, {out}) on SA tile "
+                f"{self.sa.index} ({p['rows']}x{p['cols']} {p['dataflow']}), operands and "
+                f"result in memory tile {self.mem}")
+
+
+def _scale(p: dict[str, Any], k: int) -> tuple[int, int]:
+    """One requantisation ``(m, e)``, ``m / 2^e`` the ratio that spreads ``C``'s typical
+    magnitude (uniform operands: their standard deviations times ``sqrt(K)``) over a quarter
+    of the output range, so few results sit on the rails."""
+    from heterotron.sim.golden.systolic import operand_range
+
+    spread = 1.0
+    for width, signed in ((p["a_width"], p["a_signed"]), (p["b_width"], p["b_signed"])):
+        lo, hi = operand_range(width, signed)
+        spread *= (hi - lo + 1) / math.sqrt(12)
+    ratio = (1 << (p["out_width"] - 1)) / 4 / (spread * math.sqrt(k))
+    e = min(p["max_shift"], 30)
+    while e > 0 and round(ratio * (1 << e)) >= 1 << p["m_width"]:
+        e -= 1
+    return max(1, min(round(ratio * (1 << e)), (1 << p["m_width"]) - 1)), e
+
+
+def gemm_job(desc, m: int, k: int, n: int, seed: int, tile: int | None = None) -> GemmJob:
+    """``C = A B`` with random operands over their whole ranges on SA tile ``tile`` (its
+    first): ``LOAD`` A and B, a ``SCALE`` for every lane on a requantising tile (one scale,
+    :func:`_scale`), ``RUN``; the operands and the result in the first memory tile they fit,
+    from address 0. A program that depends on nothing the tile held before. Mistakes
+    (sizes past the tile's maxima, no room) are :class:`UsageError`."""
+    import numpy as np
+
+    from heterotron.hdl.contract.accel import Port, TileKind, elem_bytes
+    from heterotron.sim.golden import accel as golden
+    from heterotron.sim.golden.systolic import operand_range
+
+    sas = desc.of_kind(TileKind.SA)
+    if not sas:
+        raise UsageError("the description has no SA tile to run a GEMM on")
+    if tile is None:
+        sa = sas[0]
+    else:
+        found = [t for t in sas if t.index == tile]
+        if not found:
+            raise UsageError(f"--tile {tile} is not an SA tile; SA tiles: "
+                             f"{', '.join(str(t.index) for t in sas)}")
+        sa = found[0]
+    p = golden.sa_params(sa)
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        if not 1 <= value <= p[f"max_{name}"]:
+            raise UsageError(f"--{name} must be in [1, {p[f'max_{name}']}] (SA tile "
+                             f"{sa.index}'s max_{name}), not {value}")
+    rng = np.random.default_rng(seed)
+    a = rng.integers(*operand_range(p["a_width"], p["a_signed"]), endpoint=True, size=(m, k))
+    b = rng.integers(*operand_range(p["b_width"], p["b_signed"]), endpoint=True, size=(k, n))
+    out_width = p["out_width"] if p["requant"] else p["acc_width"]
+    sizes = [(m, k, elem_bytes(p["a_width"])), (k, n, elem_bytes(p["b_width"])),
+             (m, n, elem_bytes(out_width))]
+    for mem in desc.of_kind(TileKind.MEMORY):
+        prog = golden.Program(desc)
+        try:
+            ra, rb, rc = (prog.alloc(mem, *s) for s in sizes)
+        except ValueError:
+            continue
+        break
+    else:
+        raise UsageError(f"a {m}x{k}x{n} GEMM's operands and result do not fit any one "
+                         "memory tile")
+    image = bytearray(prog.allocated()[mem.index])
+    golden.write_tensor(image, ra, a)
+    golden.write_tensor(image, rb, b)
+    prog.load(sa, Port.A, ra)
+    prog.load(sa, Port.B, rb)
+    if p["requant"]:
+        sm, se = _scale(p, k)
+        for lane in range(p["cols"]):
+            prog.scale(sa, lane, sm, se)
+    prog.run(sa, rc)
+    result = golden.run_program(desc, {mem.index: bytes(image)}, prog.words)
+    if result.error:  # the builder's mistake, not the user's
+        raise RuntimeError(f"the GEMM program is refused by the interpreter: {result.errors}")
+    return GemmJob(sa, mem.index, p, m, k, n, a, b, bytes(image), list(prog.words), result,
+                   rc)
+
+
+def _compare(job: GemmJob, got: bytes) -> list[str]:
+    """What differs between the image read back and the interpreter's, one line each (the
+    result first, element by element; then any other byte)."""
+    import numpy as np
+
+    from heterotron.sim.golden.accel import read_tensor
+
+    want = job.expected
+    if got == want:
+        return []
+    problems = []
+    c = job.c
+    have, should = read_tensor(got, c), read_tensor(want, c)
+    bad = np.argwhere(have != should)
+    if len(bad):
+        r, col = (int(v) for v in bad[0])
+        problems.append(f"{len(bad)} of {c.rows * c.cols} result elements differ (first "
+                        f"C[{r}][{col}]: board {have[r, col]}, golden {should[r, col]})")
+    outside = [i for i in range(len(want)) if got[i] != want[i]
+               and not (c.addr <= i < c.end)]
+    if outside:
+        problems.append(f"{len(outside)} bytes outside the result differ (first at byte "
+                        f"{outside[0]} of memory tile {job.mem}: board {got[outside[0]]:#04x}, "
+                        f"golden {want[outside[0]]:#04x})")
+    return problems or ["the bytes between the result's rows differ"]
+
+
+# -- the actions ------------------------------------------------------------------------------
+
+def cmd_host(args) -> int:
+    from heterotron.sim.host.driver import (
+        Device,
+        HostError,
+        HostTimeout,
+        LinkError,
+        SerialTransport,
+    )
+
+    if args.action == "run":
+        raise UsageError(f"host run {args.model}: not yet: a model runs on the simulated "
+                         f"accelerator only (heterotron run {args.model}); on a board it "
+                         "needs the compiled images and program moved over this link, "
+                         "which is still to come")
+    if not args.port:
+        raise UsageError("host: --port DEV is required (the board's serial device, e.g. "
+                         "/dev/ttyUSB1 or COM3)")
+    if args.baud <= 0:
+        raise UsageError(f"--baud must be a positive integer, not {args.baud}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    source, side, desc = _sidecar(args)
+    job = None
+    if args.action == "gemm":
+        if args.seed is None:
+            args.seed = int.from_bytes(os.urandom(2), "little")
+        job = gemm_job(desc, args.m, args.k, args.n, args.seed, args.tile)
+
+    def fail(msg: str) -> int:
+        print(f"heterotron: {msg}", file=sys.stderr)
+        return 1
+    try:
+        with SerialTransport(args.port, args.baud, write_timeout=max(args.timeout, 1.0)) \
+                as link:
+            dev = Device(link, side, timeout=args.timeout)
+            try:
+                ident, rtt = asyncio.run(_hello(dev))
+            except HostTimeout as exc:
+                return fail(f"no answer from {args.port} to {exc.op.name} within "
+                            f"{args.timeout:g} s: is the board programmed with the "
+                            f"accelerator and connected, at {args.baud} baud (--baud)?")
+            if args.action == "ping":
+                return _ping(args, source, ident, rtt)
+            if args.action == "status":
+                return _status(asyncio.run(dev.status()))
+            if args.action == "counters":
+                return _counters(asyncio.run(dev.counters()))
+            return asyncio.run(_gemm(dev, job, args.seed))
+    except LinkError as exc:
+        return fail(f"host link: {exc}")
+    except HostTimeout as exc:
+        return fail(f"{args.port} stopped answering: {exc}")
+    except HostError as exc:
+        from heterotron.hdl.contract.hostlink import Status
+
+        hint = (" (the board received corrupted frames, again and again: is --baud "
+                f"{args.baud} the board's rate?)" if exc.status == Status.BAD_CRC else "")
+        return fail(f"host error: {exc}{hint}")
+
+
+async def _hello(dev) -> tuple[dict[str, int], float]:
+    """Resynchronise (the board may hold a partial frame), then ``PING``."""
+    await dev.resync()
+    t0 = time.monotonic()
+    ident = await dev.ping()
+    return ident, time.monotonic() - t0
+
+
+def _ping(args, source: str, ident: dict[str, int], rtt: float) -> int:
+    print(f"PING {args.port}: the accelerator of {source}: {ident['tiles']} tiles, "
+          f"{ident['word_bytes']}-byte words, contract version {ident['version']}, config "
+          f"hash {ident['config_hash']:#010x} (answered in {rtt * 1e3:.1f} ms)")
+    return 0
+
+
+def _status(st: dict[str, int]) -> int:
+    from heterotron.hdl.contract.accel import AccelError
+
+    bits = st["status"]
+    flags = AccelError(st["error"])
+    rows = [("running", "yes" if bits & 1 else "no"),
+            ("queue empty", "yes" if bits & 2 else "no"),
+            ("error", f"{st['error']:#x} " + (" ".join(f.name for f in AccelError if f in flags)
+                                             if st["error"] else "none")),
+            ("retired", f"{st['retired']} instructions"),
+            ("last id", str(st["last_id"])),
+            ("queue free", f"{st['queue_free']} words"),
+            ("cycles", f"{st['cycles']} since reset (low 32 bits)")]
+    for name, value in rows:
+        print(f"{name:<12} {value}")
+    return 0
+
+
+def _tile_status(word: int) -> str:
+    flags = word >> 8
+    return ("busy" if word & 1 else "idle") + (f", unit flags {flags:#x}" if flags else "")
+
+
+def _counters(rows: list[dict[str, int]]) -> int:
+    print(f"{'tile':>4}  {'kind':<8} {'busy':>12} {'stalled':>12} {'items':>8} {'last id':>8}"
+          "  status")
+    for r in rows:
+        print(f"{r['tile']:>4}  {r['kind']:<8} {r['busy']:>12} {r['stalled']:>12} "
+              f"{r['items']:>8} {r['last_id']:>8}  {_tile_status(r['status'])}")
+    return 0
+
+
+async def _gemm(dev, job: GemmJob, seed: int) -> int:
+    from tqdm import tqdm
+
+    from heterotron.hdl.contract.accel import AccelError
+
+    print(f"{job.describe()}, seed {seed}")
+    addr = dev.address(job.mem)
+    await dev.clear_errors()
+    before = await dev.status()
+    if before["status"] & 1:
+        print(f"heterotron: the board is still running a program (retired "
+              f"{before['retired']}); wait, or reset it", file=sys.stderr)
+        return 1
+    tiles0 = await dev.counters()
+    with tqdm(total=len(job.image), desc="writing operands", unit="B", unit_scale=True,
+              leave=False, disable=None) as bar:
+        await dev.write_mem(addr, job.image, progress=bar.update)
+    start = await dev.read_reg(dev.registers["cycles"])
+    await dev.write_program(job.words)
+    after = await dev.wait_idle(polls=WAIT_POLLS)
+    tiles1 = await dev.counters()
+    with tqdm(total=len(job.image), desc="reading back", unit="B", unit_scale=True,
+              leave=False, disable=None) as bar:
+        got = await dev.read_mem(addr, len(job.image), progress=bar.update)
+    cycles = (after["cycles"] - start) & 0xFFFFFFFF
+    instructions = after["retired"] - before["retired"]
+    print(f"  {len(job.image)} bytes written and read back, a program of {len(job.words)} "
+          f"words ({job.result.retired} instructions)")
+    print(f"  cycles {cycles} (CYCLES register, from queuing the program to reading it idle, "
+          "the host link's polls included)")
+    print("  during the GEMM:")
+    print(f"  {'tile':>4}  {'kind':<8} {'busy':>10} {'stalled':>10} {'items':>6}  status")
+    for t0, t1 in zip(tiles0, tiles1, strict=True):
+        delta = {k: (t1[k] - t0[k]) & 0xFFFFFFFF for k in ("busy", "stalled", "items")}
+        print(f"  {t1['tile']:>4}  {t1['kind']:<8} {delta['busy']:>10} {delta['stalled']:>10} "
+              f"{delta['items']:>6}  {_tile_status(t1['status'])}")
+    problems = _compare(job, got)
+    if after["error"] != int(job.result.error):
+        problems.append(f"error flags {AccelError(after['error'])!r}, golden "
+                        f"{job.result.error!r}")
+    if instructions != job.result.retired:
+        problems.append(f"{instructions} instructions retired, golden {job.result.retired}")
+    c = job.c
+    if problems:
+        print("FAIL: the board's GEMM differs from the golden interpreter's: "
+              + "; ".join(problems))
+        print(f"  again: gemm --m {job.m} --k {job.k} --n {job.n} --seed {seed} --tile "
+              f"{job.sa.index}")
+        return 1
+    print(f"PASS: the {c.rows}x{c.cols} result and the {len(job.image)}-byte image equal the "
+          "golden interpreter's, bit for bit; no error flags, "
+          f"{instructions} instructions retired")
+    return 0
