@@ -16,7 +16,7 @@ from heterotron.hdl.contract.accel import (
     MsgClass,
     TileKind,
 )
-from heterotron.hdl.hostport import HostPort
+from heterotron.hdl.hostport import HostPort, HostPortError
 from heterotron.hdl.mesh import Mesh
 from heterotron.hdl.tiles.common import CLASS_PORTS
 from heterotron.hdl.tiles.control import ControlTile
@@ -64,6 +64,10 @@ class Accelerator(wiring.Component):
     running, watchdog : Out(1)
     error : Out(len(AccelError))
         The control tile's ERROR register (for LEDs).
+    link_error : Out(len(HostPortError))
+        The host port's sticky flags (:class:`~heterotron.hdl.hostport.HostPortError`):
+        frames it refused and answered itself since reset (for an LED; the host had its
+        answers).
     misrouted : Out(1)
         Sticky: a tile received a packet of a class it does not take (dropped); never
         happens in a correct design.
@@ -86,6 +90,7 @@ class Accelerator(wiring.Component):
             "running": Out(1),
             "watchdog": Out(1),
             "error": Out(len(AccelError)),
+            "link_error": Out(len(HostPortError)),
             "misrouted": Out(1),
             "stall": In(len(desc.tiles)),
         })
@@ -180,6 +185,7 @@ class Accelerator(wiring.Component):
         wiring.connect(m, host.tx, wiring.flipped(self.tx))
         wiring.connect(m, host.cmd, ctrl.host_cmd)
         wiring.connect(m, ctrl.host_resp, host.resp)
+        m.d.comb += self.link_error.eq(host.error)
         progress = Signal()
         for x in moved:
             progress = progress | x

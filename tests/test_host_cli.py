@@ -28,10 +28,11 @@ from heterotron.hdl.contract.hostlink import (
     response_frame,
     stuff,
 )
+from heterotron.hdl.contract.uart import DEFAULT_BAUD
 from heterotron.scripts.cli import main
 from heterotron.scripts.common import load_config
-from heterotron.scripts.host_cmd import gemm_job
 from heterotron.sim.golden.accel import read_tensor
+from heterotron.sim.golden.jobs import compare, gemm_job
 from heterotron.sim.host.driver import FrameReader
 
 pytest.importorskip("serial", reason="heterotron host needs pyserial")
@@ -215,7 +216,7 @@ def test_nothing_answers(capsys, pty):
     assert code == 1
     assert one_line(err) == (f"heterotron: no answer from {pty.name} to PING within 0.2 s: is "
                              "the board programmed with the accelerator and connected, at "
-                             "115200 baud (--baud)?")
+                             f"{DEFAULT_BAUD} baud (--baud)?")
     frames = pty.received()
     assert frames and all(op == Op.PING and payload == b"" for op, _, payload in frames)
 
@@ -346,19 +347,18 @@ def test_gemm_requantised_results_spread():
 
 
 def test_gemm_judgement_finds_every_difference():
-    from heterotron.scripts.host_cmd import _compare
 
     job = gemm_job(accel_2d(), 4, 4, 4, seed=1)
-    assert _compare(job, job.expected) == []
+    assert compare(job, job.expected) == []
     wrong = bytearray(job.expected)
     at = job.c.row_start(2) + 3
     wrong[at] ^= 0x10
-    problems = _compare(job, bytes(wrong))
+    problems = compare(job, bytes(wrong))
     assert problems == [f"1 of 16 result elements differ (first C[2][3]: board "
                         f"{np.int8(wrong[at])}, golden {np.int8(job.expected[at])})"]
     wrong = bytearray(job.expected)
     wrong[1] ^= 0xFF  # in A
-    assert "1 bytes outside the result differ (first at byte 1" in _compare(job, bytes(wrong))[0]
+    assert "1 bytes outside the result differ (first at byte 1" in compare(job, bytes(wrong))[0]
 
 
 def test_command_is_registered():
@@ -368,6 +368,6 @@ def test_command_is_registered():
     assert Path(cli.__file__).with_name("host_cmd.py").is_file()
     parser = cli.build_parser()
     args = parser.parse_args(["host", "gemm", "--port", "P", "--m", "3"])
-    assert (args.action, args.port, args.m, args.baud) == ("gemm", "P", 3, 115200)
+    assert (args.action, args.port, args.m, args.baud) == ("gemm", "P", 3, DEFAULT_BAUD)
     args = parser.parse_args(["host", "--port", "P", "--baud", "9600", "ping"])
     assert (args.action, args.port, args.baud) == ("ping", "P", 9600)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from heterotron.hdl.contract import hostlink
 from heterotron.hdl.contract.hostlink import FLAG, Op, Status
+from heterotron.hdl.contract.uart import DEFAULT_BAUD
 
 __all__ = ["Transport", "SerialTransport", "Device", "HostError", "HostTimeout",
            "LinkError", "FrameReader"]
@@ -98,7 +99,7 @@ class SerialTransport:
     a write that times out, a device that goes away.
     """
 
-    def __init__(self, port: str, baud: int = 115200, *, write_timeout: float = 5.0):
+    def __init__(self, port: str, baud: int = DEFAULT_BAUD, *, write_timeout: float = 5.0):
         try:
             import serial
         except ImportError:

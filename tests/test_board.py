@@ -1,0 +1,147 @@
+"""The board: the accelerator behind its UART in cocotb (ping, memory, a GEMM program, corrupted
+bytes, glitches, a framing error, a frame cut short, back-to-back frames), the board tops'
+build plans (pins, clock constraints, PLL), the fit check and ``heterotron fpga build`` /
+``program``'s refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import declared_tests
+
+from heterotron.hdl.accelerator import describe
+from heterotron.hdl.board import BOARDS, LEDS, BoardCore, PllError, ecp5_pll
+from heterotron.scripts.cli import main
+from heterotron.scripts.common import load_config
+from heterotron.sim.flows.board import (
+    TESTBENCH,
+    FitError,
+    build_board,
+    fit_problems,
+    run_board_testbench,
+)
+
+#: The board testbench's accelerator: control (a short host timeout, so a cut frame is
+#: answered soon), a scratchpad, a 4x4 requantising SA tile.
+CORE_TABLE = {
+    "nx": 3, "ny": 1, "nz": 1, "flit_width": 32, "buffer_depth": 4, "max_packet": 16,
+    "tile": [
+        {"kind": "control", "at": [0, 0], "host_timeout": 4096, "queue_depth": 64},
+        {"kind": "memory", "at": [1, 0], "kbytes": 8},
+        {"kind": "sa", "at": [2, 0], "rows": 4, "cols": 4, "max_m": 16, "max_k": 16,
+         "max_n": 16, "requant": True},
+    ],
+}
+
+
+def test_board_core_through_its_uart():
+    result = run_board_testbench(describe(CORE_TABLE), divisor=8, heartbeat=64)
+    want = declared_tests(TESTBENCH)
+    assert result.tests == want and result.failed == 0, (
+        f"board testbench, seed {result.seed}: {result.failed} of {result.tests} failed "
+        f"({want} expected); see {result.results_xml}")
+
+
+def board_desc(name: str):
+    return describe(load_config(name)[1]["accelerator"])
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "icebreaker"])
+def test_build_plan(tmp_path, board):
+    """The plan of each board: Amaranth's build files, the UART and LED pins of the board,
+    the clock constraint of the accelerator's clock, the Yosys script for the family."""
+    b = BOARDS[board]
+    report = build_board(board, board_desc("accel-2d"), config="accel-2d", out_dir=tmp_path,
+                         plan_only=True)
+    assert report["target_mhz"] == b.default_mhz
+    ys = (tmp_path / "top.ys").read_text()
+    assert f"synth_{b.family}" in ys and "read_rtlil top.il" in ys
+    if b.family == "ecp5":
+        lpf = (tmp_path / "top.lpf").read_text()
+        for pin in ("M1", "L4", "G2", "R1", "B2", "H3"):  # UART rx/tx, clk25, F1, LEDs 0 and 7
+            assert f'SITE "{pin}"' in lpf, pin
+        assert 'FREQUENCY NET "pll_clk" 50000000.0 HZ;' in lpf
+        assert report["pll"] == {"clki_div": 1, "clkfb_div": 2, "clkop_div": 12,
+                                 "vco_mhz": 600.0}
+        il = (tmp_path / "top.il").read_text()
+        assert "EHXPLLL" in il
+    else:
+        pcf = (tmp_path / "top.pcf").read_text()
+        for pin in ("6", "9", "35", "10", "37", "11"):  # UART rx/tx, clk12, button, LEDs
+            assert re.search(rf"set_io \S+ {pin}\n", pcf), pin
+        assert report["pll"] is None
+    assert report["uart_divisor"] == round(b.default_mhz)  # 1 Mbaud
+
+
+@pytest.mark.parametrize("in_mhz, out_mhz", [(25, 50), (25, 100), (25, 75), (25, 62.5),
+                                             (25, 12.5), (25, 125)])
+def test_ecp5_pll(in_mhz, out_mhz):
+    cfg = ecp5_pll(in_mhz * 1e6, out_mhz * 1e6)
+    assert abs(cfg.out_hz - out_mhz * 1e6) <= 0.005 * out_mhz * 1e6
+    assert 400e6 <= cfg.vco_hz <= 800e6
+    assert 3.125e6 <= in_mhz * 1e6 / cfg.clki_div <= 400e6
+
+
+def test_ecp5_pll_refuses():
+    with pytest.raises(PllError, match=re.escape("makes 3.125 to 400 MHz, not 500 MHz")):
+        ecp5_pll(25e6, 500e6)
+
+
+def test_fit_check_names_the_resource():
+    need, problems = fit_problems(BOARDS["ulx3s-85f"], Counter(
+        {"LUT4": 80000, "CCU2C": 3000, "MULT18X18D": 160, "DP16KD": 100, "TRELLIS_FF": 10}))
+    assert need == {"lut4": 86000, "ff": 10, "dsp": 160, "bram": 100}
+    assert problems == [
+        "LUT4: the design needs 86,000, the LFE5U-85F-6BG381C has 83,640",
+        "MULT18X18D: the design needs 160, the LFE5U-85F-6BG381C has 156"]
+    assert fit_problems(BOARDS["icebreaker"], Counter({"SB_LUT4": 100}))[1] == []
+    assert issubclass(FitError, ValueError)
+
+
+def test_board_core_refuses_bad_parameters():
+    desc = describe(CORE_TABLE)
+    with pytest.raises(ValueError, match=re.escape("divisor must be an integer in [6,")):
+        BoardCore(desc, divisor=4, heartbeat=10)
+    with pytest.raises(ValueError, match=re.escape("heartbeat must be an integer in [1,")):
+        BoardCore(desc, divisor=8, heartbeat=0)
+    assert len(LEDS) == 8
+
+
+def test_fpga_build_refusals(capsys, tmp_path):
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--freq", "500", "--plan",
+                 "-o", str(tmp_path)]) == 2
+    assert "the ECP5 PLL makes 3.125 to 400 MHz, not 500 MHz" in capsys.readouterr().err
+    assert main(["fpga", "build", "--board", "icebreaker", "--freq", "48", "--plan",
+                 "-o", str(tmp_path)]) == 2
+    assert "icebreaker runs at its 12 MHz oscillator" in capsys.readouterr().err
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--baud", "3000000", "--freq", "40",
+                 "--plan", "-o", str(tmp_path)]) == 2
+    assert "baud 3000000 from a 40 MHz clock" in capsys.readouterr().err
+
+
+def test_fpga_build_plan_command(capsys, tmp_path):
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", "--json",
+                 "-o", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["board"] == "ulx3s-85f" and report["target_mhz"] == 50
+    assert [t["kind"] for t in report["tiles"]] == ["control", "memory", "sa", "sa"]
+    assert (tmp_path / "top.lpf").is_file()
+
+
+def test_fpga_program_without_a_bitstream_or_loader(capsys, tmp_path, monkeypatch):
+    assert main(["fpga", "program", "--board", "ulx3s-85f", "-o", str(tmp_path)]) == 2
+    assert "no bitstream at" in capsys.readouterr().err
+    (tmp_path / "top.bit").write_bytes(b"\xff")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no openFPGALoader anywhere
+    assert main(["fpga", "program", "--board", "ulx3s-85f", "-o", str(tmp_path)]) == 2
+    assert "openFPGALoader is not installed" in capsys.readouterr().err
+
+
+def test_shipped_board_description():
+    desc = board_desc("board")
+    assert Path(BOARDS["ulx3s-85f"].config) == Path("board")
+    assert len(desc.tiles) == 4
