@@ -145,3 +145,20 @@ def test_shipped_board_description():
     desc = board_desc("board")
     assert Path(BOARDS["ulx3s-85f"].config) == Path("board")
     assert len(desc.tiles) == 4
+
+
+@pytest.mark.slow  # Yosys synth_ice40 of the whole accelerator: about a minute
+def test_icebreaker_smoke_description_is_refused_before_place_and_route(capsys, tmp_path):
+    """The UP5K cannot hold the control tile, a scratchpad and an SA tile on three planes
+    yet: the build stops after synthesis, naming each resource that is short, its need and
+    the device's capacity (the figures are the synthesised netlist's, so only their form and
+    the LUT4 shortfall are asserted)."""
+    code = main(["fpga", "build", "--board", "icebreaker", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit the iCE40UP5K-SG48 (icebreaker); refused before place and route" in err
+    need = re.search(r"SB_LUT4: the design needs ([\d,]+), the iCE40UP5K-SG48 has 5,280", err)
+    assert need and int(need.group(1).replace(",", "")) > 5280
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["need"]["lut4"] == int(need.group(1).replace(",", ""))
+    assert not (tmp_path / "top.asc").exists()  # no place and route was run

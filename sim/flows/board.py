@@ -179,7 +179,8 @@ class _Ticker:
         except OSError:
             return ""
         for line in reversed(lines):
-            if line.startswith("Info:") and not line.startswith("Info:     "):
+            if line.startswith("Info:") and not line.startswith("Info:     ") \
+                    and "|" not in line:  # a phase, not a row of a progress table
                 return line.removeprefix("Info:").strip()[:70]
         return ""
 
@@ -220,8 +221,11 @@ def _pnr_command(board: Board, platform, seed: int) -> list[str]:
         device = [platform._nextpnr_device_options[platform.device], "--package",
                   platform.package.lower()]
         files = ["--pcf", f"{TOP}.pcf", "--asc", f"{TOP}.asc"]
+    # router2: nextpnr's default router1 did not converge on the ULX3S accelerator (64k
+    # arcs left unrouted after 25 min of routing, and falling by a few hundred a minute).
     return [tool, *device, "--json", f"{TOP}.json", *files, "--report", "pnr-report.json",
-            "--timing-allow-fail", "--seed", str(seed), "--log", f"{TOP}.tim", "-q"]
+            "--router", "router2", "--timing-allow-fail", "--seed", str(seed),
+            "--log", f"{TOP}.tim", "-q"]
 
 
 def _critical_path(report: dict) -> dict | None:
