@@ -60,6 +60,7 @@ def test_build_plan(tmp_path, board):
     assert report["target_mhz"] == b.default_mhz
     ys = (tmp_path / "top.ys").read_text()
     assert f"synth_{b.family}" in ys and "read_rtlil top.il" in ys
+    assert ("-dsp" in ys) == (b.family == "ice40")  # multipliers into SB_MAC16 on the UP5K
     if b.family == "ecp5":
         lpf = (tmp_path / "top.lpf").read_text()
         for pin in ("M1", "L4", "G2", "R1", "B2", "H3"):  # UART rx/tx, clk25, F1, LEDs 0 and 7

@@ -87,14 +87,14 @@ synth_ecp5 -top {top} -run map_cells:
 write_json {top}.json
 """,
     "ice40": """read_rtlil {top}.il
-synth_ice40 -top {top} -run begin:map_luts
+synth_ice40 -dsp -top {top} -run begin:map_luts
 techmap -map +/ice40/latches_map.v
 abc -lut 4
 ice40_wrapcarry -unwrap
 techmap -map +/ice40/ff_map.v
 clean
 opt_lut -tech ice40
-synth_ice40 -top {top} -run map_cells:
+synth_ice40 -dsp -top {top} -run map_cells:
 write_json {top}.json
 """,
 }
@@ -141,7 +141,9 @@ def plan_board(board: Board, desc: Description, out_dir: Path, *, freq_mhz: floa
     top = BoardTop(board, desc, freq_mhz=board.default_mhz if freq_mhz is None else freq_mhz,
                    baud=baud)
     platform = board.make_platform()
-    plan = platform.build(top, name=TOP, build_dir=str(out_dir), do_build=False)
+    # synth_ice40 maps multipliers to SB_MAC16 only when asked (synth_ecp5 always does).
+    opts = {"synth_opts": "-dsp"} if board.family == "ice40" else {}
+    plan = platform.build(top, name=TOP, build_dir=str(out_dir), do_build=False, **opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan.extract(str(out_dir))
     return top, sorted(plan.files)
