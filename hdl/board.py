@@ -232,7 +232,7 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", family="ecp5",
-        device="LFE5U-85F-6BG381C", config="board", osc_hz=25e6, default_mhz=50.0, pll=True,
+        device="LFE5U-85F-6BG381C", config="board", osc_hz=25e6, default_mhz=30.0, pll=True,
         reset=("button_fire", 0), leds=tuple(("led", i) for i in range(8)),
         # LUT4, flip-flops, MULT18X18D, DP16KD (18 kbit) of the LFE5U-85F
         capacity={"lut4": 83640, "ff": 83640, "dsp": 156, "bram": 208},
