@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -38,8 +38,120 @@ X_BANKS = 5
 #: (:data:`heterotron.sim.golden.intops.LN_RECIP_BITS`).
 RECIP_BITS = 47
 MAX_SHIFT = 15
-#: Quotient bits per cycle of the two dividers (mean, reciprocal).
+#: Quotient bits per cycle of the two dividers (the mean's, a ``SeqDivider``; the reciprocal's,
+#: a :class:`RadixFourDivider`, which makes two).
 DIV_STEPS = 2
+
+
+class RadixFourDivider(Elaboratable):
+    """``quot = floor(num / den)``: the ports, cycles and results of
+    :class:`~heterotron.hdl.rowstream.SeqDivider` with ``steps=2`` (two quotient bits a cycle,
+    ``ceil(num_width / 2)`` cycles), but each cycle's two bits come from comparing the partial
+    remainder with ``den``, ``2 den`` and ``3 den`` side by side (``3 den`` formed once, at the
+    start) instead of from two restoring steps in a row: one subtraction deep, not two. For
+    the reciprocal's wide divisor, where two chained subtractions were the unit's longest
+    path."""
+
+    def __init__(self, num_width: int, den_width: int):
+        self.num_width, self.den_width = num_width, den_width
+        self.start = Signal()
+        self.num = Signal(num_width)
+        self.den = Signal(den_width)
+        self.busy = Signal()
+        self.done = Signal()
+        self.quot = Signal(num_width)
+
+    @property
+    def cycles(self) -> int:
+        return -(-self.num_width // 2)
+
+    def elaborate(self, platform):
+        m = Module()
+        width = 2 * self.cycles  # the numerator, zero-padded at the top
+        rem = Signal(self.den_width)  # below den
+        num = Signal(width)
+        den = Signal(self.den_width)
+        den3 = Signal(self.den_width + 2)
+        quot = Signal(width)
+        count = Signal(range(self.cycles + 1))
+        trial = Cat(num[-2:], rem)  # 4 * rem + the next two numerator bits, below 4 * den
+        den2 = den << 1
+        ge1, ge2, ge3 = trial >= den, trial >= den2, trial >= den3
+        rem_next = Mux(ge3, trial - den3, Mux(ge2, trial - den2, Mux(ge1, trial - den, trial)))
+        digit = Cat(ge3 | (ge1 & ~ge2), ge2)  # 0..3, ge3 implying ge2 implying ge1
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            m.d.sync += [rem.eq(rem_next[:self.den_width]), num.eq((num << 2)[:width]),
+                         quot.eq(Cat(digit, quot)[:width]), count.eq(count - 1)]
+            with m.If(count == 1):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.Elif(self.start):
+            # 3 den as a shift and an add (Yosys maps a product by 3 to a DSP, slower)
+            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den),
+                         den3.eq((self.den << 1) + self.den),
+                         quot.eq(0), count.eq(self.cycles), self.busy.eq(1)]
+        m.d.comb += self.quot.eq(quot)
+        return m
+
+
+class OrIsqrt(SeqIsqrt):
+    """:class:`~heterotron.hdl.rowstream.SeqIsqrt`, the same ports, cycles and results, with
+    its two additions made ORs: at the step where ``bit`` is ``4^k`` the partial root is a
+    multiple of ``4^(k+1)``, so neither it nor half of it shares a bit with ``bit``. No carry
+    chain then stands in front of the compare (the unit's longest path once the reciprocal's
+    divider is one subtraction deep)."""
+
+    def elaborate(self, platform):
+        m = Module()
+        w = self.width
+        rem = Signal(w)
+        root = Signal(w)
+        bit = Signal(w)
+        trial = root | bit
+        take = rem >= trial
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            m.d.sync += [
+                rem.eq(Mux(take, rem - trial, rem)),
+                root.eq(Mux(take, (root >> 1) | bit, root >> 1)),
+                bit.eq(bit >> 2),
+            ]
+            with m.If(bit == 1):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.Elif(self.start):
+            m.d.sync += [rem.eq(self.value), root.eq(0), bit.eq(1 << (w - 2)), self.busy.eq(1)]
+        m.d.comb += self.root.eq(root)
+        return m
+
+
+class LastAheadIssuer:
+    """:class:`~heterotron.hdl.rowstream.RowIssuer` cycle for cycle (the same members; ``idx``
+    is 0 between rows rather than left where the last row ended), with ``idx == cur.last`` in
+    a register, updated with ``idx``, instead of compared in the cycle that uses it. Neither
+    that register nor ``idx`` waits for ``start``, which loads the whole descriptor (the
+    mean and the reciprocal): the output pass's longest path was the compare, then
+    ``start``'s fan-out, then ``idx``'s reset."""
+
+    def __init__(self, m: Module, name: str, desc_layout, desc_in, avail, idx_w: int, en):
+        self.cur = Signal(desc_layout, name=f"{name}_desc")
+        self.active = Signal(name=f"{name}_active")
+        self.idx = Signal(idx_w, name=f"{name}_idx")
+        at_last = Signal(name=f"{name}_at_last")  # idx == cur.last while active
+        self.last = self.active & at_last
+        self.issue = self.active & en
+        self.done = self.issue & self.last
+        self.start = (~self.active | self.done) & avail
+        with m.If(self.start):
+            m.d.sync += [self.cur.eq(desc_in), self.active.eq(1)]
+        with m.Elif(self.done):
+            m.d.sync += self.active.eq(0)
+        # No row is active after this cycle unless one starts: idx and at_last are then the
+        # next row's (nothing reads them if none starts), else they move on with an issue.
+        with m.If(~self.active | self.done):
+            m.d.sync += [self.idx.eq(0), at_last.eq(desc_in.last == 0)]
+        with m.Elif(self.issue):
+            nxt = (self.idx + 1)[:idx_w]
+            m.d.sync += [self.idx.eq(nxt), at_last.eq(nxt == self.cur.last)]
 
 
 class LayerNormKind(enum.IntEnum, shape=1):
@@ -297,9 +409,9 @@ class LayerNorm(Parameterised, wiring.Component):
                      f3.w_data.eq(d3), f3.w_en.eq(t.valid & t.last)]
 
         # -- stage 4: std = isqrt(var) << shift, recip = floor(2^47 / std) ------------------
-        m.submodules.sqrt = sqrt = SeqIsqrt(vw)
+        m.submodules.sqrt = sqrt = OrIsqrt(vw)
         std_w = (vw + 1) // 2 + MAX_SHIFT
-        m.submodules.rdiv = rdiv = SeqDivider(RECIP_BITS + 1, std_w, DIV_STEPS)
+        m.submodules.rdiv = rdiv = RadixFourDivider(RECIP_BITS + 1, std_w)
         desc4 = data.StructLayout({**row, "mean": signed(W + 1),
                                    "recip": unsigned(RECIP_BITS + 1)})
         cur4 = Signal(desc4, name="s4_desc")
@@ -314,13 +426,16 @@ class LayerNorm(Parameterised, wiring.Component):
         with m.If(start4):
             m.d.sync += [cur4.bank.eq(d3r.bank), cur4.last.eq(d3r.last), cur4.n.eq(d3r.n),
                          cur4.mean.eq(d3r.mean), busy4.eq(1)]
-        # std is registered one cycle after the root is done (the variable shift is long)
+        # std is registered one cycle after the root is done (the variable shift is long),
+        # and whether it is zero with it (std_w holds the root shifted, so the root's zero
+        # is std's; no wide compare in front of the divider's start)
+        std_nz = Signal(name="s4_std_nz")
         with m.If(sqrt.done):
-            m.d.sync += std.eq(sqrt.root << shift)
+            m.d.sync += [std.eq(sqrt.root << shift), std_nz.eq(sqrt.root != 0)]
         std_ready = reg(m, None, sqrt.done, "s4_std_ready")
-        m.d.comb += [rdiv.start.eq(std_ready & (std != 0)), rdiv.num.eq(1 << RECIP_BITS),
+        m.d.comb += [rdiv.start.eq(std_ready & std_nz), rdiv.num.eq(1 << RECIP_BITS),
                      rdiv.den.eq(std)]
-        with m.If(std_ready & (std == 0)):
+        with m.If(std_ready & ~std_nz):
             m.d.sync += [cur4.recip.eq(0), busy4.eq(0), done4.eq(1)]
         with m.If(rdiv.done):
             m.d.sync += [cur4.recip.eq(rdiv.quot), busy4.eq(0), done4.eq(1)]
@@ -330,7 +445,13 @@ class LayerNorm(Parameterised, wiring.Component):
         # -- stage 5: output pass -----------------------------------------------------------
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
-        s5 = RowIssuer(m, "s5", desc4, cur4, done4, idx_w, en=advance)
+        # The issuer's own copy of advance, from a register of its own (o.valid inverted):
+        # advance enables every register of the pass, and a net of that fan-out is slow to
+        # reach the issuer, whose start (loading the descriptor) follows it in the cycle.
+        o_idle = Signal(init=1, name="s5_o_idle")
+        issue_en = Signal(name="s5_issue_en")
+        m.d.comb += issue_en.eq(o_idle | self.o.ready)
+        s5 = LastAheadIssuer(m, "s5", desc4, cur4, done4, idx_w, en=issue_en)
         m.d.comb += [take4.eq(s5.start),
                      x_rd_out.addr.eq(Cat(s5.idx, s5.cur.bank)), x_rd_out.en.eq(advance),
                      t_rd.addr.eq(s5.idx), t_rd.en.eq(advance)]
@@ -365,6 +486,6 @@ class LayerNorm(Parameterised, wiring.Component):
                                     f"rq{j}")
             pm.d.comb += self.o.payload.data[j].eq(out)
         with pm.If(padv):
-            pm.d.sync += [self.o.valid.eq(o.valid), self.o.payload.n.eq(o.n),
+            pm.d.sync += [self.o.valid.eq(o.valid), o_idle.eq(~o.valid), self.o.payload.n.eq(o.n),
                           self.o.payload.last.eq(o.last)]
         return m

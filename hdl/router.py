@@ -28,10 +28,20 @@ class FlitBuffer(Elaboratable):
     ``SyncFIFO`` (``w_data/w_en/w_rdy``, ``r_data/r_en/r_rdy``, ``level``) and its read and
     write pointers visible, so the formal proof can state how they relate to ``level``.
     A write when full or a read when empty is ignored; ``w_rdy`` does not depend on ``r_en``
-    (no path from an output's ready back to the sender's)."""
+    (no path from an output's ready back to the sender's).
 
-    def __init__(self, width: int, depth: int):
-        self.width, self.depth = width, depth
+    The bits of ``r_data`` listed in ``early`` come out of a register, not a memory read: a
+    copy of the oldest flit's, loaded at the edge where that flit becomes the oldest (from the
+    memory's next entry, or from ``w_data`` if it is written in that cycle), so logic that
+    decides on ``r_en`` from them starts a clock-to-out after the edge. While the buffer is
+    empty they read 0 (the other bits, read from the memory at ``rp``, are then undefined).
+    """
+
+    def __init__(self, width: int, depth: int, early=()):
+        early = tuple(sorted(set(early)))
+        if any(not 0 <= b < width for b in early):
+            raise ValueError(f"early bits must be in [0, {width - 1}], not {early!r}")
+        self.width, self.depth, self.early = width, depth, early
         self.w_data = Signal(width)
         self.w_en = Signal()
         self.w_rdy = Signal()
@@ -44,18 +54,40 @@ class FlitBuffer(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=[])
-        wr = mem.write_port()
-        rd = mem.read_port(domain="comb")
         do_w = self.w_en & self.w_rdy
         do_r = self.r_en & self.r_rdy
-        m.d.comb += [self.w_rdy.eq(self.level != self.depth), self.r_rdy.eq(self.level != 0),
-                     wr.addr.eq(self.wp), wr.data.eq(self.w_data), wr.en.eq(do_w),
-                     rd.addr.eq(self.rp), self.r_data.eq(rd.data)]
+        m.d.comb += [self.w_rdy.eq(self.level != self.depth), self.r_rdy.eq(self.level != 0)]
 
         def step(p):
             return Mux(p == self.depth - 1, 0, p + 1)
 
+        def storage(name, bits, addr):
+            """A memory of ``bits`` of each flit, written at ``wp``, read at ``addr``."""
+            mem = Memory(shape=len(bits), depth=self.depth, init=[])
+            m.submodules[name] = mem
+            wr = mem.write_port()
+            rd = mem.read_port(domain="comb")
+            w_bits = Cat(*(self.w_data[b] for b in bits))
+            m.d.comb += [wr.addr.eq(self.wp), wr.data.eq(w_bits), wr.en.eq(do_w),
+                         rd.addr.eq(addr)]
+            return w_bits, rd.data
+
+        out = [None] * self.width
+        late = [b for b in range(self.width) if b not in self.early]
+        if late:
+            _, data_at_rp = storage("mem", late, self.rp)
+            for k, b in enumerate(late):
+                out[b] = data_at_rp[k]
+        if self.early:
+            w_early, next_early = storage("mem_early", self.early, step(self.rp))
+            oldest = Signal(len(self.early))
+            # what the oldest flit is after the edge (0: none), chosen last by the read
+            after_read = Mux(self.level == 1, Mux(do_w, w_early, 0), next_early)
+            unread = Mux(do_w & (self.level == 0), w_early, oldest)
+            m.d.sync += oldest.eq(Mux(do_r, after_read, unread))
+            for k, b in enumerate(self.early):
+                out[b] = oldest[k]
+        m.d.comb += self.r_data.eq(Cat(*out))
         m.d.sync += [self.level.eq(self.level + do_w - do_r),
                      self.wp.eq(Mux(do_w, step(self.wp), self.wp)),
                      self.rp.eq(Mux(do_r, step(self.rp), self.rp))]
@@ -64,22 +96,29 @@ class FlitBuffer(Elaboratable):
 
 def rr_pick(m: Module, reqs: list, last, name: str):
     """Round-robin choice among ``reqs``: the first requester after index ``last``, cyclically.
-    Returns ``(any, index)``; ``index`` is meaningful only while ``any`` is high."""
+    Returns ``(any, index, onehot)``; ``index`` is meaningful only while ``any`` is high,
+    ``onehot`` is the same choice as one bit per requester (none while nothing is asked)."""
     n = len(reqs)
     req = Signal(n, name=f"{name}_req")
     m.d.comb += req.eq(Cat(*reqs))
-    after = Signal(n, name=f"{name}_after")  # requesters with an index above last
-    m.d.comb += after.eq(Cat(C(0, 1), *(r & (last < k) for k, r in enumerate(reqs) if k)))
 
-    def lowest(bits):
-        idx = n - 1
-        for k in reversed(range(n - 1)):
-            idx = Mux(bits[k], k, idx)
-        return idx
+    # The round after last is last + 1, ..., n - 1, 0, ..., last. Requester k is chosen when
+    # no requester j comes before it in that round: each "j before k" is a decode of last, so
+    # the choice is two LUT levels past the requests, not a priority chain through them.
+    def is_last(q):
+        return last == q if q < n - 1 else last >= q  # codes past n - 1 (never loaded) too
 
+    def before(j, k):
+        return Cat(*(is_last(q) for q in range(n) if (j - q - 1) % n < (k - q - 1) % n)).any()
+
+    onehot = Signal(n, name=f"{name}_grant")
+    m.d.comb += onehot.eq(Cat(*(reqs[k] & ~Cat(*(reqs[j] & before(j, k)
+                                                 for j in range(n) if j != k)).any()
+                                for k in range(n))))
     pick = Signal(range(max(n, 2)), name=f"{name}_pick")  # never zero bits wide
-    m.d.comb += pick.eq(Mux(after.any(), lowest(after), lowest(req)))
-    return req.any(), pick
+    m.d.comb += pick.eq(Cat(*(Cat(*(onehot[k] for k in range(n) if k >> bit & 1)).any()
+                              for bit in range(len(pick)))))
+    return req.any(), pick, onehot
 
 
 class Router(Parameterised, wiring.Component):
@@ -165,12 +204,16 @@ class Router(Parameterised, wiring.Component):
         m.d.comb += port.eq(choice)
         return port
 
+    #: An output's choice among its requests, ``(m, reqs, last, name) -> (any, index)``, or
+    #: ``(any, index, onehot)``: the router then uses the one-hot choice as it is rather than
+    #: decoding the index (a LUT level off its longest path).
     arbiter = staticmethod(rr_pick)
 
     @staticmethod
     def select(keep, owner, pick):
         """The input an output takes from: its owner while locked (wormhole) or while its
-        offered head waits, else the arbiter's pick."""
+        offered head waits, else the arbiter's pick. Used on the indices, and on each input's
+        one-bit "this one" (``owner == k``, ``k`` picked) alike."""
         return Mux(keep, owner, pick)
 
     def _positive(self, field, cur: int, n: int):
@@ -199,28 +242,35 @@ class Router(Parameterised, wiring.Component):
         m, _ = gated_module(top, platform, busy, "core")
         p = self.parameters
         hdr = header_layout(p["nx"], p["ny"], p["nz"])
-        width = p["flit_width"] + 2
+        layout = self.i_local.payload.shape()
+        width = layout.size
+        # What the routing and the arbiters read (the marks and the destination) comes out of
+        # a register in each buffer, 0 while it is empty (so a head needs no level compare);
+        # the rest of a flit only passes through.
+        dest_at = layout["data"].offset + hdr["dest"].offset
+        early = [*range(dest_at, dest_at + hdr["dest"].shape.size), layout["head"].offset,
+                 layout["tail"].offset]
         heads = {}
         valid = {}
         flit = {}
         for port in self.ports:
-            buf = FlitBuffer(width, p["buffer_depth"])
+            buf = FlitBuffer(width, p["buffer_depth"], early=early)
             m.submodules[f"buf_{port}"] = buf
             self.buffers[port] = buf
             i = getattr(self, f"i_{port}")
             m.d.comb += [buf.w_data.eq(i.payload.as_value()), buf.w_en.eq(i.valid),
                          i.ready.eq(buf.w_rdy)]
-            f = data.View(self.i_local.payload.shape(), buf.r_data)
+            f = data.View(layout, buf.r_data)
             flit[port] = f
             valid[port] = buf.r_rdy
             heads[port] = Signal(name=f"head_{port}")
-            m.d.comb += heads[port].eq(buf.r_rdy & f.head)
+            m.d.comb += heads[port].eq(f.head)
             dest = data.View(hdr, f.data[:hdr.size])["dest"]
             self.routes[port] = self.route_signal(m, dest, f"route_{port}")
 
-        # An input that an output is locked to asks for no other output, whatever its buffer
-        # holds: a flit can only ever leave by one output (malformed input, a head flit inside
-        # a packet, goes on with that packet instead of being sent twice).
+        # An input that an output is locked to is offered by no other output, whatever its
+        # buffer holds: a flit can only ever leave by one output (malformed input, a head flit
+        # inside a packet, goes on with that packet instead of being sent twice).
         locks = {out: (Signal(name=f"{out}_locked"),
                        Signal(range(max(2, len(self.candidates_of(out)))), name=f"{out}_owner"))
                  for out in self.ports}
@@ -245,17 +295,23 @@ class Router(Parameterised, wiring.Component):
             hold = Signal(name=f"{out}_hold")
             self.owner[out] = (locked, owner, last, hold)
             self.selects[out] = sel = Signal(range(max(n, 2)), name=f"{out}_sel")
-            reqs = [heads[c] & ~owned[c] & (self.routes[c] == oi) for c in cands]
-            any_req, pick = self.arbiter(m, reqs, last, f"{out}_rr")
+            reqs = [heads[c] & (self.routes[c] == oi) for c in cands]
+            any_req, pick, *onehot = self.arbiter(m, reqs, last, f"{out}_rr")
+            picked = onehot[0] if onehot else Cat(*(any_req & (pick == k) for k in range(n)))
             keep = Signal(name=f"{out}_keep")
             m.d.comb += keep.eq(locked | hold)
             m.d.comb += sel.eq(self.select(keep, owner, pick))
-            sel_valid = Signal(name=f"{out}_sel_valid")
-            m.d.comb += sel_valid.eq(Cat(*(valid[c] for c in cands)).bit_select(sel, 1))
-            m.d.comb += o.valid.eq((keep | any_req) & sel_valid)
-            payload = flit[cands[-1]].as_value()
-            for k in reversed(range(n - 1)):
-                payload = Mux(sel == k, flit[cands[k]].as_value(), payload)
+            # The same choice one-hot: the valid, the reads and the payload are ANDs and ORs of
+            # it. The arbiter may pick an input locked to another output (asking whether it is
+            # would cost the requests a LUT level): that choice is void, nothing is offered.
+            sel_is = [Signal(name=f"{out}_sel_is_{k}") for k in range(n)]
+            for k, c in enumerate(cands):
+                m.d.comb += sel_is[k].eq(self.select(keep, owner == k, picked[k] & ~owned[c]))
+            offers = [s & valid[c] for s, c in zip(sel_is, cands, strict=True)]
+            m.d.comb += o.valid.eq(Cat(*offers).any())
+            payload = 0
+            for s, c in zip(sel_is, cands, strict=True):
+                payload = payload | Mux(s, flit[c].as_value(), 0)
             m.d.comb += o.payload.eq(payload)
             fire = Signal(name=f"{out}_fire")
             m.d.comb += fire.eq(o.valid & o.ready)
@@ -266,8 +322,8 @@ class Router(Parameterised, wiring.Component):
                 m.d.sync += [locked.eq(~o.payload.tail), owner.eq(sel), hold.eq(0)]
             with m.Elif(chosen):
                 m.d.sync += [hold.eq(1), owner.eq(sel)]
-            for k, c in enumerate(cands):
-                pops[c].append(fire & (sel == k))
+            for offer, c in zip(offers, cands, strict=True):
+                pops[c].append(offer & o.ready)
         for port in self.ports:
             r_en = pops[port][0]
             for term in pops[port][1:]:
