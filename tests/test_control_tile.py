@@ -735,6 +735,14 @@ CHECKS = [
     ("NOP on a memory tile", lambda i: nop(i, MEM1), IL),
     ("WAIT on an SA tile", lambda i: wait(i, 0, SA1), IL),
     ("SCALE on the control tile", lambda i: scale(i, 0), IL),
+    # known opcodes of kinds DESC32 has no tile of: all their words are consumed (the
+    # follow-up instruction after each is read from the right place)
+    ("MVM (7 words) without a PiM tile",
+     lambda i: encode_instr(TileKind.PIM, "MVM", SA1, i, out=1, src=region(rows=2, cols=2)),
+     IL),
+    ("LAYERNORM (10 words) without an SFU tile",
+     lambda i: encode_instr(TileKind.SFU, "LAYERNORM", SA1, i, shift=1,
+                            src=region(rows=2, cols=2)), IL),
     # ILLEGAL: reserved fields
     ("COPY rsv", lambda i: copy(i, rsv=1 << 23), IL),
     ("COPY src.rsv", lambda i: copy(i, src=region(rsv=1)), IL),

@@ -734,8 +734,13 @@ class ControlTile(wiring.Component):
         qr = s.qr
         max_words = 1 + max(op.words for op in OPCODES)
 
+        # Only the instructions of the description's tile kinds are ever checked or sent, so
+        # ibuf holds the longest of those; a longer one's words are counted, not kept.
+        kinds = {t.kind for t in desc.tiles}
+        kept_words = 1 + max(op.words for op in OPCODES if op.cls in kinds)
         f_k = Signal(range(max_words))
-        ibuf = Signal((1 << len(f_k)) * WORD)  # every word a 3-bit index can name
+        kept_bits = max(1, (kept_words - 1).bit_length())
+        ibuf = Signal((1 << kept_bits) * WORD)  # every word a kept_bits index can name
         i_op = Signal(range(len(OPCODES)))
         i_nargs = Signal(range(max_words))
         s_i = Signal(range(max_words + 1))
@@ -766,12 +771,19 @@ class ControlTile(wiring.Component):
         is_copy = Signal()
         copy_dest = Signal(8)
         copy_addr = Signal(32)
+        # slot -> the region's bit offset in ibuf -> the opcodes whose region is there
+        at_offset = [{} for _ in range(_SLOTS)]
         for k, op in enumerate(OPCODES):
+            owners = [t.index for t in desc.tiles if t.kind == op.cls]
             with (m.If if k == 0 else m.Elif)(i_op == k):
+                if not owners:
+                    # No tile of its class: ILLEGAL whatever the fields say, and ILLEGAL is
+                    # judged before the regions, so none of its checks need a circuit.
+                    m.d.comb += illegal.eq(1)
+                    continue
                 av = op.args(ibuf[WORD:WORD + op.args.size]) if op.args.size else None
                 mask = rsv_mask(op.args, WORD) | rsv_mask(INSTR_HEAD)
                 conds = [(ibuf & mask) != 0] if mask else []
-                owners = [t.index for t in desc.tiles if t.kind == op.cls]
                 conds.append(~_any(head.tile == i for i in owners))
                 if op.name == "WAIT" and n_tiles < len(av.mask):
                     conds.append(av.mask[n_tiles:] != 0)
@@ -780,14 +792,22 @@ class ControlTile(wiring.Component):
                     m.d.comb += [is_copy.eq(1), copy_dest.eq(av.dest_tile),
                                  copy_addr.eq(av.dest_addr)]
                 for j, (name, when) in enumerate(_REGIONS.get(op.name, ())):
-                    m.d.comb += [slots[j].eq(getattr(av, name)),
-                                 slot_on[j].eq(1 if when is None else getattr(av, when))]
+                    at_offset[j].setdefault(WORD + op.args[name].offset, []).append(k)
+                    m.d.comb += slot_on[j].eq(1 if when is None else getattr(av, when))
                 checks = {TileKind.SA: self._sa_illegal, TileKind.PIM: self._pim_illegal,
                           TileKind.SFU: self._sfu_illegal}.get(op.cls)
                 if checks is not None:
                     conds += [(head.tile == t.index) & checks(m, op, av, t.params)
                               for t in desc.of_kind(op.cls)]
                 m.d.comb += illegal.eq(_any(conds))
+        # A slot is one multiplexer over the offsets its regions sit at, not one per opcode
+        # (0 for an opcode without that slot, as the checks expect).
+        for j, offsets in enumerate(at_offset):
+            value = Const(0, REGION.size)
+            for offset, ops in offsets.items():
+                value = Mux(_any(i_op == k for k in ops), ibuf[offset:offset + REGION.size],
+                            value)
+            m.d.comb += slots[j].eq(value)
 
         # -- ADDRESS (from the registers CHECK1 sets) --
         cr = Signal(REGION)
@@ -827,7 +847,8 @@ class ControlTile(wiring.Component):
             with m.If(s.q_count > f_k):
                 st.goto("CAPTURE")
         with st.state("CAPTURE"):
-            m.d.sync += ibuf.word_select(f_k, WORD).eq(qr.data)
+            with m.If(f_k < kept_words):
+                m.d.sync += ibuf.word_select(f_k[:kept_bits], WORD).eq(qr.data)
             with m.If(f_k == 0):
                 with m.If(~known):
                     # Only the head word is consumed; it retires with its own id.
@@ -893,7 +914,7 @@ class ControlTile(wiring.Component):
             cmd_len = Signal(16)
             m.d.comb += cmd_len.eq(i_nargs + 1)
             words = [header_value(cls=MsgClass.CMD, owner=ctrl, length=cmd_len),
-                     *(ibuf.word_select(k, WORD) for k in range(max_words))]
+                     *(ibuf.word_select(k, WORD) for k in range(kept_words))]
             m.d.comb += [self.cmd_tx.valid.eq(1),
                          self.cmd_tx.payload.data.eq(_select(s_i, words)),
                          self.cmd_tx.payload.last.eq(s_i == cmd_len),
