@@ -134,7 +134,7 @@ def generate_accelerator(args) -> int:
         print(f"  tile {t.index:<2} {t.kind.name.lower():<8} at {list(t.at)}")
     print(f"  verilog  {out.verilog}")
     print(f"  sidecar  {out.sidecar}  (contract version {meta['version']}, "
-          f"{len(meta['opcodes'])} opcodes, {len(meta['ports'])} ports)")
+          f"{len(meta['opcodes'])} opcodes, {len(meta['verilog_ports'])} ports)")
     return 0
 
 

@@ -25,14 +25,11 @@ from heterotron.hdl.contract.uart import DATA_BITS, IDLE, START, STOP, char_bits
 from heterotron.sim.golden.jobs import compare, gemm_job
 from heterotron.sim.host.driver import Device, FrameReader, HostError
 from heterotron.tb import env
-from heterotron.tb.common import CLOCK_NS, make_rng
+from heterotron.tb.common import CLOCK_NS, cycles, make_rng
 
 #: Cycles the driver waits for an answer.
 ANSWER_CYCLES = 400_000
 
-
-def _cycles(n: int) -> Timer:
-    return Timer(max(1, int(n)) * CLOCK_NS, "ns")
 
 
 class UartLink:
@@ -41,6 +38,8 @@ class UartLink:
     ``send`` queues characters; a task puts them on ``uart_rx`` back to back, a level a bit
     time. ``corrupt`` changes the next characters sent: each entry is a function from the
     character's ten ``(level, cycles)`` segments to the segments to send instead."""
+
+    time_unit = "cycles"  # what receive()'s timeout counts
 
     def __init__(self, dut, divisor: int):
         self.dut, self.div = dut, divisor
@@ -56,9 +55,9 @@ class UartLink:
         dut.uart_rx.value = IDLE
         Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
         dut.rst.value = 1
-        await _cycles(8)
+        await cycles(8)
         dut.rst.value = 0
-        await _cycles(2)
+        await cycles(2)
         cocotb.start_soon(self._drive())
         cocotb.start_soon(self._listen())
 
@@ -72,9 +71,9 @@ class UartLink:
                 await self._wake.wait()
                 await Timer(1, "ns")  # out of whatever phase the sender was in
                 continue
-            for level, cycles in self._queue.pop(0):
+            for level, n in self._queue.pop(0):
                 self.dut.uart_rx.value = level
-                await _cycles(cycles)
+                await cycles(n)
             self.dut.uart_rx.value = IDLE
 
     async def _listen(self) -> None:
@@ -82,13 +81,13 @@ class UartLink:
         dut, div = self.dut, self.div
         while True:
             await FallingEdge(dut.uart_tx)
-            await _cycles(div // 2)
+            await cycles(div // 2)
             assert int(dut.uart_tx.value) == START, "a glitch on the board's uart_tx"
             byte = 0
             for i in range(DATA_BITS):
-                await _cycles(div)
+                await cycles(div)
                 byte |= int(dut.uart_tx.value) << i
-            await _cycles(div)
+            await cycles(div)
             if int(dut.uart_tx.value) != STOP:
                 self.tx_framing += 1
                 continue
@@ -115,7 +114,7 @@ class UartLink:
             if self._in and self._in[-1] == hostlink.FLAG and self._flags % 2 == 0 \
                     and not self.busy():
                 break
-            await _cycles(self.div)
+            await cycles(self.div)
             waited += self.div
         out = bytes(self._in)
         self._in.clear()
@@ -124,8 +123,8 @@ class UartLink:
     async def rest(self, bits: int) -> None:
         """Let the line rest (after what is queued) for ``bits`` bit times."""
         while self.busy():
-            await _cycles(self.div)
-        await _cycles(bits * self.div)
+            await cycles(self.div)
+        await cycles(bits * self.div)
 
 
 def led(dut, name: str) -> int:

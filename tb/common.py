@@ -18,7 +18,7 @@ import cocotb
 import numpy as np
 from amaranth.hdl import Const, Shape, ShapeCastable
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
 
 from heterotron.hdl.contract.params import inspect_only
 from heterotron.tb.env import params_from_env, stalls_from_env, vectors_from_env
@@ -45,6 +45,12 @@ __all__ = [
 ]
 
 CLOCK_NS = 10
+
+
+def cycles(n: int) -> Timer:
+    """A wait of ``n`` clock periods (at least one), for code that counts time in cycles
+    without watching the clock edge by edge."""
+    return Timer(max(1, int(n)) * CLOCK_NS, "ns")
 
 #: The probabilities a bench starts with: a source idles a cycle before a beat (gap), a sink
 #: is not ready (stall).

@@ -12,7 +12,7 @@ a rising edge, outputs sampled in the read-only phase after the falling edge.
 from __future__ import annotations
 
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
 from heterotron.hdl.contract.hostlink import FLAG
@@ -24,7 +24,7 @@ from heterotron.hdl.simtop import (
     POKE_WORD,
     PUSH_DEPTH,
 )
-from heterotron.tb.common import CLOCK_NS, decode, encode
+from heterotron.tb.common import CLOCK_NS, cycles, decode, encode
 from heterotron.tb.env import stalls_from_env
 
 __all__ = ["HarnessTransport", "probability"]
@@ -41,12 +41,11 @@ def probability(p: float) -> int:
     return min(255, round(p * 256))
 
 
-def _cycles(n: int) -> Timer:
-    return Timer(max(1, int(n)) * CLOCK_NS, "ns")
-
 
 class HarnessTransport:
     """The host link of a :class:`~heterotron.hdl.simtop.SimAccelerator`; time in cycles."""
+
+    time_unit = "cycles"  # what receive()'s timeout counts
 
     def __init__(self, dut, seed: int):
         self.dut = dut
@@ -66,7 +65,7 @@ class HarnessTransport:
         dut.seed.value = self._seed
         for name in ("gap", "stall", "tile_stall"):
             getattr(dut, name).value = 0
-        await _cycles(BOOT_CYCLES + 2)
+        await cycles(BOOT_CYCLES + 2)
         await RisingEdge(dut.clk)
 
     def set_stalls(self, gap: float, stall: float, tile_stall: float) -> None:
@@ -100,9 +99,9 @@ class HarnessTransport:
                 break
             self.cycle_waits += 1
             if self._in or self._flags % 2:  # mid-frame: let a few words gather
-                await _cycles(min(left, 8 * HOST_WORD_BYTES))
+                await cycles(min(left, 8 * HOST_WORD_BYTES))
             else:
-                await First(RisingEdge(dut.pull__valid), _cycles(min(left, 1 << 20)))
+                await First(RisingEdge(dut.pull__valid), cycles(min(left, 1 << 20)))
         out = bytes(self._in)
         self._in.clear()
         return out
@@ -111,7 +110,7 @@ class HarnessTransport:
         """The driver has nothing to do until the device has worked a while (a full
         program queue): let the simulator run :data:`PAUSE_CYCLES`."""
         self.cycle_waits += 1
-        await _cycles(PAUSE_CYCLES)
+        await cycles(PAUSE_CYCLES)
 
     async def wait_while_running(self, limit: int, every: int = 1 << 20,
                                  tick=None) -> bool:
@@ -125,7 +124,7 @@ class HarnessTransport:
             step = min(left, every)
             self.cycle_waits += 1
             await First(FallingEdge(self.dut.running), RisingEdge(self.dut.watchdog),
-                        _cycles(step))
+                        cycles(step))
             left -= step
             if tick is not None and int(self.dut.running.value):
                 await tick()
@@ -157,7 +156,7 @@ class HarnessTransport:
                 await RisingEdge(dut.clk)
             dut.poke__valid.value = 0
             await self._poke_drain(POKE_DEPTH // 2 if off < len(data) else POKE_DEPTH)
-        await _cycles(W)  # the last beat's words into the scratchpad
+        await cycles(W)  # the last beat's words into the scratchpad
 
     async def _poke_drain(self, free: int) -> None:
         """Wait until the poke FIFO has ``free`` words free."""
@@ -166,7 +165,7 @@ class HarnessTransport:
             if int(self.dut.poke_free.value) >= free:
                 break
             self.cycle_waits += 1
-            await _cycles(POKE_DEPTH // 4)
+            await cycles(POKE_DEPTH // 4)
         await RisingEdge(self.dut.clk)
 
     # -- bursts ----------------------------------------------------------------------------------
@@ -192,7 +191,7 @@ class HarnessTransport:
         dut.push__valid.value = 0
         if self._out:  # the FIFO is full: let half of it drain before the rest
             self.cycle_waits += 1
-            await _cycles(W * PUSH_DEPTH // 2)
+            await cycles(W * PUSH_DEPTH // 2)
 
     async def _pull(self) -> None:
         """Take every word waiting on ``pull``, one a cycle."""

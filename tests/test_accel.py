@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from heterotron.hdl.accelerator import describe
-from heterotron.hdl.contract.accel import DescriptionError
+from heterotron.hdl.contract.accel import DescriptionError, Port
 from heterotron.scripts import cli
 from heterotron.sim.flows.accel import generate_accelerator, generate_sim_accelerator
 
@@ -66,8 +66,10 @@ def test_generate_accelerator_writes_verilog_and_the_sidecar(tmp_path, capsys):
     side = json.loads((tmp_path / "accelerator.json").read_text())
     desc = shipped("accel-2d")
     assert side["config_hash"] == desc.config_hash
-    assert {p["name"] for p in side["ports"]} >= {"rx__valid", "rx__payload", "tx__ready",
-                                                  "running", "error", "watchdog"}
+    assert {p["name"] for p in side["verilog_ports"]} >= {
+        "rx__valid", "rx__payload", "tx__ready", "running", "error", "watchdog"}
+    # the contract's operand port numbers keep their own key
+    assert side["ports"] == {p.name.lower(): int(p) for p in Port}
     assert "module accelerator" in (tmp_path / "accelerator.v").read_text()
     assert f"{desc.config_hash:#010x}" in out
 

@@ -25,12 +25,14 @@ TESTBENCH = "heterotron.tb.accel"
 
 def generate_accelerator(desc: Description, out_dir: Path | None = None) -> Generated:
     """``accelerator.v`` and ``accelerator.json`` (the contract's sidecar: encodings, memory
-    map, registers, tiles, plus the module's ports); cached like every unit."""
+    map, registers, tiles, operand ports, plus the module's Verilog ports as ``verilog_ports``);
+    cached like every unit."""
     def make():
         top = Accelerator(desc)
         return top, {"format": "heterotron-accelerator/1", "module": NAME,
                      **accel.sidecar(desc), "clock": "clk (rising edge)",
-                     "reset": "rst (synchronous, active high)", "ports": port_list(top)}
+                     "reset": "rst (synchronous, active high)",
+                     "verilog_ports": port_list(top)}
     return generate_from(NAME, desc.canonical(), make, desc.table(), out_dir)
 
 
@@ -44,7 +46,7 @@ def generate_sim_accelerator(desc: Description) -> Generated:
         return top, {"format": "heterotron-accelerator-sim/1", "module": SIM_NAME,
                      **accel.sidecar(desc), "clock": "clk (rising edge)",
                      "reset": "none: the harness resets itself after power-on",
-                     "ports": port_list(top)}
+                     "verilog_ports": port_list(top)}
     return generate_from(SIM_NAME, desc.canonical(), make, desc.table())
 
 

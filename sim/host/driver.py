@@ -65,7 +65,8 @@ class Transport(Protocol):
     """Moves bytes to and from the device.
 
     A transport may also have ``pause()`` (the driver awaits it when it has nothing to do
-    until the device has worked a while) and ``close()``.
+    until the device has worked a while), ``close()``, and ``time_unit``: what its timeouts
+    count, for messages (``"s"`` when it has none; a simulation's transport counts cycles).
     """
 
     async def send(self, data: bytes) -> None:
@@ -232,7 +233,8 @@ class Device:
         while True:
             data = await self.transport.receive(self.timeout)
             if not data:
-                raise HostTimeout(op, f"after {self.timeout} s")
+                unit = getattr(self.transport, "time_unit", "s")
+                raise HostTimeout(op, f"after {self.timeout:g} {unit}")
             for frame in self._reader.feed(data):
                 try:
                     status, got_seq, payload = hostlink.parse_frame(frame)
