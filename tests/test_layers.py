@@ -24,6 +24,7 @@ LAYER_OF = {
     "heterotron.tb": "testbenches",
     "heterotron.sim.flows": "flows",
     "heterotron.sim.studies": "flows",
+    "heterotron.sim.scale": "flows",
     "heterotron.scripts": "cli",
     "heterotron.configs": "data",
 }
