@@ -103,7 +103,7 @@ def load_config(name_or_path: str) -> tuple[str, dict[str, Any]]:
     for unit, table in config.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {unit!r} must be a table [{unit}] of parameters")
-        if unit not in UNITS and unit != ACCELERATOR:
+        if unit not in UNITS and unit not in (ACCELERATOR, MODEL):
             raise ConfigError(f"{source}: unknown unit [{unit}]; known units: {', '.join(UNITS)}")
     return source, config
 
@@ -112,6 +112,8 @@ def load_config(name_or_path: str) -> tuple[str, dict[str, Any]]:
 #: configuration used when the one given has none.
 ACCELERATOR = "accelerator"
 DEFAULT_ACCELERATOR = "accel-2d"
+#: A description's assumptions for the scale model (``heterotron model``): clock, node, tile size.
+MODEL = "model"
 
 
 def resolve_description(args):

@@ -30,12 +30,12 @@ import numpy as np
 
 from heterotron.hdl.contract.accel import OPCODES, Description, TileKind, decode_instr
 
-__all__ = ["PimFloors", "pim_floors"]
+__all__ = ["PimFloors", "pim_floors", "converted_planes"]
 
 _PROGRAM = next(op for op in OPCODES if op.cls == TileKind.PIM and op.name == "PROGRAM")
 
 
-def _planes(p: dict, x: np.ndarray) -> np.ndarray:
+def converted_planes(p: dict, x: np.ndarray) -> np.ndarray:
     """Bit-planes the unit converts for each row of ``x`` (``M x K`` wrapped inputs)."""
     ib = p["input_bits"]
     signmag = p["input_code"] == "signmag"
@@ -76,7 +76,7 @@ class PimFloors:
         q, div, wb, latency = self._shape[tile]
         m = x.shape[0]
         load = x.shape[1] + q["rows"] // q["lanes"]
-        unit = np.maximum(1, _planes(q, x) * q["adc_share"])
+        unit = np.maximum(1, converted_planes(q, x) * q["adc_share"])
         self._mvm[tile] += max(load + int(unit.sum()), m * load + int(unit[-1])) + latency
         if dest_cols:
             beats = -(-4 * dest_cols // wb)
