@@ -183,16 +183,17 @@ def score_minilm(cal: Calibration, path: Path | None = None) -> dict[str, Any]:
     (the program's instructions and, with every plane converted in two's complement as the
     real inputs convert them, its cycles do not depend on the values)."""
     from heterotron.hdl.accelerator import describe
-    from heterotron.scripts.common import load_config
-    from heterotron.sim.flows.encoder import with_pim_tiles
     from heterotron.sim.scale.perf import schedule
     from heterotron.sim.scale.runs import Workload
 
     data = json.loads(Path(path or MINILM_RUNS_PATH).read_text())
     rows = []
     for r in data["runs"]:
-        desc = describe(with_pim_tiles(load_config(r["config"])[1]["accelerator"],
-                                       r["pim_tiles"]))
+        desc = describe(r["description"])
+        if f"{desc.config_hash:#010x}" != r["config_hash"]:
+            raise ValueError(f"MiniLM run on {r['config']} ({r['pim_tiles']} PiM tiles): its "
+                             f"description hashes to {desc.config_hash:#010x}, the run says "
+                             f"{r['config_hash']}")
         words, instrs = program(desc, Workload(hidden=384, heads=12, intermediate=1536,
                                                tokens=r["tokens"]), interpret=False)
         if len(instrs) != r["instructions"]:
