@@ -135,6 +135,19 @@ def test_calibration_on_held_out_rtl_runs():
     assert held["worst_busy_error"]["sa"] <= 0.15, held
 
 
+def test_calibration_predicts_minilm_at_scale():
+    """Fitted on the small descriptions, the model predicts MiniLM's layer on
+    configs/encoder.toml (64 x 8 crossbars, 8 x 8 arrays, 1-4 PiM tiles, 8-128 tokens; the
+    RTL's cycles from heterotron bench minilm) within 10%, layer and busiest tile."""
+    from heterotron.sim.scale.calibration import calibrate, is_training, samples, score_minilm
+    from heterotron.sim.scale.runs import load_runs
+
+    cal = calibrate(samples([r for r in load_runs() if is_training(r)]))
+    m = score_minilm(cal)
+    assert len(m["rows"]) == 5 and {r["tokens"] for r in m["rows"]} == {8, 32, 128}
+    assert m["worst_layer_error"] <= 0.10 and m["worst_busy_error"] <= 0.10, m
+
+
 def test_action_counts_of_a_gemm():
     ins = decode_program(ACCEL, _gemm())
     acts = count_actions(ACCEL, ins)

@@ -114,7 +114,7 @@ def _read_jobs(desc: Description, p: dict, name: str, args: dict, f: dict) -> tu
     at a time: ``(memory tile, cycles the engine is held)``. A job leaves at a word a cycle
     plus three header beats a packet, or at the consumer's rate when that is slower: an SA
     LOAD's documented rate, a PiM tile's element a cycle (weights while programming, vector
-    elements while loading) less the words its receive buffer takes ahead, an SFU's
+    elements while loading) less the elements its receive buffer takes ahead, an SFU's
     ``lanes`` elements a cycle."""
     from heterotron.hdl.tiles.pim import RX_BUFFER_BYTES
 
@@ -124,15 +124,23 @@ def _read_jobs(desc: Description, p: dict, name: str, args: dict, f: dict) -> tu
         w = region["rows"] * _row_words(region, wb)
         return w + 3 * math.ceil(w / mp)
 
-    def job(region: dict, consume: float = 0.0, buffer_words: int = 0):
-        return (region["mem"], max(link(region), consume - buffer_words))
+    def job(region: dict, consume: float = 0.0, ahead: int = 0):
+        """``consume``: the consumer's cycles for the region; ``ahead``: the cycles of it a
+        receive buffer takes before the consumer holds the engine back."""
+        return (region["mem"], max(link(region), consume - ahead))
     if name == "LOAD":
         return (job(args["src"], f["load_cycles"]),)
     if name in ("COPY", "TABLE"):
         return (job(args["src"]),)
     if name in ("PROGRAM", "MVM"):
         s = args["src"]
-        return (job(s, s["rows"] * s["cols"], RX_BUFFER_BYTES // wb),)
+        # PROGRAM takes a weight a cycle; MVM its vectors at the pace of its floor (the
+        # loader's element a cycle or the unit's conversions, whichever is slower); the
+        # buffer holds RX_BUFFER_BYTES of the elements ahead of that pace
+        elems = s["rows"] * s["cols"]
+        consume = elems if name == "PROGRAM" else f["floor"]
+        ahead = consume * min(1.0, RX_BUFFER_BYTES // EBYTES[s["ebytes"]] / elems)
+        return (job(s, consume, ahead),)
     if name in ("REQUANT", "SOFTMAX", "GELU", "LAYERNORM"):
         s = args["src"]
         jobs = [job(s, s["rows"] * -(-s["cols"] // p["lanes"]))]
