@@ -27,7 +27,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 #: The command modules, in the order ``heterotron --help`` lists their commands. A group
 #: (``bench``, ``fpga``) is declared by the first module that uses it.
 COMMAND_MODULES = ("unit_cmd", "run_cmd", "fpga_cmd", "accuracy_cmd", "bench_cmd", "noc_cmd",
-                   "pim_cmd", "host_cmd", "model_cmd")
+                   "pim_cmd", "host_cmd", "model_cmd", "sweep_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
