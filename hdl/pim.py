@@ -71,12 +71,18 @@ def _xorshift32(m: Module, x, name: str) -> Signal:
     return x
 
 
-def _balanced_sum(values):
+def _adder_levels(values, levels: int) -> list:
+    """The first ``levels`` levels of a balanced adder tree over ``values``: its partial sums."""
     values = list(values)
-    while len(values) > 1:
+    for _ in range(levels):
         values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
                   for i in range(0, len(values), 2)]
-    return values[0]
+    return values
+
+
+def _balanced_sum(values):
+    values = list(values)
+    return _adder_levels(values, (len(values) - 1).bit_length())[0]
 
 
 def _case(m: Module, value: int, count: int):
@@ -207,7 +213,8 @@ class PimTile(Parameterised, wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a slot's issue to its term in the accumulator: column sums (a balanced
-        adder tree into a register), ADC select, gain and noise products, add, clamp, shift."""
+        adder tree per ADC, its first levels into a register, the rest into a second one), gain
+        and noise products, add, clamp, shift."""
         return 1 + 1 + self._mul_depth() + 1 + 1 + 1
 
     @property
@@ -221,8 +228,7 @@ class PimTile(Parameterised, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ib, cb, S, J, share = self.input_bits, self.cell_bits, self.slices, self.lines, \
-            self.adc_share
+        ib, cb, S, share = self.input_bits, self.cell_bits, self.slices, self.adc_share
         enob, levels = self.enob, (1 << self.enob) - 1
         cmask = (1 << cb) - 1
         ssum = sum(1 << (s * cb) for s in range(S))
@@ -430,30 +436,41 @@ class PimTile(Parameterised, wiring.Component):
             m.d.comb += [shift.eq(Mux(b >= ib, b - ib, b)), negate.eq(b >= ib)]
         else:
             m.d.comb += [shift.eq(b), negate.eq(b == ib - 1)]
-        # The sums are loaded on a plane's first slot only (k = 0): the plane, the vector buffer
-        # and the cells hold still for its ``share`` slots, so the register holds the same sums
-        # the other slots would load; an idle tile's adder trees do not switch.
+        # One adder tree per ADC, not per bit-line: on slot k it sums the bit-line its ADC
+        # converts then (a * share + k), each row's cells picked by k before the sum, so only the
+        # sums that are converted are built. Loaded on converting slots only: an idle tile's
+        # adder trees do not switch. With one bit-line per ADC k is always 0, and the enable is
+        # the one the per-bit-line trees had (a plane's first slot).
         load_sums = Signal(name="load_sums")
-        pm.d.comb += load_sums.eq(conv & (k == 0))
+        pm.d.comb += load_sums.eq(conv & (k == 0) if share == 1 else conv)
+        # The tree's first levels are registered here, its last ones in the next stage (where
+        # the pick by k was when the trees were per bit-line): the plane's bits fan out to every
+        # tree, and the select and a whole tree in one cycle ran at 40 MHz on ECP5.
+        split = (self.rows - 1).bit_length() // 2
         psum = []
-        for j in range(J):
-            terms = [Mux(bits[r], cells[r][j * cb:(j + 1) * cb], 0) for r in range(self.rows)]
-            psum.append(reg(pm, load_sums, _balanced_sum(terms), f"psum{j}"))
+        for a in range(self.n_adc):
+            picked = Signal(self.rows * cb, name=f"adc{a}_cells")
+            with pm.Switch(k):
+                for kk in range(share):
+                    j = a * share + kk
+                    with _case(pm, kk, share):
+                        pm.d.comb += picked.eq(Cat(cells[r][j * cb:(j + 1) * cb]
+                                                   for r in range(self.rows)))
+            terms = [Mux(bits[r], picked[r * cb:(r + 1) * cb], 0) for r in range(self.rows)]
+            psum.append([reg(pm, load_sums, v, f"psum{a}_{i}")
+                         for i, v in enumerate(_adder_levels(terms, split))])
         tag_layout = data.StructLayout({"valid": 1, "conv": 1, "last": 1, "shift": len(shift),
                                         "neg": 1, "k": len(k)})
         tag_now = Signal(tag_layout)
         pm.d.comb += tag_now.eq(Cat(active, conv, last, shift, negate, k))
         tag = reg(pm, None, tag_now, "tag_p")
 
-        # -- ADCs: select, noise, gain ----------------------------------------------------------
-        t_conv, t_k = tag.conv, tag.k
+        # -- ADCs: noise, gain ----------------------------------------------------------------
+        t_conv = tag.conv
         codes_in, znoise = [], []
         for a in range(self.n_adc):
             sel = Signal(self._p_width(), name=f"adc{a}_p")
-            with pm.Switch(t_k):
-                for kk in range(share):
-                    with _case(pm, kk, share):
-                        pm.d.comb += sel.eq(psum[a * share + kk])
+            pm.d.comb += sel.eq(_balanced_sum(psum[a]))
             codes_in.append(reg(pm, None, sel, f"adc{a}_psel"))
             if self.noise:
                 state = Signal(32, init=noise_seed_mix(0, a), name=f"lfsr{a}")
