@@ -94,36 +94,6 @@ class RadixFourDivider(Elaboratable):
         return m
 
 
-class OrIsqrt(SeqIsqrt):
-    """:class:`~heterotron.hdl.rowstream.SeqIsqrt`, the same ports, cycles and results, with
-    its two additions made ORs: at the step where ``bit`` is ``4^k`` the partial root is a
-    multiple of ``4^(k+1)``, so neither it nor half of it shares a bit with ``bit``. No carry
-    chain then stands in front of the compare (the unit's longest path once the reciprocal's
-    divider is one subtraction deep)."""
-
-    def elaborate(self, platform):
-        m = Module()
-        w = self.width
-        rem = Signal(w)
-        root = Signal(w)
-        bit = Signal(w)
-        trial = root | bit
-        take = rem >= trial
-        m.d.sync += self.done.eq(0)
-        with m.If(self.busy):
-            m.d.sync += [
-                rem.eq(Mux(take, rem - trial, rem)),
-                root.eq(Mux(take, (root >> 1) | bit, root >> 1)),
-                bit.eq(bit >> 2),
-            ]
-            with m.If(bit == 1):
-                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-        with m.Elif(self.start):
-            m.d.sync += [rem.eq(self.value), root.eq(0), bit.eq(1 << (w - 2)), self.busy.eq(1)]
-        m.d.comb += self.root.eq(root)
-        return m
-
-
 class LastAheadIssuer:
     """:class:`~heterotron.hdl.rowstream.RowIssuer` cycle for cycle (the same members; ``idx``
     is 0 between rows rather than left where the last row ended), with ``idx == cur.last`` in
@@ -409,7 +379,7 @@ class LayerNorm(Parameterised, wiring.Component):
                      f3.w_data.eq(d3), f3.w_en.eq(t.valid & t.last)]
 
         # -- stage 4: std = isqrt(var) << shift, recip = floor(2^47 / std) ------------------
-        m.submodules.sqrt = sqrt = OrIsqrt(vw)
+        m.submodules.sqrt = sqrt = SeqIsqrt(vw)
         std_w = (vw + 1) // 2 + MAX_SHIFT
         m.submodules.rdiv = rdiv = RadixFourDivider(RECIP_BITS + 1, std_w)
         desc4 = data.StructLayout({**row, "mean": signed(W + 1),

@@ -249,7 +249,12 @@ class SeqDivider(Elaboratable):
 class SeqIsqrt(Elaboratable):
     """``root = floor(sqrt(value))`` for an unsigned ``value`` below ``2^width``, digit by
     digit: two bits of the operand per cycle, shifts, subtractions and compares only (no
-    divider); ``ceil(width / 2)`` cycles. Same handshake as :class:`SeqDivider`."""
+    divider); ``ceil(width / 2)`` cycles. Same handshake as :class:`SeqDivider`.
+
+    Its two additions are ORs: at the step where ``bit`` is ``4^k`` the partial root is a
+    multiple of ``4^(k+1)``, so neither it nor half of it shares a bit with ``bit``. No carry
+    chain then stands in front of the compare (LayerNorm's longest path once its reciprocal's
+    divider is one subtraction deep)."""
 
     def __init__(self, width: int):
         self.width = width + (width & 1)
@@ -269,13 +274,13 @@ class SeqIsqrt(Elaboratable):
         rem = Signal(w)
         root = Signal(w)
         bit = Signal(w)
-        trial = root + bit
+        trial = root | bit
         take = rem >= trial
         m.d.sync += self.done.eq(0)
         with m.If(self.busy):
             m.d.sync += [
                 rem.eq(Mux(take, rem - trial, rem)),
-                root.eq(Mux(take, (root >> 1) + bit, root >> 1)),
+                root.eq(Mux(take, (root >> 1) | bit, root >> 1)),
                 bit.eq(bit >> 2),
             ]
             with m.If(bit == 1):
