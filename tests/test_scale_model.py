@@ -3,6 +3,7 @@ its calibration against the shipped RTL runs, the action counts and ``heterotron
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -23,6 +24,15 @@ from heterotron.sim.scale.perf import (
 )
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@functools.cache
+def _samples():
+    """The shipped RTL runs' programs, decoded once per test process."""
+    from heterotron.sim.scale.calibration import samples
+    from heterotron.sim.scale.runs import load_runs
+
+    return tuple(samples(load_runs()))
 
 
 def _desc(name):
@@ -94,9 +104,6 @@ def test_read_jobs_queue_at_the_memory_tiles_one_engine():
 
 
 def test_fit_reproduces_busy_counters_of_a_known_model():
-    from heterotron.sim.scale.calibration import samples
-    from heterotron.sim.scale.runs import load_runs
-
     truth = Coefficients({
         "LOAD": {"one": 40.0, "load_cycles": 1.25}, "SCALE": {"one": 9.0},
         "RUN": {"one": 20.0, "compute": 1.0, "tiles": 6.0, "packet_cycles": 0.5},
@@ -105,8 +112,8 @@ def test_fit_reproduces_busy_counters_of_a_known_model():
         "TABLE": {"one": 70.0, "elems": 1.0}, "REQUANT": {"stream": 1.5, "rows": 4.0},
         "SOFTMAX": {"one": 80.0, "beats": 4.0, "rows": 20.0}, "GELU": {"stream": 2.0},
         "LAYERNORM": {"stream": 1.0, "beats": 3.0}, "COPY": {"one": 10.0, "words": 1.0}})
-    runs = [r for r in load_runs() if r["workload"]["tokens"] in (2, 8, 16)]
-    data = [(s.instrs, predict_busy(s.instrs, truth)) for s in samples(runs)]
+    data = [(s.instrs, predict_busy(s.instrs, truth)) for s in _samples()
+            if s.run["workload"]["tokens"] in (2, 8, 16)]
     got = fit(data)
     for instrs, busy in data:
         pred = predict_busy(instrs, got)
@@ -118,10 +125,9 @@ def test_fit_reproduces_busy_counters_of_a_known_model():
 def test_calibration_on_held_out_rtl_runs():
     """The shipped RTL runs (sim/data/calibration_runs.json): fitted on some token counts,
     scored on the others and on other array shapes, dataflow, SFU lanes and PiM columns."""
-    from heterotron.sim.scale.calibration import calibrate, is_training, samples, score
-    from heterotron.sim.scale.runs import load_runs
+    from heterotron.sim.scale.calibration import calibrate, is_training, score
 
-    every = samples(load_runs())
+    every = _samples()
     configs = {s.run["config"] for s in every}
     assert len(configs) >= 3 and len(every) >= 60
     cal = calibrate([s for s in every if is_training(s.run)])
@@ -139,10 +145,9 @@ def test_calibration_predicts_minilm_at_scale():
     """Fitted on the small descriptions, the model predicts MiniLM's layer on
     configs/encoder.toml (64 x 8 crossbars, 8 x 8 arrays, 1-4 PiM tiles, 8-128 tokens; the
     RTL's cycles from heterotron bench minilm) within 10%, layer and busiest tile."""
-    from heterotron.sim.scale.calibration import calibrate, is_training, samples, score_minilm
-    from heterotron.sim.scale.runs import load_runs
+    from heterotron.sim.scale.calibration import calibrate, is_training, score_minilm
 
-    cal = calibrate(samples([r for r in load_runs() if is_training(r)]))
+    cal = calibrate([s for s in _samples() if is_training(s.run)])
     m = score_minilm(cal)
     assert len(m["rows"]) == 5 and {r["tokens"] for r in m["rows"]} == {8, 32, 128}
     assert m["worst_layer_error"] <= 0.10 and m["worst_busy_error"] <= 0.10, m
