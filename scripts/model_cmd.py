@@ -21,8 +21,11 @@ def cmd_model(args) -> int:
     from heterotron.sim.golden.compiler import CompileError
     from heterotron.sim.scale.model import Assumptions, format_projection, project
 
-    source, desc = resolve_description(args)
     _, config = load_config(args.config)
+    if "accelerator" not in config:
+        raise ConfigError(f"{args.config}: no [accelerator] table: the model needs an "
+                          "accelerator description (e.g. scale-2d, scale-3d, encoder)")
+    source, desc = resolve_description(args)
     try:
         assume = Assumptions.from_table(config.get(MODEL), clock_mhz=args.clock_mhz,
                                         node_nm=args.node_nm, tile_mm=args.tile_mm)

@@ -194,3 +194,9 @@ def test_model_refuses_a_bad_assumption(tmp_path, capsys):
     code = cli.main(["model", "--config", str(path), "--workload", "minilm"])
     err = capsys.readouterr().err
     assert code == 2 and "model.clock_mhz must be a number in [1, 5000], not 0.0" in err
+
+
+def test_model_refuses_a_configuration_without_a_description(capsys):
+    code = cli.main(["model", "--config", "small", "--workload", "minilm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "small: no [accelerator] table" in err
