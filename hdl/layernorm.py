@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -43,7 +43,7 @@ MAX_SHIFT = 15
 DIV_STEPS = 2
 
 
-class RadixFourDivider(Elaboratable):
+class RadixFourDivider(SeqDivider):
     """``quot = floor(num / den)``: the ports, cycles and results of
     :class:`~heterotron.hdl.rowstream.SeqDivider` with ``steps=2`` (two quotient bits a cycle,
     ``ceil(num_width / 2)`` cycles), but each cycle's two bits come from comparing the partial
@@ -53,17 +53,7 @@ class RadixFourDivider(Elaboratable):
     path."""
 
     def __init__(self, num_width: int, den_width: int):
-        self.num_width, self.den_width = num_width, den_width
-        self.start = Signal()
-        self.num = Signal(num_width)
-        self.den = Signal(den_width)
-        self.busy = Signal()
-        self.done = Signal()
-        self.quot = Signal(num_width)
-
-    @property
-    def cycles(self) -> int:
-        return -(-self.num_width // 2)
+        super().__init__(num_width, den_width, steps=2)
 
     def elaborate(self, platform):
         m = Module()

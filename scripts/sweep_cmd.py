@@ -11,48 +11,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from heterotron.scripts.common import (
     Commands,
     ConfigError,
     UsageError,
-    builtin_configs,
     load_config,
-    local_configs,
 )
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 __all__ = ["add_commands", "load_space"]
 
 #: Local cluster workers when --workers is not given.
 DEFAULT_WORKERS = 2
-
-
-def _read_space(name_or_path: str) -> tuple[str, str, Path | None, dict[str, Any]]:
-    """The space file: (name, source, folder, parsed), from a path or a configuration name."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"space file {name_or_path} not found")
-        name, source, folder, text = path.stem, str(path), path.parent, path.read_text()
-    elif name_or_path in local_configs():
-        path = local_configs()[name_or_path]
-        name, source, folder, text = path.stem, str(path), path.parent, path.read_text()
-    elif name_or_path in builtin_configs():
-        name, source, folder = name_or_path, f"built-in {name_or_path}", None
-        text = builtin_configs()[name_or_path].read_text()
-    else:
-        raise ConfigError(f"no space file {name_or_path!r} (give a path to a .toml file or the "
-                          "name of one under configs/)")
-    try:
-        return name, source, folder, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
 
 
 def load_space(name_or_path: str):
@@ -74,7 +44,11 @@ def load_space(name_or_path: str):
     """
     from heterotron.sim.scale.sweep import SpaceError, base_name, parse_space
 
-    name, source, folder, doc = _read_space(name_or_path)
+    # the same lookup as a description's: a .toml path, or a name under configs/
+    source, doc = load_config(name_or_path)
+    path = Path(source)
+    name = path.stem if path.is_file() else name_or_path
+    folder = path.parent if path.is_file() else None
     try:
         base = base_name(doc, source)
     except SpaceError as exc:

@@ -166,7 +166,7 @@ from heterotron.hdl.contract.pim import ADC_FRAC
 from heterotron.hdl.requantizer import Requantizer
 from heterotron.hdl.tiles.common import header_value, packet_beat, rx_word, tx_word
 
-__all__ = ["ControlTile", "HOST_CMD_LAYOUT", "HOST_RESP_LAYOUT", "rsv_mask"]
+__all__ = ["ControlTile", "HOST_CMD_LAYOUT", "HOST_RESP_LAYOUT", "CHECKED_REGIONS", "rsv_mask"]
 
 #: One byte of a good command frame from the host port, with the frame's byte count.
 HOST_CMD_LAYOUT = data.StructLayout({"data": 8, "last": 1, "length": 16})
@@ -193,14 +193,14 @@ def rsv_mask(layout: data.StructLayout, base: int = 0) -> int:
 
 #: The regions of each opcode the ADDRESS checks look at, in order: ``(field, flag)``, the
 #: region checked only while the flag field is 1 (``None``: always).
-_REGIONS = {
+CHECKED_REGIONS = {
     "COPY": (("src", None),), "LOAD": (("src", None),), "RUN": (("dest", None),),
     "PROGRAM": (("src", None),), "MVM": (("src", None), ("dest", "out")),
     "TABLE": (("src", None),), "REQUANT": (("src", None), ("dest", None), ("y", "res")),
     "SOFTMAX": (("src", None), ("dest", None)), "GELU": (("src", None), ("dest", None)),
     "LAYERNORM": (("src", None), ("dest", None), ("res", None)),
 }
-_SLOTS = max(len(v) for v in _REGIONS.values())
+_SLOTS = max(len(v) for v in CHECKED_REGIONS.values())
 
 
 def _code(width: int) -> int:
@@ -791,7 +791,7 @@ class ControlTile(wiring.Component):
                     conds.append(av.src.ebytes == 3)
                     m.d.comb += [is_copy.eq(1), copy_dest.eq(av.dest_tile),
                                  copy_addr.eq(av.dest_addr)]
-                for j, (name, when) in enumerate(_REGIONS.get(op.name, ())):
+                for j, (name, when) in enumerate(CHECKED_REGIONS.get(op.name, ())):
                     at_offset[j].setdefault(WORD + op.args[name].offset, []).append(k)
                     m.d.comb += slot_on[j].eq(1 if when is None else getattr(av, when))
                 checks = {TileKind.SA: self._sa_illegal, TileKind.PIM: self._pim_illegal,

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from heterotron.hdl.contract.accel import EBYTES, REQ_ARGS, WORD, Description, elem_bytes
-from heterotron.sim.scale.perf import Instr
+from heterotron.hdl.contract.accel import REQ_ARGS, WORD, Description, elem_bytes
+from heterotron.sim.scale.perf import Instr, region_words
 
 __all__ = ["count_actions", "APPROXIMATE"]
 
@@ -43,10 +43,6 @@ _REQ_WORDS = 1 + REQ_ARGS.size // WORD   # header + arguments
 _DONE_WORDS = 2
 
 
-def _words(region: dict, wb: int) -> int:
-    return region["rows"] * -(-region["cols"] * EBYTES[region["ebytes"]] // wb)
-
-
 class _Counter:
     def __init__(self, desc: Description):
         self.desc = desc
@@ -57,8 +53,7 @@ class _Counter:
         self.by_tile: dict[int, Counter] = {t.index: Counter() for t in desc.tiles}
 
     def hops(self, a: int, b: int) -> tuple[int, int]:
-        (ax, ay, az), (bx, by, bz) = (tuple(self.at[a]) + (0,))[:3], (tuple(self.at[b])
-                                                                      + (0,))[:3]
+        (ax, ay, az), (bx, by, bz) = self.at[a], self.at[b]
         return abs(ax - bx) + abs(ay - by), abs(az - bz)
 
     def send(self, src: int, dest: int, bits: float) -> None:
@@ -74,13 +69,13 @@ class _Counter:
         self.send(src, dest, (words + 3 * packets) * self.flit)
 
     def read(self, mem: int, dest: int, region: dict) -> None:
-        w = _words(region, self.wb)
+        w = region_words(region, self.wb)
         self.by_tile[mem]["sram_read_bit"] += w * self.wb * 8
         self.send(dest, mem, _REQ_WORDS * WORD)
         self.data(mem, dest, w)
 
     def write(self, src: int, region: dict, words: int | None = None) -> None:
-        w = _words(region, self.wb) if words is None else words
+        w = region_words(region, self.wb) if words is None else words
         self.by_tile[region["mem"]]["sram_write_bit"] += w * self.wb * 8
         self.data(src, region["mem"], w)
 
@@ -99,7 +94,7 @@ def count_actions(desc: Description, instrs: list[Instr]) -> dict[int, Counter]:
         k.send(ctrl, t, ins.words * WORD)           # the CMD packet
         k.send(t, ctrl, _DONE_WORDS * WORD)         # its DONE
         if ins.op == "COPY":
-            w = _words(a["src"], k.wb)
+            w = region_words(a["src"], k.wb)
             c["sram_read_bit"] += w * k.wb * 8
             k.by_tile[a["dest_tile"]]["sram_write_bit"] += w * k.wb * 8
             k.data(t, a["dest_tile"], w)
@@ -118,8 +113,9 @@ def count_actions(desc: Description, instrs: list[Instr]) -> dict[int, Counter]:
             ob = elem_bytes(p["out_width"] if p["requant"] else p["acc_width"])
             beats = m * math.ceil(n / p["cols"])
             per_beat = -(-p["cols"] * ob // k.wb)
-            k.by_tile[a["dest"]["mem"]]["sram_write_bit"] += _words(a["dest"], k.wb) * k.wb * 8
-            k.send(t, a["dest"]["mem"], beats * (3 + per_beat) * k.flit)
+            dest = a["dest"]
+            k.by_tile[dest["mem"]]["sram_write_bit"] += region_words(dest, k.wb) * k.wb * 8
+            k.send(t, dest["mem"], beats * (3 + per_beat) * k.flit)
         elif ins.op == "PROGRAM":
             k.read(a["src"]["mem"], t, a["src"])
         elif ins.op == "MVM":

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from heterotron.sim.scale.perf import Coefficients, Instr, decode_program, fit, schedule
+from heterotron.sim.scale.perf import (
+    Coefficients,
+    Instr,
+    Schedule,
+    decode_program,
+    fit,
+    schedule,
+)
 
 __all__ = ["Sample", "Calibration", "program", "samples", "run", "format_calibration",
            "score_minilm", "is_training", "calibrate", "score",
@@ -58,11 +65,10 @@ class Calibration:
     coef: Coefficients
     overhead: tuple[float, float]  # a + b * program words
 
-    def cycles(self, s: Sample | list[Instr], words: int | None = None) -> float:
-        instrs = s.instrs if isinstance(s, Sample) else s
-        n = s.run["words"] if isinstance(s, Sample) else words
+    def layer_cycles(self, sch: Schedule, words: int) -> float:
+        """The layer's cycles: the composed schedule's and the overhead of ``words``."""
         a, b = self.overhead
-        return schedule(instrs, self.coef).cycles + a + b * n
+        return sch.cycles + a + b * words
 
     def to_json(self) -> dict[str, Any]:
         return {"coefficients": self.coef.to_json(),
@@ -157,7 +163,7 @@ def score(group: list[Sample], cal: Calibration) -> dict[str, Any]:
     rows = []
     for s in group:
         sch = schedule(s.instrs, cal.coef)
-        pred = cal.cycles(s)
+        pred = cal.layer_cycles(sch, s.run["words"])
         e = pred / s.run["cycles"] - 1
         layer.append(e)
         per = {}
@@ -200,7 +206,7 @@ def score_minilm(cal: Calibration, path: Path | None = None) -> dict[str, Any]:
             raise ValueError(f"MiniLM on {r['config']}: {len(instrs)} instructions now, "
                              f"{r['instructions']} when measured")
         sch = schedule(instrs, cal.coef)
-        pred = cal.cycles(instrs, words)
+        pred = cal.layer_cycles(sch, words)
         b = r["busiest"]
         rows.append({"tokens": r["tokens"], "pim_tiles": r["pim_tiles"], "cycles": r["cycles"],
                      "predicted": round(pred), "error": round(pred / r["cycles"] - 1, 4),

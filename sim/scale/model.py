@@ -67,11 +67,6 @@ class Assumptions:
         return cls(**values)
 
 
-def _enob(desc: Description, tile: int) -> int | None:
-    t = next(x for x in desc.tiles if x.index == tile)
-    return t.params["enob"] if t.kind == TileKind.PIM else None
-
-
 def project(desc: Description, workload: str, *, tokens: int = 128,
             assumptions: Assumptions = Assumptions(), calibration=None) -> dict[str, Any]:
     """The projection of ``workload`` at ``tokens`` on ``desc`` (module docstring)."""
@@ -92,7 +87,7 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
                   tokens=tokens)
     words, instrs = program(desc, wl, interpret=False)
     sched = schedule(instrs, cal.coef)
-    cycles_layer = cal.cycles(instrs, words)
+    cycles_layer = cal.layer_cycles(sched, words)
     layers = w["layers"]
     f_hz = assumptions.clock_mhz * 1e6
     latency = layers * cycles_layer / f_hz
@@ -104,10 +99,11 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
     for t in desc.tiles:
         counts = per_tile.get(t.index, Counter())
         totals.update(counts)
-        rep = table.energy(dict(counts), assumptions.node_nm, enob=_enob(desc, t.index))
+        enob = t.params["enob"] if t.kind == TileKind.PIM else None
+        rep = table.energy(dict(counts), assumptions.node_nm, enob=enob)
         lo, hi = rep.low_j * layers, rep.high_j * layers
         e_low, e_high = e_low + lo, e_high + hi
-        x, y, z = (tuple(t.at) + (0,))[:3]
+        x, y, z = t.at
         power[z, y, x] += hi / latency
         busy = sched.busy.get(t.index, 0.0)
         tiles.append({"tile": t.index, "kind": t.kind.name.lower(), "at": list(t.at),

@@ -44,9 +44,10 @@ from heterotron.hdl.contract.accel import (
     decode_instr,
     elem_bytes,
 )
+from heterotron.hdl.tiles.control import CHECKED_REGIONS
 
-__all__ = ["FEATURES", "Instr", "decode_program", "Coefficients", "Schedule", "schedule",
-           "fit", "predict_busy"]
+__all__ = ["FEATURES", "Instr", "decode_program", "region_words", "Coefficients", "Schedule",
+           "schedule", "fit", "predict_busy"]
 
 #: The work figures each opcode's cost is linear in ("one": a constant per instruction).
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -82,8 +83,9 @@ class Instr(NamedTuple):
     reads: tuple = ()   # (memory tile, cycles its read engine is held) per read job
 
 
-def _row_words(region: dict, word_bytes: int) -> int:
-    return -(-region["cols"] * EBYTES[region["ebytes"]] // word_bytes)
+def region_words(region: dict, word_bytes: int) -> int:
+    """Scratchpad words a region's rows take, whole words a row (decoded ``REGION`` fields)."""
+    return region["rows"] * -(-region["cols"] * EBYTES[region["ebytes"]] // word_bytes)
 
 
 def _sa_load_cycles(desc: Description, p: dict, args: dict) -> float:
@@ -97,7 +99,7 @@ def _sa_load_cycles(desc: Description, p: dict, args: dict) -> float:
     port, trans = args["port"], args["trans"]
     eb = EBYTES[s["ebytes"]]
     per_word = max(1, wb // eb)
-    words = s["rows"] * _row_words(s, wb)
+    words = region_words(s, wb)
     if port == Port.A:
         fast, lanes = (trans == 1) if p["dataflow"] == "os" else (trans == 0), p["rows"]
     elif port == Port.B:
@@ -121,7 +123,7 @@ def _read_jobs(desc: Description, p: dict, name: str, args: dict, f: dict) -> tu
     wb, mp = desc.word_bytes, desc.params["max_packet"]
 
     def link(region: dict) -> int:
-        w = region["rows"] * _row_words(region, wb)
+        w = region_words(region, wb)
         return w + 3 * math.ceil(w / mp)
 
     def job(region: dict, consume: float = 0.0, ahead: int = 0):
@@ -150,9 +152,6 @@ def _read_jobs(desc: Description, p: dict, name: str, args: dict, f: dict) -> tu
     return ()
 
 
-_REGION_COUNT = {"COPY": 1, "LOAD": 1, "RUN": 1, "PROGRAM": 1, "MVM": 2, "TABLE": 1,
-                 "REQUANT": 3, "SOFTMAX": 2, "GELU": 2, "LAYERNORM": 3}
-
 
 def decode_program(desc: Description, words, mvm_planes: list[np.ndarray] | None = None
                    ) -> list[Instr]:
@@ -180,7 +179,7 @@ def decode_program(desc: Description, words, mvm_planes: list[np.ndarray] | None
         if name == "WAIT":
             mask = args["mask"] or (1 << len(desc.tiles)) - 1
         elif name == "COPY":
-            f["words"] = args["src"]["rows"] * _row_words(args["src"], wb)
+            f["words"] = region_words(args["src"], wb)
         elif name == "LOAD":
             f["load_cycles"] = _sa_load_cycles(desc, p, args)
             s = args["src"]
@@ -223,13 +222,13 @@ def decode_program(desc: Description, words, mvm_planes: list[np.ndarray] | None
             f["beats"] = s["rows"] * -(-s["cols"] // p["lanes"])
             f["rows"] = s["rows"]
             ins = [s] + ([args["y"]] if name == "REQUANT" and args["res"] else [])
-            link = sum(r["rows"] * _row_words(r, wb) for r in ins)
+            link = sum(region_words(r, wb) for r in ins)
             link += 3 * math.ceil(link / desc.params["max_packet"])
             f["stream"] = max(link, f["beats"])
             outs = [args["dest"]] + ([args["res"]] if name == "LAYERNORM" else [])
-            f["out_words"] = sum(r["rows"] * _row_words(r, wb) for r in outs)
+            f["out_words"] = sum(region_words(r, wb) for r in outs)
         out.append(Instr(len(out), name, tile.index, 1 + op.words,
-                         _REGION_COUNT.get(name, 0), mask, f, args,
+                         len(CHECKED_REGIONS.get(name, ())), mask, f, args,
                          tuple(int(v) for v in planes) if name == "MVM" else (),
                          _read_jobs(desc, p, name, args, f)))
         pos += 1 + op.words
