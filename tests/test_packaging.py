@@ -52,6 +52,10 @@ def test_normal_install_has_every_module_and_imports_it(tmp_path):
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("heterotron/")}
     assert _source_files() - shipped == set()
     assert "heterotron/sim/data/paragraphs.txt" in shipped
+    # the scale model's energy table, calibration and the runs it is scored on
+    for data in ("energy.toml", "perf_calibration.json", "calibration_runs.json",
+                 "minilm_rtl_runs.json"):
+        assert f"heterotron/sim/data/{data}" in shipped, data
     assert "heterotron/hdl/contract/numerics.py" in shipped
 
     target = tmp_path / "site"
