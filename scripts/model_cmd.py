@@ -19,7 +19,12 @@ __all__ = ["add_commands"]
 
 def cmd_model(args) -> int:
     from heterotron.sim.golden.compiler import CompileError
-    from heterotron.sim.scale.model import Assumptions, format_projection, project
+    from heterotron.sim.scale.model import (
+        Assumptions,
+        format_projection,
+        project,
+        project_rtl,
+    )
 
     _, config = load_config(args.config)
     if "accelerator" not in config:
@@ -32,10 +37,13 @@ def cmd_model(args) -> int:
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
-        r = project(desc, args.workload, tokens=args.tokens, assumptions=assume)
+        if args.rtl:
+            r = project_rtl(desc, args.workload, tokens=args.tokens, assumptions=assume)
+        else:
+            r = project(desc, args.workload, tokens=args.tokens, assumptions=assume)
     except CompileError as exc:
         raise UsageError(f"{args.workload} does not compile for {source}: {exc}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # TooLargeForRtl too
         raise UsageError(str(exc)) from None
     r = {"config": source, **r}
     print(json.dumps(r, indent=2) if args.json else format_projection(r))
@@ -67,6 +75,9 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--clock-mhz", type=float, default=None, help="overrides [model] clock_mhz")
     p.add_argument("--node-nm", type=float, default=None, help="overrides [model] node_nm")
     p.add_argument("--tile-mm", type=float, default=None, help="overrides [model] tile_mm")
+    p.add_argument("--rtl", action="store_true",
+                   help="run the layer on the RTL (Verilator) and take its cycles, the model's "
+                        "beside them; small layers only (e.g. --workload small --tokens 2)")
     p.add_argument("--json", action="store_true")
 
     p = commands.command("calibrate", "fit the performance model to the shipped RTL runs and "

@@ -68,7 +68,13 @@ def load_space(name_or_path: str):
 
 
 def cmd_sweep(args) -> int:
-    from heterotron.sim.scale.sweep import SchedulerError, format_sweep, run_sweep, write_outputs
+    from heterotron.sim.scale.sweep import (
+        EVALUATORS,
+        SchedulerError,
+        format_sweep,
+        run_sweep,
+        write_outputs,
+    )
 
     if args.scheduler and args.workers is not None:
         raise UsageError("--workers sizes the local cluster; with --scheduler the cluster's "
@@ -81,7 +87,8 @@ def cmd_sweep(args) -> int:
     space = load_space(args.space)
     try:
         result = run_sweep(space, workload=args.workload, tokens=args.tokens,
-                           scheduler=args.scheduler, workers=workers, progress=True)
+                           evaluator=EVALUATORS[args.evaluator], scheduler=args.scheduler,
+                           workers=workers, progress=True)
     except SchedulerError as exc:
         raise UsageError(f"--scheduler: {exc}") from None
     out = Path(args.output) if args.output else Path("build") / "sweep" / space.name
@@ -101,6 +108,7 @@ def cmd_sweep(args) -> int:
 
 def add_commands(commands: Commands) -> None:
     from heterotron.sim.scale.model import WORKLOADS
+    from heterotron.sim.scale.sweep import EVALUATORS
 
     p = commands.command("sweep", "design-space sweep on Dask: the scale model's latency, "
                          "energy and peak temperature over the product of a space file's axes, "
@@ -115,6 +123,10 @@ def add_commands(commands: Commands) -> None:
                    help=f"local cluster worker processes (default: {DEFAULT_WORKERS})")
     p.add_argument("--workload", choices=tuple(WORKLOADS), default=None,
                    help="overrides the space's [model] workload")
+    p.add_argument("--evaluator", choices=tuple(EVALUATORS), default="model",
+                   help="model: the calibrated scale model (default); rtl: each point's layer "
+                        "run on its RTL (Verilator; small points only, e.g. --workload small "
+                        "--tokens 2), with the model's error beside it")
     p.add_argument("--tokens", type=int, default=None, metavar="T",
                    help="overrides the space's [model] tokens")
     p.add_argument("-o", "--output", default=None, metavar="DIR",

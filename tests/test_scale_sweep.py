@@ -22,10 +22,14 @@ from heterotron.hdl.accelerator import describe
 from heterotron.scripts import cli
 from heterotron.scripts.sweep_cmd import load_space
 from heterotron.sim.golden.compiler import CompileError
-from heterotron.sim.scale.model import Assumptions, project
+from heterotron.sim.scale.model import RTL_MAX_CYCLES, Assumptions, project
+from heterotron.sim.scale.runs import load_runs
 from heterotron.sim.scale.sweep import (
+    EVALUATORS,
     SpaceError,
     apply_point,
+    evaluate,
+    evaluate_rtl,
     format_sweep,
     parse_space,
     place,
@@ -311,3 +315,50 @@ def test_cli_refuses_a_bad_space_with_exit_2(tmp_path, capsys, text, message):
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("heterotron: error: ") and message in err
     assert not (tmp_path / "o").exists()
+
+
+# --- the RTL evaluator -----------------------------------------------------------------------
+
+
+def test_the_rtl_evaluator_refuses_what_it_cannot_simulate():
+    """No simulation here: a refused description and a layer past RTL_MAX_CYCLES are
+    infeasible points with their reasons, found before any Verilator build."""
+    refused = evaluate_rtl({**copy.deepcopy(BASE["accelerator"]), "flit_width": 48}, "small", 2,
+                           Assumptions())
+    assert not refused["feasible"] and "the description refuses it" in refused["error"]
+    big = evaluate_rtl(copy.deepcopy(BASE["accelerator"]), "minilm", 128, Assumptions())
+    predicted = project(describe(BASE["accelerator"]), "minilm", tokens=128)["cycles_per_layer"]
+    assert predicted > RTL_MAX_CYCLES
+    assert not big["feasible"]
+    assert big["error"] == (f"minilm at 128 tokens is too large for the RTL: the model predicts "
+                            f"{predicted:,} cycles a layer, the limit is {RTL_MAX_CYCLES:,} "
+                            "(about a minute of simulation)")
+    assert EVALUATORS == {"model": evaluate, "rtl": evaluate_rtl}
+
+
+@pytest.mark.slow  # two Verilator builds of encoder-small variants and their runs: ~4 min
+def test_an_rtl_sweep_measures_each_point_and_scores_the_model(tmp_path):
+    """The RTL evaluator through a real sweep: the base point's layer takes exactly the cycles
+    of the shipped calibration run of the same description and workload (recorded earlier by
+    runs.collect), the other point differs, and the model is within 10% of both."""
+    base = _config("encoder-small")
+    space = parse_space({"model": {"workload": "small", "tokens": 2},
+                         "accelerator": {"base": "encoder-small",
+                                         "axes": {"sfu.lanes": [2, 4]}}},
+                        base, name="rtl", source="test", base_source="encoder-small")
+    result = run_sweep(space, evaluator=evaluate_rtl, workers=1, progress=False)
+    assert result["counts"] == {"points": 2, "feasible": 2, "infeasible": 0, "errors": 0}
+    assert "--evaluator rtl" in result["reproduce"]["command"]
+    lanes2, lanes4 = result["rows"]
+    desc = describe(base["accelerator"])
+    wl = {"hidden": 32, "heads": 2, "intermediate": 32, "tokens": 2, "seed": 7}
+    shipped = [r for r in load_runs() if r["config_hash"] == f"{desc.config_hash:#010x}"
+               and r["workload"] == wl]
+    assert len(shipped) == 1 and lanes2["point"] == {"sfu.lanes": 2}
+    assert lanes2["cycles_per_layer"] == shipped[0]["cycles"]
+    assert lanes4["cycles_per_layer"] != lanes2["cycles_per_layer"]
+    for r in (lanes2, lanes4):
+        assert abs(r["model_error"]) <= 0.10
+        assert r["model_error"] == pytest.approx(
+            r["model_cycles_per_layer"] / r["cycles_per_layer"] - 1)
+    assert "the model against the RTL: worst cycle error" in format_sweep(result)

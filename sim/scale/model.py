@@ -33,10 +33,14 @@ import numpy as np
 
 from heterotron.hdl.contract.accel import Description, TileKind
 
-__all__ = ["WORKLOADS", "DEFAULTS", "Assumptions", "project", "format_projection"]
+__all__ = ["WORKLOADS", "DEFAULTS", "Assumptions", "project", "measure", "project_rtl",
+           "RTL_MAX_CYCLES", "TooLargeForRtl", "format_projection"]
 
 #: The encoders a projection runs: layer sizes and layer count (sequence length apart).
+#: ``small`` is the synthetic layer of the calibration runs (:mod:`~heterotron.sim.scale.runs`,
+#: seed 7), small enough to run on the RTL (:func:`measure`) at a few tokens.
 WORKLOADS = {
+    "small": {"hidden": 32, "heads": 2, "intermediate": 32, "layers": 1},
     "minilm": {"hidden": 384, "heads": 12, "intermediate": 1536, "layers": 6},
     "bert-base": {"hidden": 768, "heads": 12, "intermediate": 3072, "layers": 12},
 }
@@ -67,27 +71,60 @@ class Assumptions:
         return cls(**values)
 
 
-def project(desc: Description, workload: str, *, tokens: int = 128,
-            assumptions: Assumptions = Assumptions(), calibration=None) -> dict[str, Any]:
-    """The projection of ``workload`` at ``tokens`` on ``desc`` (module docstring)."""
-    from heterotron.sim.scale.actions import count_actions
-    from heterotron.sim.scale.calibration import load_calibration, program
-    from heterotron.sim.scale.energy import default_table
-    from heterotron.sim.scale.perf import schedule
+def _workload(workload: str, tokens: int):
     from heterotron.sim.scale.runs import Workload
-    from heterotron.sim.scale.thermal import Stack, steady
 
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, not {workload!r}")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 4096:
         raise ValueError(f"tokens must be an integer in [1, 4096], not {tokens!r}")
     w = WORKLOADS[workload]
+    return Workload(hidden=w["hidden"], heads=w["heads"], intermediate=w["intermediate"],
+                    tokens=tokens)
+
+
+def measure(desc: Description, workload: str, *, tokens: int) -> dict[str, Any]:
+    """One layer of ``workload`` at ``tokens`` on the RTL of ``desc`` (Verilator, the
+    simulation harness: :func:`~heterotron.sim.scale.runs.run_workload`, which checks every
+    tensor bit-exact against the program interpreter first): ``{"cycles", "busy": {tile:
+    cycles}}``, the layer's cycles and each tile's BUSY counter. Minutes for a small layer;
+    the RTL runs about 30k cycles a second."""
+    import tempfile
+    from pathlib import Path
+
+    from heterotron.sim.scale.runs import run_workload
+
+    with tempfile.TemporaryDirectory(prefix="heterotron-measure-") as tmp:
+        got = run_workload(desc, _workload(workload, tokens), Path(tmp))
+    return {"cycles": got["cycles"], "busy": {t["tile"]: t["busy"] for t in got["tiles"]}}
+
+
+def project(desc: Description, workload: str, *, tokens: int = 128,
+            assumptions: Assumptions = Assumptions(), calibration=None,
+            measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The projection of ``workload`` at ``tokens`` on ``desc`` (module docstring).
+
+    With ``measured`` (:func:`measure`'s result for the same description, workload and
+    tokens) the layer's cycles and the tiles' busy cycles are the RTL's, not the model's;
+    the energy and the temperature are priced the same way, and the model's own cycles are
+    kept beside them (``model_cycles_per_layer``)."""
+    from heterotron.sim.scale.actions import count_actions
+    from heterotron.sim.scale.calibration import load_calibration, program
+    from heterotron.sim.scale.energy import default_table
+    from heterotron.sim.scale.perf import schedule
+    from heterotron.sim.scale.thermal import Stack, steady
+
+    wl = _workload(workload, tokens)
+    w = WORKLOADS[workload]
     cal = calibration or load_calibration()
-    wl = Workload(hidden=w["hidden"], heads=w["heads"], intermediate=w["intermediate"],
-                  tokens=tokens)
     words, instrs = program(desc, wl, interpret=False)
     sched = schedule(instrs, cal.coef)
-    cycles_layer = cal.layer_cycles(sched, words)
+    model_cycles = cal.layer_cycles(sched, words)
+    if measured is None:
+        cycles_layer, busy_of, span = model_cycles, sched.busy, sched.cycles
+    else:
+        cycles_layer = span = measured["cycles"]
+        busy_of = measured["busy"]
     layers = w["layers"]
     f_hz = assumptions.clock_mhz * 1e6
     latency = layers * cycles_layer / f_hz
@@ -105,10 +142,10 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
         e_low, e_high = e_low + lo, e_high + hi
         x, y, z = t.at
         power[z, y, x] += hi / latency
-        busy = sched.busy.get(t.index, 0.0)
+        busy = busy_of.get(t.index, 0.0)
         tiles.append({"tile": t.index, "kind": t.kind.name.lower(), "at": list(t.at),
-                      "busy_cycles": round(busy), "utilisation": round(busy / sched.cycles, 4)
-                      if sched.cycles else 0.0, "energy_j": [lo, hi],
+                      "busy_cycles": round(busy), "utilisation": round(busy / span, 4)
+                      if span else 0.0, "energy_j": [lo, hi],
                       "power_w": round(hi / latency, 4)})
     size = assumptions.tile_mm * 1e-3
     stack = Stack(tiers=power.shape[0], nx=power.shape[2], ny=power.shape[1], tile_w=size,
@@ -124,7 +161,9 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
                         "pim_planes": "every input bit-plane converted (no zero-plane skipping)"},
         "mesh": [desc.params["nx"], desc.params["ny"], desc.params["nz"]],
         "program": {"words": words, "instructions": len(instrs)},
+        "cycles_from": "model" if measured is None else "rtl",
         "cycles_per_layer": round(cycles_layer),
+        "model_cycles_per_layer": round(model_cycles),
         "latency_s": latency,
         "energy_j": [e_low, e_high],
         "edp_js": [e_low * latency, e_high * latency],
@@ -136,6 +175,39 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
         "tiles": tiles,
         "actions": {k: float(v * layers) for k, v in sorted(totals.items())},
     }
+
+
+#: The most cycles a layer may take, as the model predicts them, for :func:`project_rtl` to run
+#: it on the RTL: about a minute of Verilator at ~30k cycles a second.
+RTL_MAX_CYCLES = 2_000_000
+
+
+class TooLargeForRtl(ValueError):
+    """The layer is too long to simulate (:data:`RTL_MAX_CYCLES`)."""
+
+
+def project_rtl(desc: Description, workload: str, *, tokens: int,
+                assumptions: Assumptions = Assumptions(), calibration=None) -> dict[str, Any]:
+    """:func:`project` with the layer run on the RTL (:func:`measure`) for its cycles; the
+    model's prediction stays beside them (``model_cycles_per_layer``). Raises
+    :class:`TooLargeForRtl` before simulating when the model predicts more than
+    :data:`RTL_MAX_CYCLES` cycles a layer."""
+    predicted = project(desc, workload, tokens=tokens, assumptions=assumptions,
+                        calibration=calibration)
+    if predicted["cycles_per_layer"] > RTL_MAX_CYCLES:
+        raise TooLargeForRtl(
+            f"{workload} at {tokens} tokens is too large for the RTL: the model predicts "
+            f"{predicted['cycles_per_layer']:,} cycles a layer, the limit is "
+            f"{RTL_MAX_CYCLES:,} (about a minute of simulation)")
+    return project(desc, workload, tokens=tokens, assumptions=assumptions,
+                   calibration=calibration, measured=measure(desc, workload, tokens=tokens))
+
+
+def _energy_range(lo: float, hi: float) -> str:
+    """``lo - hi`` in the largest of J, mJ, uJ, nJ that shows ``hi`` at 1 or more."""
+    scale, unit = next(((k, u) for k, u in ((1.0, "J"), (1e3, "mJ"), (1e6, "uJ"))
+                        if hi * k >= 1), (1e9, "nJ"))
+    return f"{lo * scale:.3f} - {hi * scale:.3f} {unit}"
 
 
 def format_projection(r: dict[str, Any]) -> str:
@@ -150,8 +222,11 @@ def format_projection(r: dict[str, Any]) -> str:
         f"  program       {r['program']['instructions']} instructions "
         f"({r['program']['words']} words) a layer",
         f"  latency       {r['latency_s'] * 1e3:.3f} ms ({r['cycles_per_layer']:,} cycles a "
-        "layer)",
-        f"  energy        {lo * 1e3:.3f} - {hi * 1e3:.3f} mJ",
+        "layer" + ("" if r["cycles_from"] == "model" else
+                   f", measured on the RTL; the model predicts {r['model_cycles_per_layer']:,}"
+                   f" ({r['model_cycles_per_layer'] / r['cycles_per_layer'] - 1:+.1%})")
+        + ")",
+        "  energy        " + _energy_range(lo, hi),
         f"  EDP           {r['edp_js'][0]:.3e} - {r['edp_js'][1]:.3e} J s",
         f"  power         {r['power_w']:.3f} W (the high energy over the latency)",
         f"  temperature   peak {r['peak_temperature_c']:.1f} C; per tier "

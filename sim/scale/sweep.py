@@ -3,7 +3,8 @@
 A *space* is a base accelerator description and a few *axes* over its parameters; the sweep
 is their Cartesian product. Every point is an ``[accelerator]`` table, evaluated by an
 *evaluator* (by default :func:`evaluate`: :func:`~heterotron.sim.scale.model.project`'s
-latency, energy, EDP and peak temperature) on the workers of a ``distributed.LocalCluster`` or
+latency, energy, EDP and peak temperature; for small points, :func:`evaluate_rtl` runs each
+on the RTL instead) on the workers of a ``distributed.LocalCluster`` or
 of a running scheduler. The results are rows, one a point, and the Pareto front of the feasible
 ones in latency and energy (the high end of the range).
 
@@ -71,7 +72,8 @@ from heterotron.sim.scale.model import WORKLOADS, Assumptions
 
 __all__ = [
     "KINDS", "ACCEL_AXES", "SpaceError", "SchedulerError", "Space", "Evaluator", "base_name",
-    "parse_space", "apply_point", "place", "retier", "evaluate", "run_sweep", "pareto_front",
+    "parse_space", "apply_point", "place", "retier", "evaluate", "evaluate_rtl", "EVALUATORS",
+    "run_sweep", "pareto_front",
     "plot_pareto", "write_outputs", "format_sweep",
 ]
 
@@ -547,15 +549,36 @@ def retier(table: Mapping[str, Any], tiers: int) -> dict[str, Any]:
 # --- the evaluator ---------------------------------------------------------------------------
 
 
+def _describe(point_table: dict[str, Any]):
+    """``(description, None)``, or ``(None, infeasible result)`` when the point is refused."""
+    from heterotron.hdl.accelerator import describe
+    from heterotron.hdl.contract.accel import DescriptionError
+
+    try:
+        return describe(point_table), None
+    except DescriptionError as exc:
+        return None, {"feasible": False,
+                      "error": "the description refuses it: " + "; ".join(_tile_problems(exc))}
+
+
+def _result(r: dict[str, Any]) -> dict[str, Any]:
+    """An evaluator's result from a projection."""
+    return {"feasible": True, "latency_s": r["latency_s"],
+            "energy_low_j": r["energy_j"][0], "energy_high_j": r["energy_j"][1],
+            "edp_low_js": r["edp_js"][0], "edp_high_js": r["edp_js"][1],
+            "peak_temperature_c": r["peak_temperature_c"], "tier_peak_c": r["tier_peak_c"],
+            "power_w": r["power_w"], "cycles_per_layer": r["cycles_per_layer"],
+            "bounding_tile": r["bounding_tile"]}
+
+
 def evaluate(point_table: dict[str, Any], workload: str, tokens: int,
              assumptions: Assumptions) -> dict[str, Any]:
     """The scale model's projection of one point: the default evaluator of :func:`run_sweep`.
 
     An evaluator is any picklable, module-level function with this signature; it runs on a
     Dask worker (so, with ``--scheduler``, its module must be importable there). Another
-    evaluator can run through the same sweep by passing it as ``run_sweep(...,
-    evaluator=f)``. An RTL-simulation evaluator (the accelerator's testbench on small points,
-    :mod:`heterotron.sim.flows.accel`) is future work.
+    evaluator runs through the same sweep by passing it as ``run_sweep(..., evaluator=f)``;
+    :func:`evaluate_rtl` is the RTL-simulation one (:data:`EVALUATORS`).
 
     Parameters
     ----------
@@ -578,26 +601,51 @@ def evaluate(point_table: dict[str, Any], workload: str, tokens: int,
         and plots ``peak_temperature_c`` when present. When not: ``error``, the message (the
         description refuses the point, or the workload does not compile for it).
     """
-    from heterotron.hdl.accelerator import describe
-    from heterotron.hdl.contract.accel import DescriptionError
     from heterotron.sim.golden.compiler import CompileError
     from heterotron.sim.scale.model import project
 
-    try:
-        desc = describe(point_table)
-    except DescriptionError as exc:
-        return {"feasible": False,
-                "error": "the description refuses it: " + "; ".join(_tile_problems(exc))}
+    desc, refused = _describe(point_table)
+    if refused:
+        return refused
     try:
         r = project(desc, workload, tokens=tokens, assumptions=assumptions)
     except CompileError as exc:
         return {"feasible": False, "error": f"{workload} does not compile: {exc}"}
-    return {"feasible": True, "latency_s": r["latency_s"],
-            "energy_low_j": r["energy_j"][0], "energy_high_j": r["energy_j"][1],
-            "edp_low_js": r["edp_js"][0], "edp_high_js": r["edp_js"][1],
-            "peak_temperature_c": r["peak_temperature_c"], "tier_peak_c": r["tier_peak_c"],
-            "power_w": r["power_w"], "cycles_per_layer": r["cycles_per_layer"],
-            "bounding_tile": r["bounding_tile"]}
+    return _result(r)
+
+
+def evaluate_rtl(point_table: dict[str, Any], workload: str, tokens: int,
+                 assumptions: Assumptions) -> dict[str, Any]:
+    """The RTL-simulation evaluator (``heterotron sweep --evaluator rtl``), for small points:
+    one layer of the workload compiled for the point and run on its RTL
+    (:func:`~heterotron.sim.scale.model.measure`: Verilator, every tensor checked bit-exact
+    against the program interpreter), its cycles and tiles' busy cycles priced for energy
+    and temperature as the model prices its own (:func:`~heterotron.sim.scale.model.project`
+    with ``measured``). The result is :func:`evaluate`'s, with ``model_cycles_per_layer``
+    and ``model_error`` (the model's prediction for the same point, and its relative error
+    against the RTL). A point whose layer the model predicts at more than
+    :data:`~heterotron.sim.scale.model.RTL_MAX_CYCLES` is not simulated: infeasible, with
+    that reason. Each new description costs a Verilator build (about a minute) on the
+    worker."""
+    from heterotron.sim.golden.compiler import CompileError
+    from heterotron.sim.scale.model import TooLargeForRtl, project_rtl
+
+    desc, refused = _describe(point_table)
+    if refused:
+        return refused
+    try:
+        r = project_rtl(desc, workload, tokens=tokens, assumptions=assumptions)
+    except CompileError as exc:
+        return {"feasible": False, "error": f"{workload} does not compile: {exc}"}
+    except TooLargeForRtl as exc:
+        return {"feasible": False, "error": str(exc)}
+    model = r["model_cycles_per_layer"]
+    return {**_result(r), "model_cycles_per_layer": model,
+            "model_error": model / r["cycles_per_layer"] - 1}
+
+
+#: The evaluators ``heterotron sweep --evaluator`` names.
+EVALUATORS: dict[str, Evaluator] = {"model": evaluate, "rtl": evaluate_rtl}
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -662,8 +710,8 @@ def run_sweep(space: Space, *, workload: str | None = None, tokens: int | None =
         Override the space's defaults.
     evaluator : Evaluator
         ``evaluator(point_table, workload, tokens, assumptions) -> dict``; default
-        :func:`evaluate` (the scale model). Must be picklable and importable on the workers.
-        An RTL-simulation evaluator for small points is future work.
+        :func:`evaluate` (the scale model); :func:`evaluate_rtl` runs small points on the
+        RTL. Must be picklable and importable on the workers.
     scheduler : str, optional
         The address of a running scheduler (``tcp://host:port``), used with
         ``Client(address)``; by default a ``LocalCluster`` is started and closed.
@@ -741,6 +789,9 @@ def run_sweep(space: Space, *, workload: str | None = None, tokens: int | None =
               "errors": sum(1 for r in done if r["status"] == "error")}
     command = ["heterotron", "sweep", "--space", space.source, "--workload", workload,
                "--tokens", str(tokens)]
+    named = [k for k, f in EVALUATORS.items() if f is evaluator]
+    if named and named[0] != "model":
+        command += ["--evaluator", named[0]]
     try:
         from importlib import metadata
 
@@ -926,6 +977,14 @@ def format_sweep(result: Mapping[str, Any]) -> str:
         for line in (head, *body):
             lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths,
                                                                     strict=True)).rstrip())
+    checked = [r for r in result["rows"] if r["feasible"] and "model_error" in r]
+    if checked:
+        worst = max(abs(r["model_error"]) for r in checked)
+        lines.append(f"the model against the RTL: worst cycle error {worst:.1%} over "
+                     f"{len(checked)} points")
+        lines += [f"  #{r['index']} {_label(r['point'])}: RTL {r['cycles_per_layer']:,} cycles "
+                  f"a layer, model {r['model_cycles_per_layer']:,} ({r['model_error']:+.1%})"
+                  for r in checked]
     bad = [r for r in result["rows"] if not r["feasible"]]
     if bad:
         lines.append("not feasible:")
