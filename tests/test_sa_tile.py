@@ -26,6 +26,7 @@ from heterotron.hdl.contract.accel import (
     MsgClass,
     Port,
     TileKind,
+    decode_instr,
     elem_bytes,
     encode_instr,
     from_words,
@@ -604,6 +605,46 @@ def test_result_buffer_keeps_the_engine_running():
     bare = bare_run_cycles(dut.engine_params, M, K, N)
     assert runs[8] <= bare + 8 * 11 + 15, (runs, bare)
     assert runs[2] > runs[8] + 60, (runs, bare)
+
+
+def test_scale_model_takes_the_tiles_load_and_run_cycles():
+    """The scale model's SA work figures (``sim/scale/perf.py``) are this tile's cycles less a
+    fixed overhead, with no gaps or back-pressure: a LOAD's in the fast and slow directions,
+    over one or several packets; a RUN's on OS (short and long K, partial row and column
+    tiles, int32 results that outrun the work, int8 ones that do not) and WS."""
+    from types import SimpleNamespace
+
+    from heterotron.sim.scale.perf import _engine_latency, _sa_load_cycles, _sa_run_cycles
+
+    shapes = [(2, 16, 2), (5, 8, 5), (16, 16, 16), (3, 3, 16), (10, 10, 8)]
+    for params, load_over, run_over in ((dict(rows=2, cols=2, dataflow="os"), 22, 9),
+                                        (dict(rows=4, cols=4, dataflow="os", requant=True),
+                                         22, 9),
+                                        (dict(rows=4, cols=4, dataflow="ws"), 22, 9)):
+        params = dict(params, max_m=16, max_k=16, max_n=16)
+        rng = np.random.default_rng(3)
+        dut = SaTile(index=SA, control=CONTROL, max_packet=16, **params)
+        mems = Memories(rng, dut.word_bytes)
+        prog = Program(dut, mems)
+        for M, K, N in shapes:
+            for t in mems.free:
+                mems.free[t] = 0
+            prog.load(Port.A, operand(rng, (M, K), dut.a_width, dut.a_signed))
+            prog.load(Port.B, operand(rng, (N, K), dut.b_width, dut.b_signed), 1)
+            prog.load(Port.B, operand(rng, (K, N), dut.b_width, dut.b_signed))
+            prog.run(mems.region(MEM_B, M, N, dut.result_bytes))
+        run_program(dut, mems.data, prog.instrs, gap=0, stall=0, mem_packet=16)
+        desc = SimpleNamespace(word_bytes=dut.word_bytes, params={"max_packet": 16})
+        p = {**dut.engine_params, "result_depth": dut.result_depth}
+        for ins in prog.instrs:
+            if ins.kind == "load":
+                got = _sa_load_cycles(desc, p, decode_instr(ins.words)[2])
+                assert ins.cycles - got == pytest.approx(load_over, abs=1), (params, ins)
+        runs = [i for i in prog.instrs if i.kind == "run"]
+        for (M, K, N), ins in zip(shapes, runs, strict=True):
+            got = _sa_run_cycles(params["dataflow"], dut.rows, dut.cols, dut.result_depth,
+                                 _engine_latency(p), dut.result_bytes, dut.word_bytes, M, K, N)
+            assert ins.cycles - got == pytest.approx(run_over, abs=1), (params, M, K, N)
 
 
 # -- parameters -------------------------------------------------------------------------------

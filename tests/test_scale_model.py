@@ -59,13 +59,14 @@ def _gemm(rows_a: int = 8) -> list[int]:
 def test_decoding_gives_the_documented_work_figures():
     ins = decode_program(ACCEL, _gemm())
     assert [i.op for i in ins] == ["LOAD", "LOAD", "RUN", "LOAD", "WAIT", "NOP"]
-    # LOAD A: 8 rows of ceil(6/4) = 2 words, 4 elements a word, the engine's 4 lanes: a word a
-    # cycle; one packet of 16 words: 3 header beats
-    assert ins[0].features["load_cycles"] == 16 + 3
-    assert ins[1].features["load_cycles"] == 16 + 3
-    # RUN: M=6, K=8, N=5 on 4x4 (OS): 2 x 2 output tiles of K cycles; a result beat a row of
-    # each column tile, each a packet of 3 headers + 1 word
-    assert ins[2].features["tiles"] == 4 and ins[2].features["compute"] == 32
+    # LOAD A: 8 rows of ceil(6/4) = 2 chunks (4 elements a word, the engine's 4 lanes), a
+    # chunk a cycle; one packet, so no header beats between packets
+    assert ins[0].features["load_cycles"] == 16
+    assert ins[1].features["load_cycles"] == 16
+    # RUN: M=6, K=8, N=5 on 4x4 (OS, requant: the engine's latency is 15): 2 x 2 output
+    # tiles of K = 8 cycles of issue; the first tile's 4 rows leave at 8 + 15, and from there
+    # the 6 x 2 result beats' packets (3 headers + 1 word each) go back to back: 24 + 48
+    assert ins[2].features["run_cycles"] == 8 + 15 + 1 + 6 * 2 * 4
     assert ins[2].features["packet_cycles"] == 6 * 2 * 4
     assert ins[4].mask == (1 << len(ACCEL.tiles)) - 1
     assert [i.reads for i in ins[:2]] == [((MEM1, 19),), ((MEM1, 19),)]
@@ -106,7 +107,7 @@ def test_read_jobs_queue_at_the_memory_tiles_one_engine():
 def test_fit_reproduces_busy_counters_of_a_known_model():
     truth = Coefficients({
         "LOAD": {"one": 40.0, "load_cycles": 1.25}, "SCALE": {"one": 9.0},
-        "RUN": {"one": 20.0, "compute": 1.0, "tiles": 6.0, "packet_cycles": 0.5},
+        "RUN": {"one": 20.0, "run_cycles": 1.0, "packet_cycles": 0.5},
         "PROGRAM": {"one": 30.0, "weights": 1.0}, "MVM": {"one": 12.0, "floor": 1.0,
                                                           "out_elems": 9.0},
         "TABLE": {"one": 70.0, "elems": 1.0}, "REQUANT": {"stream": 1.5, "rows": 4.0},
@@ -130,15 +131,17 @@ def test_calibration_on_held_out_rtl_runs():
     every = _samples()
     configs = {s.run["config"] for s in every}
     assert len(configs) >= 3 and len(every) >= 60
-    cal = calibrate([s for s in every if is_training(s.run)])
+    train = [s for s in every if is_training(s.run)]
+    cal = calibrate(train)
     held = score([s for s in every if not is_training(s.run)], cal)
     assert held["runs"] >= 30 and held["items_equal"]
     assert held["worst_layer_error"] <= 0.01, held
     assert held["worst_busy_error"]["pim"] <= 0.02, held
     assert held["worst_busy_error"]["sfu"] <= 0.02, held
-    # the SA tiles' few instructions (their loads wait on the scratchpad's engine behind the
-    # SFU's and PiM tile's jobs) are modelled less well: docs/scale-model.md
-    assert held["worst_busy_error"]["sa"] <= 0.15, held
+    # the SA tiles (their RUNs' results share the scratchpad's write port with the SFU's,
+    # which the schedule does not queue): within the 10% target, fitted and held out
+    assert held["worst_busy_error"]["sa"] <= 0.09, held
+    assert score(train, cal)["worst_busy_error"]["sa"] <= 0.095
 
 
 def test_calibration_predicts_minilm_at_scale():

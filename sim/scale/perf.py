@@ -31,6 +31,7 @@ calibration runs' mix; :func:`score` measures what that costs on held-out runs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "COPY": ("one", "words"),
     "LOAD": ("one", "load_cycles"),
     "SCALE": ("one",),
-    "RUN": ("one", "compute", "tiles", "packet_cycles"),
+    "RUN": ("one", "run_cycles", "packet_cycles"),
     "ADC": ("one",),
     "PROGRAM": ("one", "weights"),
     "MVM": ("one", "floor", "out_elems"),
@@ -89,16 +90,18 @@ def region_words(region: dict, word_bytes: int) -> int:
 
 
 def _sa_load_cycles(desc: Description, p: dict, args: dict) -> float:
-    """A LOAD's link cycles as ``hdl/tiles/sa.py`` documents them: in the engine's fast
-    direction a data word a cycle while a word holds no more elements than the engine's
-    lanes (else ``ceil(elements / lanes)`` a word), in the slow direction an element a
-    cycle; three header beats a packet."""
+    """A LOAD's data cycles as ``hdl/tiles/sa.py`` and ``hdl/gemm.py`` take them, from the
+    first data word to the last element in the engine's buffer. In the engine's fast
+    direction a stored row goes in chunks of up to ``min(elements a word, lanes)`` elements,
+    one a cycle; in the slow direction an element a cycle. The tile takes a packet's three
+    header beats while the engine still works on the previous packet's last word, so a packet
+    after the first costs ``max(0, 4 - c)`` more cycles for ``c`` cycles a word (three for a
+    word a cycle, none at an element a cycle of a full 4-element word)."""
     from heterotron.hdl.contract.accel import Port
 
     s, wb = args["src"], desc.word_bytes
     port, trans = args["port"], args["trans"]
-    eb = EBYTES[s["ebytes"]]
-    per_word = max(1, wb // eb)
+    per_word = max(1, wb // EBYTES[s["ebytes"]])
     words = region_words(s, wb)
     if port == Port.A:
         fast, lanes = (trans == 1) if p["dataflow"] == "os" else (trans == 0), p["rows"]
@@ -106,9 +109,94 @@ def _sa_load_cycles(desc: Description, p: dict, args: dict) -> float:
         fast, lanes = trans == 0, p["cols"]
     else:
         fast, lanes = True, p["cols"]
-    body = words * math.ceil(per_word / lanes) if fast else s["rows"] * s["cols"]
+    body = s["rows"] * (-(-s["cols"] // min(per_word, lanes)) if fast else s["cols"])
+    if not words:
+        return 0.0
     packets = math.ceil(words / desc.params["max_packet"])
-    return body + 3 * packets
+    return body + max(0.0, 4 - body / words) * (packets - 1)
+
+
+def _ws_result_latency(r: int, c: int) -> int:
+    """WS: cycles from a row's issue to its result being counted (the array's ``rows + cols +
+    1`` and the buffer read)."""
+    return r + c + 2
+
+
+def _ws_swap_gap(r: int, c: int) -> int:
+    """WS: cycles from a weight swap until the next tile's ``rows`` shadow rows are in
+    (``cols`` cycles of guard, then a row a cycle)."""
+    return r + c + 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _sa_run_cycles(dataflow: str, r: int, c: int, depth: int, latency: int, ob: int,
+                   wb: int, m: int, k: int, n: int) -> float:
+    """A RUN's cycles on an SA tile from its engine's start to the last result packet's last
+    beat, beat by beat (``hdl/gemm.py``, ``hdl/systolic.py``, ``hdl/tiles/sa.py``):
+
+    * OS: per column tile (``c`` columns), per row tile (``r`` rows), ``max(K, r)`` cycles
+      of issue (a shorter tile is spaced to ``r`` cycles); the tile's rows below ``M`` leave
+      the array one a cycle ``latency`` after its issue, while the next tile is issued.
+    * WS: per column tile, per K tile of ``r`` rows, the ``M`` rows of A one a cycle; a K
+      tile's first row waits for its weights (:func:`_ws_swap_gap` after the last swap), a
+      row of a later K tile for its partial sum from the previous one
+      (:func:`_ws_result_latency`); the last K tile's rows are the results.
+    * Each result beat goes through the ``depth``-beat result buffer to one packet of ``3 +
+      ceil(valid columns * ob / wb)`` beats, back to back; when the buffer is full the array
+      stops (its results are held), and so does the issue.
+    """
+    emits: list[float] = []   # when each kept result beat leaves the array, unstalled
+    beats: list[int] = []     # its packet's beats
+    lat, gap = _ws_result_latency(r, c), _ws_swap_gap(r, c)
+    # WS: the last weight swap (the first tile's r rows of weights take r + 2 cycles to load)
+    t, swap = 0.0, r + 2.0 - gap
+    for c0 in range(0, n, c):
+        packet = 3 + max(1, -(-min(c, n - c0) * ob // wb))
+        if dataflow == "os":
+            for r0 in range(0, m, r):
+                t += max(k, r)
+                emits += [t + latency + i for i in range(min(r, m - r0))]
+                beats += [packet] * min(r, m - r0)
+            continue
+        prev: list[float] = []
+        for j in range(-(-k // r)):
+            out = []
+            for row in range(m):
+                s = max(t, prev[row] + 1) if j else t
+                if row == 0:
+                    s = swap = max(s, swap + gap)
+                out.append(s + lat)
+                t = s + 1
+            prev = out
+        emits += prev
+        beats += [packet] * m
+    shift, taken = 0.0, []
+    end = 0.0
+    for i, (e, b) in enumerate(zip(emits, beats, strict=True)):
+        e += shift
+        if i >= depth and e < taken[i - depth] + 1:   # the buffer is full: the array waits
+            shift += taken[i - depth] + 1 - e
+            e = taken[i - depth] + 1
+        taken.append(max(e + 1, end))
+        end = taken[-1] + b
+    return end
+
+
+def _engine_latency(p: dict) -> int:
+    """The GEMM engine's documented latency (:attr:`GemmEngine.latency`) for SA tile
+    parameters ``p``."""
+    from heterotron.hdl.gemm import GemmEngine
+
+    names = {q.name for q in GemmEngine.PARAMS} - {"data_lanes"}
+    return _latency(tuple(sorted((k, v) for k, v in p.items() if k in names)))
+
+
+@functools.lru_cache(maxsize=256)
+def _latency(params: tuple) -> int:
+    from heterotron.hdl.contract.params import inspect_only
+    from heterotron.hdl.gemm import GemmEngine
+
+    return inspect_only(GemmEngine(**dict(params))).latency
 
 
 def _read_jobs(desc: Description, p: dict, name: str, args: dict, f: dict) -> tuple:
@@ -188,16 +276,14 @@ def decode_program(desc: Description, words, mvm_planes: list[np.ndarray] | None
         elif name == "RUN":
             m, k = sa_dims[tile.index].get(1, (1, 1))
             _, nn = sa_dims[tile.index].get(2, (1, 1))
-            r, c = p["rows"], p["cols"]
-            if p["dataflow"] == "os":  # per R x C output tile: K products, then a fill
-                f["tiles"] = math.ceil(m / r) * math.ceil(nn / c)
-                f["compute"] = f["tiles"] * k
-            else:  # ws: per R x C weight tile: R rows of weights, then the M rows through it
-                f["tiles"] = math.ceil(k / r) * math.ceil(nn / c)
-                f["compute"] = f["tiles"] * (r + m)
             ob = elem_bytes(p["out_width"] if p["requant"] else p["acc_width"])
-            beats = m * math.ceil(nn / c)   # one result beat a row of each column tile
-            f["packet_cycles"] = beats * (3 + -(-c * ob // wb))
+            c = p["cols"]
+            f["run_cycles"] = _sa_run_cycles(p["dataflow"], p["rows"], c, p["result_depth"],
+                                             _engine_latency(p), ob, wb, m, k, nn)
+            # the result packets' beats, which the memory tile's one write port takes
+            # interleaved with other tiles' results (the schedule does not queue writes)
+            f["packet_cycles"] = sum(m * (3 + max(1, -(-min(c, nn - c0) * ob // wb)))
+                                     for c0 in range(0, nn, c))
         elif name == "PROGRAM":
             f["weights"] = p["rows"] * p["cols"]
         elif name == "MVM":
