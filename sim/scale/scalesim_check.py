@@ -63,6 +63,9 @@ DIFFERENCES = {
              "every result beat (a row of a column tile) as its own packet of 3 + "
              "ceil(C * out_bytes / word_bytes) beats to the memory tile, so a RUN takes at "
              "least M ceil(N/C) such packets, more than the array's work when K is small",
+    "queue": "our LOADs share the memory tile's one read engine with the other tiles' jobs "
+             "(PiM weights and vectors, SFU streams) and wait for it; SCALE-Sim's array has "
+             "private SRAMs (the model's LOAD cycles include these waits, its links do not)",
     "fixed": "per instruction, our tile pays the command's trip, the engine's checks and the "
              "DONE's trip (the fitted constant of a LOAD, ~65 cycles); SCALE-Sim has no "
              "instructions",
