@@ -53,10 +53,26 @@ def cmd_model(args) -> int:
 def cmd_calibrate(args) -> int:
     from heterotron.sim.scale.calibration import COEFFICIENTS_PATH, format_calibration, run
 
+    if args.scalesim:
+        return _scalesim_check(args)
     report = run(write=args.write)
     print(json.dumps(report, indent=2) if args.json else format_calibration(report))
     if args.write:
         print(f"  wrote {COEFFICIENTS_PATH}")
+    return 0
+
+
+def _scalesim_check(args) -> int:
+    """``heterotron calibrate --scalesim``: the SA model against SCALE-Sim."""
+    from heterotron.sim.scale.scalesim_check import ScaleSimMissing, format_check, run
+
+    if args.write:
+        raise UsageError("--scalesim writes nothing: drop --write")
+    try:
+        report = run()
+    except ScaleSimMissing as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(report, indent=2) if args.json else format_check(report), end="")
     return 0
 
 
@@ -85,4 +101,7 @@ def add_commands(commands: Commands) -> None:
                          cmd_calibrate)
     p.add_argument("--write", action="store_true",
                    help="write the fitted costs to the shipped calibration file")
+    p.add_argument("--scalesim", action="store_true",
+                   help="instead: cross-check the SA tile's model and RTL cycles against "
+                        "SCALE-Sim on the same GEMMs (needs the scalesim extra)")
     p.add_argument("--json", action="store_true")
