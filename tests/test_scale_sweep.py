@@ -169,7 +169,7 @@ def test_placement_fills_x_then_y_then_z():
     (_doc({"tiers": [0]}), "axes.tiers = 0: tiers must be an integer in [1, 4]"),
     (_doc({}), "accelerator.axes is required"),
     (_doc({"tiers": [1]}, {"workload": "gpt"}), "model.workload must be one of minilm, "
-                                                "bert-base, not 'gpt'"),
+                                                "bert-base, small, not 'gpt'"),
     (_doc({"tiers": [1]}, {"tokens": 0}), "model.tokens must be an integer in [1, 4096]"),
     (_doc({"tiers": [1]}, {"clock": 1}), "model.clock: unknown key; known: workload, tokens"),
     (_doc({"tiers": [1]}, {"node_nm": 1.0}), "model.node_nm must be a number in [7, 130]"),

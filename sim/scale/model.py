@@ -40,9 +40,9 @@ __all__ = ["WORKLOADS", "DEFAULTS", "Assumptions", "project", "measure", "projec
 #: ``small`` is the synthetic layer of the calibration runs (:mod:`~heterotron.sim.scale.runs`,
 #: seed 7), small enough to run on the RTL (:func:`measure`) at a few tokens.
 WORKLOADS = {
-    "small": {"hidden": 32, "heads": 2, "intermediate": 32, "layers": 1},
     "minilm": {"hidden": 384, "heads": 12, "intermediate": 1536, "layers": 6},
     "bert-base": {"hidden": 768, "heads": 12, "intermediate": 3072, "layers": 12},
+    "small": {"hidden": 32, "heads": 2, "intermediate": 32, "layers": 1},
 }
 
 #: The assumptions a description's ``[model]`` table may set.

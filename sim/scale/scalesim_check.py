@@ -20,8 +20,9 @@ For each SA GEMM (``M x K`` by ``K x N`` on an ``R x C`` array) this puts side b
 * **The model** (:mod:`heterotron.sim.scale.perf` with the shipped calibration): the
   instructions the compiler emits for the GEMM on its tile, composed by
   :func:`~heterotron.sim.scale.perf.schedule` (read-engine waits included): ``LOAD`` A, B
-  (and any ``SCALE`` writes issued before them) and the ``RUN``; beside it the model's count of
-  the array's own work, its ``compute`` feature (OS: ``F K``, WS: ``F (R + M)``).
+  (and any ``SCALE`` writes issued before them) and the ``RUN``; beside it the array's own
+  work (:func:`array_work`, OS: ``F K``, WS: ``F (R + M)``), the issue cycles the model's
+  beat-by-beat RUN replay starts from.
 * **The RTL** where a shipped run holds the GEMM (``sim/data/calibration_runs.json``): the SA
   tile's ``BUSY`` counter divided by the GEMMs it ran, when they all have the same shape
   (the heads' GEMMs do).
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["INSTALL_HINT", "ScaleSimMissing", "Gemm", "DIFFERENCES", "closed_form",
-           "scalesim_cycles", "program_gemms", "shipped_gemms", "larger_gemms", "run",
+           "scalesim_cycles", "array_work", "program_gemms", "shipped_gemms", "larger_gemms", "run",
            "format_check"]
 
 #: How to get SCALE-Sim (the ``scalesim`` extra of this package, or the package itself).
@@ -170,7 +171,7 @@ class Gemm:
     m: int
     k: int
     n: int
-    compute: float     # the model's count of the array's work (perf's "compute" feature)
+    compute: float     # the array's own work (:func:`array_work`)
     packets: float     # the result packets' link cycles (perf's "packet_cycles")
     links: float       # the LOADs' link cycles (perf's "load_cycles")
     loads: float       # the model's cycles for the LOADs (and SCALE writes before them)
@@ -215,10 +216,20 @@ def program_gemms(desc, instrs, coef, source: str) -> list[Gemm]:
             _, n = dims[ins.tile][Port.B]
             ob = elem_bytes(p["out_width"] if p["requant"] else p["acc_width"])
             out.append(Gemm(source, ins.tile, p["rows"], p["cols"], p["dataflow"], ob, m, k, n,
-                            ins.features["compute"], ins.features["packet_cycles"],
+                            array_work(p["dataflow"], p["rows"], p["cols"], m, k, n),
+                            ins.features["packet_cycles"],
                             links.pop(ins.tile, 0.0), pending.pop(ins.tile, 0.0), t1 - t0,
                             count.pop(ins.tile, 0) + 1))
     return out
+
+
+def array_work(dataflow: str, r: int, c: int, m: int, k: int, n: int) -> int:
+    """The array's own cycles for a GEMM, with ``F`` folds as SCALE-Sim counts them: OS, ``F =
+    ceil(M/R) ceil(N/C)`` output tiles of ``K`` products each; WS, ``F = ceil(K/R)
+    ceil(N/C)`` weight tiles of ``R`` rows of weights and then the ``M`` rows of A."""
+    if dataflow == "os":
+        return math.ceil(m / r) * math.ceil(n / c) * k
+    return math.ceil(k / r) * math.ceil(n / c) * (r + m)
 
 
 def shipped_gemms(coef) -> list[Gemm]:
@@ -356,7 +367,7 @@ def format_check(r: dict[str, Any]) -> str:
         f"SA tile vs SCALE-Sim {r['scalesim']}: cycles of one GEMM, M x K by K x N on an "
         "R x C array, the same dataflow (os/ws)",
         f"  SCALE-Sim: its total cycles, its memory {r['memory']}",
-        "  array: the model's count of the array's work (OS: F K, WS: F (R + M), F folds); "
+        "  array: the array's own work (OS: F K, WS: F (R + M), F folds); "
         "links: the LOADs' link cycles; packets: the RUN's result packets' link cycles",
         "  model: the calibrated scale model's cycles for the GEMM's instructions (LOADs, "
         "RUN); RTL: the SA tile's BUSY / its GEMMs in the shipped runs (mean over them)",
