@@ -187,6 +187,42 @@ def test_model_command_projects_minilm_on_the_3d_configuration(capsys):
     assert len(r["tier_peak_c"]) == 2 and r["peak_temperature_c"] >= 45.0
     assert r["actions"]["vertical_link_bit"] > 0
     assert r["bounding_tile"]["kind"] == "pim"
+    # over time: the trace keeps the energy (its mean is the average power), one inference
+    # from cold stays under the back-to-back steady state, and continuous operation's
+    # ripple only adds to it
+    tr = r["transient"]
+    assert tr["steps"] == layers * len(tr["layer_power_w"])
+    assert tr["dt_s"] * tr["steps"] == pytest.approx(r["latency_s"], rel=1e-9)
+    mean = sum(tr["layer_power_w"]) / len(tr["layer_power_w"])
+    assert mean == pytest.approx(r["power_w"], rel=1e-3)
+    assert max(tr["layer_power_w"]) > 1.05 * min(tr["layer_power_w"])  # phases differ
+    assert tr["one_inference_peak_c"] <= r["peak_temperature_c"] + 1e-9
+    assert tr["continuous_peak_c"] >= r["peak_temperature_c"]
+    assert all(a >= b - 1e-9 for a, b in zip(tr["continuous_tier_peak_c"], r["tier_peak_c"],
+                                              strict=True))
+
+
+def test_power_trace_spends_a_tiles_energy_while_it_is_busy():
+    """A tile busy over the first quarter of the layer spends all its energy there (four
+    times its average power, nothing after); a tile without instructions stays at its
+    average; the control tile's own retires are not work."""
+    from types import SimpleNamespace
+
+    from heterotron.sim.scale.model import TRACE_STEPS, _power_trace
+
+    desc = _desc("encoder-small")  # 0 control (0,0), 1 memory (1,0), 2 SA (2,0), ...
+    ins = [SimpleNamespace(tile=2), SimpleNamespace(tile=2), SimpleNamespace(tile=0)]
+    # tile 2 busy over [0, 100) and [100, 250) of 1,000 cycles; the control op spans all
+    sched = SimpleNamespace(cycles=1000.0, issue=[0.0, 100.0, 0.0], done=[100.0, 250.0, 1000.0])
+    shape = (desc.params["nz"], desc.params["ny"], desc.params["nx"])
+    power = {t.index: 0.0 for t in desc.tiles} | {2: 1.0, 1: 0.5, 0: 0.25}
+    trace = _power_trace(desc, ins, sched, shape, power, scale=2.0)   # RTL: twice the cycles
+    quarter = TRACE_STEPS // 4
+    assert trace[:quarter, 0, 0, 2] == pytest.approx(4.0)
+    assert trace[quarter:, 0, 0, 2] == pytest.approx(0.0)
+    assert trace[:, 0, 0, 1] == pytest.approx(0.5)       # the memory tile: no instruction
+    assert trace[:, 0, 0, 0] == pytest.approx(0.25)      # control: its WAIT is not work
+    assert trace.mean(axis=0).sum() == pytest.approx(1.75)
 
 
 def test_model_refuses_a_bad_assumption(tmp_path, capsys):

@@ -17,7 +17,15 @@ skipping is not credited.
   layer's latency; the tiles sit on the thermal model's grid by their ``at`` position, tier
   ``z`` (tier 0 next to the heat sink), one cell of ``tile_mm`` a side per mesh node; a node
   without a tile dissipates nothing. **Peak temperature** from
-  :func:`~heterotron.sim.scale.thermal.steady`.
+  :func:`~heterotron.sim.scale.thermal.steady`: inferences back to back, at the average
+  power.
+* **Power over time** (:data:`TRACE_STEPS` steps a layer): a tile with instructions spends
+  its layer's energy while it has one outstanding, spread over the schedule's intervals
+  (scaled to the RTL's cycles when those are measured); the others (the control and memory
+  tiles) at a constant rate. :func:`~heterotron.sim.scale.thermal.transient` runs the trace
+  of one inference (every layer) twice: from ambient (one inference on a cold chip) and
+  from the steady state (the peak in continuous operation, the steady peak plus the ripple
+  of the layer's phases).
 
 The assumptions (clock, node, tile size) come from the description file's ``[model]`` table,
 else from :data:`DEFAULTS`, and are printed with the result.
@@ -44,6 +52,9 @@ WORKLOADS = {
     "bert-base": {"hidden": 768, "heads": 12, "intermediate": 3072, "layers": 12},
     "small": {"hidden": 32, "heads": 2, "intermediate": 32, "layers": 1},
 }
+
+#: Steps of the power trace a layer (:func:`project`'s transient).
+TRACE_STEPS = 100
 
 #: The assumptions a description's ``[model]`` table may set.
 DEFAULTS = {"clock_mhz": 500.0, "node_nm": 22.0, "tile_mm": 1.0}
@@ -112,7 +123,7 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
     from heterotron.sim.scale.calibration import load_calibration, program
     from heterotron.sim.scale.energy import default_table
     from heterotron.sim.scale.perf import schedule
-    from heterotron.sim.scale.thermal import Stack, steady
+    from heterotron.sim.scale.thermal import Stack, steady, transient
 
     wl = _workload(workload, tokens)
     w = WORKLOADS[workload]
@@ -131,7 +142,7 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
     table = default_table()
     per_tile = count_actions(desc, instrs)
     e_low = e_high = 0.0
-    tiles, totals = [], Counter()
+    tiles, totals, tile_power = [], Counter(), {}
     power = np.zeros((desc.params["nz"], desc.params["ny"], desc.params["nx"]))
     for t in desc.tiles:
         counts = per_tile.get(t.index, Counter())
@@ -147,10 +158,17 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
                       "busy_cycles": round(busy), "utilisation": round(busy / span, 4)
                       if span else 0.0, "energy_j": [lo, hi],
                       "power_w": round(hi / latency, 4)})
+        tile_power[t.index] = hi / latency
     size = assumptions.tile_mm * 1e-3
     stack = Stack(tiers=power.shape[0], nx=power.shape[2], ny=power.shape[1], tile_w=size,
                   tile_h=size)
     th = steady(stack, power)
+    trace = _power_trace(desc, instrs, sched, power.shape, tile_power,
+                         span / max(sched.cycles, 1.0))
+    dt = latency / layers / TRACE_STEPS
+    whole = np.concatenate([trace] * layers)
+    cold = transient(stack, whole, dt)
+    hot = transient(stack, whole, dt, t0=th.temperature)
     work = [r for r in tiles if r["kind"] not in ("control", "memory")]
     bound = max(work, key=lambda r: r["busy_cycles"]) if work else None
     return {
@@ -170,11 +188,46 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
         "power_w": float(power.sum()),
         "peak_temperature_c": th.peak - 273.15,
         "tier_peak_c": [float(v) - 273.15 for v in th.tier_peak],
+        "transient": {
+            "dt_s": dt, "steps": int(whole.shape[0]),
+            "one_inference_peak_c": float(cold.peak.max()) - 273.15,
+            "continuous_peak_c": float(max(hot.peak.max(), th.peak)) - 273.15,
+            "continuous_tier_peak_c": [float(v) - 273.15 for v in
+                                       np.maximum(hot.tier_peak.max(axis=0), th.tier_peak)],
+            "layer_power_w": [round(float(p.sum()), 6) for p in trace],
+        },
         "bounding_tile": bound and {"tile": bound["tile"], "kind": bound["kind"],
                                     "busy_cycles": bound["busy_cycles"]},
         "tiles": tiles,
         "actions": {k: float(v * layers) for k, v in sorted(totals.items())},
     }
+
+
+def _power_trace(desc: Description, instrs, sched, shape: tuple, tile_power: dict[int, float],
+                 scale: float) -> np.ndarray:
+    """``[TRACE_STEPS, *shape]`` watts over one layer: each tile's average power
+    (``tile_power``, placed by its ``at``) redistributed over the steps in proportion to the
+    cycles it has an instruction outstanding (the schedule's intervals times ``scale``); a
+    tile with no interval at its average. Each tile's energy over the layer is kept
+    exactly."""
+    span = max(sched.cycles * scale, 1.0)
+    edges = np.linspace(0.0, span, TRACE_STEPS + 1)
+    trace = np.zeros((TRACE_STEPS, *shape))
+    spans: dict[int, list[tuple[float, float]]] = {}
+    for ins, a, b in zip(instrs, sched.issue, sched.done, strict=True):
+        if b > a and ins.tile != desc.control.index:
+            spans.setdefault(ins.tile, []).append((a * scale, b * scale))
+    for t in desc.tiles:
+        x, y, z = t.at
+        iv = np.asarray(spans.get(t.index, []), dtype=float).reshape(-1, 2)
+        # cycles busy before each edge: sum over intervals of clip(edge - a, 0, b - a)
+        before = np.clip(edges[:, None] - iv[:, 0], 0.0, iv[:, 1] - iv[:, 0]).sum(axis=1)
+        busy = np.diff(before)
+        share = busy / before[-1] if before[-1] > 0 else np.full(TRACE_STEPS,
+                                                                 1.0 / TRACE_STEPS)
+        # the tile's power over the layer is row["power_w"]; per step, its share of the energy
+        trace[:, z, y, x] += share * TRACE_STEPS * tile_power[t.index]
+    return trace
 
 
 #: The most cycles a layer may take, as the model predicts them, for :func:`project_rtl` to run
@@ -211,7 +264,7 @@ def _energy_range(lo: float, hi: float) -> str:
 
 
 def format_projection(r: dict[str, Any]) -> str:
-    a = r["assumptions"]
+    a, tr = r["assumptions"], r["transient"]
     lo, hi = r["energy_j"]
     lines = [
         f"{r['workload']} ({r['sizes']['hidden']} hidden, {r['sizes']['heads']} heads, "
@@ -230,7 +283,12 @@ def format_projection(r: dict[str, Any]) -> str:
         f"  EDP           {r['edp_js'][0]:.3e} - {r['edp_js'][1]:.3e} J s",
         f"  power         {r['power_w']:.3f} W (the high energy over the latency)",
         f"  temperature   peak {r['peak_temperature_c']:.1f} C; per tier "
-        + ", ".join(f"{t:.1f}" for t in r["tier_peak_c"]) + " C (tier 0 next to the sink)",
+        + ", ".join(f"{t:.1f}" for t in r["tier_peak_c"]) + " C (tier 0 next to the sink), "
+        "inferences back to back",
+        f"  over time     {tr['steps']} steps of {tr['dt_s'] * 1e6:.3g} us (layer power "
+        f"{min(tr['layer_power_w']):.3g} - {max(tr['layer_power_w']):.3g} W): one inference "
+        f"from cold peaks at {tr['one_inference_peak_c']:.2f} C; in continuous operation at "
+        f"{tr['continuous_peak_c']:.2f} C",
     ]
     if r["bounding_tile"]:
         b = r["bounding_tile"]

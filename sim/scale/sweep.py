@@ -654,7 +654,9 @@ EVALUATORS: dict[str, Evaluator] = {"model": evaluate, "rtl": evaluate_rtl}
 @contextmanager
 def _client(scheduler: str | None, workers: int) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A ``distributed.Client``: on a running scheduler, or on a LocalCluster of ``workers``
-    single-threaded processes (no dashboard), closed on exit."""
+    single-threaded processes, closed on exit. Its HTTP server takes a free port (``":0"``):
+    ``dashboard_address=None`` still binds 8787, so two clusters at once (two sweeps, or
+    tests on two xdist workers) collided."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -668,7 +670,7 @@ def _client(scheduler: str | None, workers: int) -> Iterator[tuple[Any, dict[str
                            "workers": len(client.scheduler_info(n_workers=-1)["workers"])}
     else:
         with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None) as cluster,
+                           dashboard_address=":0") as cluster,
               Client(cluster, set_as_default=False) as client):
             yield client, {"scheduler": "local", "workers": workers}
 
