@@ -5,6 +5,7 @@
 
     heterotron host --port DEV [--baud N] [--config NAME|FILE | --sidecar FILE] [--timeout S]
                     ping | status | counters | gemm [--m M --k K --n N --seed S --tile T]
+                    | run minilm|small [--tokens T]
 
 The link options may also come after the action (``heterotron host ping --port DEV``). The
 driver's constants (registers, tiles, memory map, config hash) come from the sidecar: the
@@ -12,9 +13,15 @@ driver's constants (registers, tiles, memory map, config hash) come from the sid
 one computed from the description (``--config``, as ``generate accelerator`` reads it). Every
 action first checks that the board answers and runs that description (``PING``).
 
-A failure of the link or of the board is one line on stderr and exit status 1 (a GEMM whose
-result differs from the golden interpreter's too); a mistake in the arguments, status 2.
-Actions to come (``run minilm`` on a board) are declared and say so.
+A failure of the link or of the board is one line on stderr and exit status 1 (a GEMM or a
+model whose result differs from the golden interpreter's too); a mistake in the arguments, or
+a model that does not compile for the description, status 2 (before the port is opened).
+
+``run`` is what ``heterotron run`` does in simulation, over the link: one encoder layer
+compiled for the board's description (``minilm``: all-MiniLM-L6-v2's layer 0 on the first
+``T`` tokens of the shipped paragraphs; ``small``: the scale model's synthetic layer, hidden
+32), the scratchpad images written, the program queued, and every tensor the program writes
+read back and compared with the program interpreter's, bit for bit.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ DEFAULT_TIMEOUT = 2.0
 #: Status polls before a program that does not finish counts as hung (each a register read,
 #: well under a millisecond at the default baud rate).
 WAIT_POLLS = 100_000
+#: Models ``host run`` compiles, and their default token counts.
+RUN_MODELS = ("minilm", "small")
+RUN_TOKENS = {"minilm": 8, "small": 2}
 #: The keys of a sidecar the driver and the GEMM need.
 SIDECAR_KEYS = ("magic", "version", "config_hash", "description", "tiles", "registers",
                 "tile_registers", "memory_map")
@@ -76,10 +86,17 @@ def add_commands(commands: Commands) -> None:
                    help="random seed of the operands (default: random, printed)")
     g.add_argument("--tile", type=int, default=None,
                    help="the SA tile's index (default: the description's first SA tile)")
-    r = actions.add_parser("run", help="(not yet) a model on the board; today "
-                           "`heterotron run minilm` runs it on the simulated accelerator")
+    r = actions.add_parser("run", help="one encoder layer on the board: compiled for its "
+                           "description, images written, program queued, every tensor it "
+                           "writes read back and compared with the program interpreter")
     _link_args(r, after=True)
-    r.add_argument("model", choices=("minilm",))
+    r.add_argument("model", choices=RUN_MODELS,
+                   help="minilm: all-MiniLM-L6-v2's layer 0 (needs a description with SFU "
+                        "tiles and room for its weights); small: a synthetic layer of hidden "
+                        "32 (fits configs/encoder-small.toml)")
+    r.add_argument("--tokens", type=int, default=None,
+                   help="tokens of the shipped paragraphs (default: 8 for minilm, 2 for "
+                        "small)")
 
 
 def _link_args(p: argparse.ArgumentParser, *, after: bool) -> None:
@@ -157,11 +174,6 @@ def cmd_host(args) -> int:
         SerialTransport,
     )
 
-    if args.action == "run":
-        raise UsageError(f"host run {args.model}: not yet: a model runs on the simulated "
-                         f"accelerator only (heterotron run {args.model}); on a board it "
-                         "needs the compiled images and program moved over this link, "
-                         "which is still to come")
     if not args.port:
         raise UsageError("host: --port DEV is required (the board's serial device, e.g. "
                          "/dev/ttyUSB1 or COM3)")
@@ -171,6 +183,9 @@ def cmd_host(args) -> int:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     source, side, desc = _sidecar(args)
     job = None
+    if args.action == "run":
+        tokens = RUN_TOKENS[args.model] if args.tokens is None else args.tokens
+        job = _compile_model(desc, args.model, tokens)
     if args.action == "gemm":
         if args.seed is None:
             args.seed = int.from_bytes(os.urandom(2), "little")
@@ -198,6 +213,8 @@ def cmd_host(args) -> int:
                 return _status(asyncio.run(dev.status()))
             if args.action == "counters":
                 return _counters(asyncio.run(dev.counters()))
+            if args.action == "run":
+                return asyncio.run(_run_model(dev, job))
             return asyncio.run(_gemm(dev, job, args.seed))
     except LinkError as exc:
         return fail(f"host link: {exc}")
@@ -258,6 +275,15 @@ def _counters(rows: list[dict[str, int]]) -> int:
     return 0
 
 
+def _counter_deltas(tiles0: list[dict[str, int]], tiles1: list[dict[str, int]]) -> None:
+    """Each tile's counters between two readings (modulo 2**32), and its status now."""
+    print(f"  {'tile':>4}  {'kind':<8} {'busy':>10} {'stalled':>10} {'items':>6}  status")
+    for t0, t1 in zip(tiles0, tiles1, strict=True):
+        delta = {k: (t1[k] - t0[k]) & 0xFFFFFFFF for k in ("busy", "stalled", "items")}
+        print(f"  {t1['tile']:>4}  {t1['kind']:<8} {delta['busy']:>10} {delta['stalled']:>10} "
+              f"{delta['items']:>6}  {_tile_status(t1['status'])}")
+
+
 async def _gemm(dev, job: GemmJob, seed: int) -> int:
     from tqdm import tqdm
 
@@ -289,11 +315,7 @@ async def _gemm(dev, job: GemmJob, seed: int) -> int:
     print(f"  cycles {cycles} (CYCLES register, from queuing the program to reading it idle, "
           "the host link's polls included)")
     print("  during the GEMM:")
-    print(f"  {'tile':>4}  {'kind':<8} {'busy':>10} {'stalled':>10} {'items':>6}  status")
-    for t0, t1 in zip(tiles0, tiles1, strict=True):
-        delta = {k: (t1[k] - t0[k]) & 0xFFFFFFFF for k in ("busy", "stalled", "items")}
-        print(f"  {t1['tile']:>4}  {t1['kind']:<8} {delta['busy']:>10} {delta['stalled']:>10} "
-              f"{delta['items']:>6}  {_tile_status(t1['status'])}")
+    _counter_deltas(tiles0, tiles1)
     problems = compare(job, got)
     if after["error"] != int(job.result.error):
         problems.append(f"error flags {AccelError(after['error'])!r}, golden "
@@ -309,5 +331,113 @@ async def _gemm(dev, job: GemmJob, seed: int) -> int:
         return 1
     print(f"PASS: the {c.rows}x{c.cols} result and the {len(job.image)}-byte image equal the "
           "golden interpreter's, bit for bit; no error flags, "
+          f"{instructions} instructions retired")
+    return 0
+
+
+def _compile_model(desc, model: str, tokens: int) -> dict[str, Any]:
+    """One layer of ``model`` compiled for ``desc`` and run in the program interpreter:
+    ``{model, tokens, comp, images, result}`` (the images and the interpreter's memories cut
+    to what the program allocates). A model that does not compile, or a bad token count, is
+    a :class:`UsageError`."""
+    from heterotron.sim.golden.accel import Interpreter
+    from heterotron.sim.golden.compiler import CompileError
+
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+    try:
+        if model == "minilm":
+            from heterotron.sim.flows.encoder import EncoderRunError, inputs, load_encoder
+            from heterotron.sim.golden.compiler import compile_encoder
+
+            try:
+                enc = load_encoder(None, say)
+                _, _, x, xr, _ = inputs(enc, tokens=tokens)
+            except EncoderRunError as exc:
+                raise UsageError(str(exc)) from None
+            comp = compile_encoder(enc, desc, x.shape[0], 1)
+        else:
+            from heterotron.sim.scale.model import workload_of
+            from heterotron.sim.scale.runs import compile_workload
+
+            try:
+                wl = workload_of(model, tokens)
+            except ValueError as exc:
+                raise UsageError(f"--tokens: {exc}") from None
+            comp, x, xr = compile_workload(desc, wl)
+    except CompileError as exc:
+        raise UsageError(f"{model} does not compile for this description: {exc}") from None
+    images = comp.memories(x, xr)
+    interp = Interpreter(desc, dict(images))
+    interp.execute(comp.words)
+    res = interp.result()
+    extent = {t: -(-n // 4) * 4 for t, n in comp.allocated.items()}  # writes stay inside
+    return {"model": model, "tokens": tokens, "comp": comp, "result": res,
+            "images": {t: bytes(images[t][:n]) for t, n in extent.items()},
+            "want": {t: bytes(res.memories[t][:n]) for t, n in extent.items()}}
+
+
+async def _run_model(dev, job: dict[str, Any]) -> int:
+    from tqdm import tqdm
+
+    from heterotron.hdl.contract.accel import AccelError
+    from heterotron.sim.flows.encoder import job_tensors
+
+    comp, res, images = job["comp"], job["result"], job["images"]
+    total = sum(len(b) for b in images.values())
+    print(f"{job['model']}: one layer on {job['tokens']} tokens, {len(comp.words)} program "
+          f"words ({res.retired} instructions), {total} bytes of scratchpad images")
+    await dev.clear_errors()
+    before = await dev.status()
+    if before["status"] & 1:
+        print(f"heterotron: the board is still running a program (retired "
+              f"{before['retired']}); wait, or reset it", file=sys.stderr)
+        return 1
+    tiles0 = await dev.counters()
+    with tqdm(total=total, desc="writing images", unit="B", unit_scale=True, leave=False,
+              disable=None) as bar:
+        for t, data in images.items():
+            await dev.write_mem(dev.address(t), data, progress=bar.update)
+    start = await dev.read_reg(dev.registers["cycles"])
+    await dev.write_program(comp.words)
+    after = await dev.wait_idle(polls=WAIT_POLLS)
+    tiles1 = await dev.counters()
+    got = {}
+    with tqdm(total=total, desc="reading back", unit="B", unit_scale=True, leave=False,
+              disable=None) as bar:
+        for t, data in images.items():
+            got[t] = await dev.read_mem(dev.address(t), len(data), progress=bar.update)
+    cycles = (after["cycles"] - start) & 0xFFFFFFFF
+    instructions = after["retired"] - before["retired"]
+    print(f"  cycles {cycles} (CYCLES register, from queuing the program to reading it idle, "
+          "the host link's writes and polls included)")
+    print("  during the layer:")
+    _counter_deltas(tiles0, tiles1)
+    problems = []
+    tensors = job_tensors(comp)
+    for tensor in tensors:
+        have = comp.read(got, tensor["name"])
+        want = comp.read(res.memories, tensor["name"])
+        if not (have == want).all():
+            bad = list(zip(*(have != want).nonzero(), strict=True))
+            r, c = (int(v) for v in bad[0])
+            problems.append(f"{tensor['name']} ({tensor['stage']}): {len(bad)} elements "
+                            f"differ, first at [{r}, {c}]: {int(have[r, c])}, golden "
+                            f"{int(want[r, c])}")
+            break  # later stages read this one: the first difference is the one to chase
+    stray = [t for t in images if got[t] != job["want"][t]]
+    if stray and not problems:
+        problems.append(f"bytes outside the tensors differ in memory tile(s) "
+                        f"{', '.join(map(str, stray))}")
+    if after["error"] != int(res.error):
+        problems.append(f"error flags {AccelError(after['error'])!r}, golden {res.error!r}")
+    if instructions != res.retired:
+        problems.append(f"{instructions} instructions retired, golden {res.retired}")
+    if problems:
+        print("FAIL: the board's layer differs from the program interpreter's: "
+              + "; ".join(problems))
+        return 1
+    print(f"PASS: all {len(tensors)} tensors the program writes and the {total}-byte images "
+          "equal the program interpreter's, bit for bit; no error flags, "
           f"{instructions} instructions retired")
     return 0

@@ -124,6 +124,47 @@ def test_host_command_on_the_harness_through_a_pty(tmp_path):
         assert row and int(row[1]) == want, counters["stdout"]
 
 
+@pytest.mark.slow  # the encoder-small harness (built by the scale model's RTL tests) and a layer
+def test_host_runs_a_layer_on_the_harness_through_a_pty(tmp_path):
+    """``heterotron host run small`` over the pty against the encoder-small harness, under
+    random gaps and back-pressure: every tensor the program writes equals the program
+    interpreter's (the command compares them; PASS), as many instructions retired as the
+    interpreter retires, each compute tile busy; ``run minilm`` on a description without
+    the layer's tiles is refused before the port is opened."""
+    from conftest import declared_tests
+
+    from heterotron.sim.flows.accel import generate_sim_accelerator
+    from heterotron.sim.flows.runner import simulate_generated
+    from heterotron.sim.golden.accel import Interpreter
+    from heterotron.sim.scale.model import workload_of
+    from heterotron.sim.scale.runs import compile_workload
+
+    desc = describe(load_config("encoder-small")[1]["accelerator"])
+    gen = generate_sim_accelerator(desc)
+    link = ["--port", "{port}", "--timeout", SIM_TIMEOUT, "--config", "encoder-small"]
+    commands = [{"argv": [*link, "run", "small", "--tokens", "3"], "expect": ["^PASS: "]}]
+    out = tmp_path / "host.jsonl"
+    result = simulate_generated(gen, "heterotron.tb.ptybridge", seed=6, fast_model=True,
+                                quiet=True, bench={"commands": commands, "wall_seconds": 600,
+                                                   "stalls": [0.2, 0.2, 0.2]},
+                                bench_out=out)
+    assert result.tests == declared_tests("heterotron.tb.ptybridge") and result.failed == 0, (
+        f"pty bridge, seed {result.seed}: see {result.results_xml.parent / 'sim.log'}")
+    (run,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "Traceback" not in run["stderr"], run["stderr"]
+    comp, x, xr = compile_workload(desc, workload_of("small", 3))
+    interp = Interpreter(desc, comp.memories(x, xr))
+    interp.execute(comp.words)
+    want = interp.result().retired
+    assert re.search(rf"^PASS: all \d+ tensors .*, {want} instructions retired$", run["stdout"],
+                     re.M), run["stdout"]
+    for t in desc.tiles:
+        if t.kind in (TileKind.SA, TileKind.SFU, TileKind.PIM):
+            row = re.search(rf"^\s+{t.index}\s+{t.kind.name.lower()}\s+(\d+)\s", run["stdout"],
+                            re.M)
+            assert row and int(row[1]) > 0, run["stdout"]
+
+
 # -- without a simulation -------------------------------------------------------------------
 
 class Pty:
@@ -290,7 +331,10 @@ def test_without_pyserial(capsys, monkeypatch, pty):
     (["--port", "X", "--timeout", "0", "ping"], "--timeout must be a positive number"),
     (["--port", "X", "gemm", "--m", "65"], "--m must be in [1, 64] (SA tile 2's max_m)"),
     (["--port", "X", "gemm", "--tile", "1"], "--tile 1 is not an SA tile; SA tiles: 2, 4"),
-    (["--port", "X", "run", "minilm"], "host run minilm: not yet"),
+    (["--port", "X", "--config", "board", "run", "small"],
+     "small does not compile for this description: the description has no PiM tile"),
+    (["--port", "X", "--config", "encoder-small", "run", "small", "--tokens", "0"],
+     "--tokens: tokens must be an integer in [1, 4096], not 0"),
 ])
 def test_usage_errors(capsys, argv, message):
     """Mistakes in the arguments are found before the port is opened (``X`` is no port):

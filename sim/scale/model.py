@@ -41,7 +41,8 @@ import numpy as np
 
 from heterotron.hdl.contract.accel import Description, TileKind
 
-__all__ = ["WORKLOADS", "DEFAULTS", "Assumptions", "project", "measure", "project_rtl",
+__all__ = ["WORKLOADS", "DEFAULTS", "Assumptions", "workload_of", "project", "measure",
+           "project_rtl",
            "RTL_MAX_CYCLES", "TooLargeForRtl", "format_projection"]
 
 #: The encoders a projection runs: layer sizes and layer count (sequence length apart).
@@ -82,7 +83,9 @@ class Assumptions:
         return cls(**values)
 
 
-def _workload(workload: str, tokens: int):
+def workload_of(workload: str, tokens: int):
+    """The :class:`~heterotron.sim.scale.runs.Workload` of ``workload``'s layer at ``tokens``
+    (its synthetic weights, seed 7); ``ValueError`` for an unknown one or a bad count."""
     from heterotron.sim.scale.runs import Workload
 
     if workload not in WORKLOADS:
@@ -106,7 +109,7 @@ def measure(desc: Description, workload: str, *, tokens: int) -> dict[str, Any]:
     from heterotron.sim.scale.runs import run_workload
 
     with tempfile.TemporaryDirectory(prefix="heterotron-measure-") as tmp:
-        got = run_workload(desc, _workload(workload, tokens), Path(tmp))
+        got = run_workload(desc, workload_of(workload, tokens), Path(tmp))
     return {"cycles": got["cycles"], "busy": {t["tile"]: t["busy"] for t in got["tiles"]}}
 
 
@@ -125,7 +128,7 @@ def project(desc: Description, workload: str, *, tokens: int = 128,
     from heterotron.sim.scale.perf import schedule
     from heterotron.sim.scale.thermal import Stack, steady, transient
 
-    wl = _workload(workload, tokens)
+    wl = workload_of(workload, tokens)
     w = WORKLOADS[workload]
     cal = calibration or load_calibration()
     words, instrs = program(desc, wl, interpret=False)

@@ -263,13 +263,17 @@ def larger_gemms(coef, tokens=LARGER_TOKENS) -> list[Gemm]:
     """MiniLM's SA GEMMs on ``configs/encoder.toml`` (8 x 8 output-stationary arrays) and on
     the same description with weight-stationary arrays, at each token count: the model only
     (no RTL run records these tiles)."""
+    import json
+
     from heterotron.hdl.accelerator import describe
-    from heterotron.scripts.common import load_config
-    from heterotron.sim.scale.calibration import program
+    from heterotron.sim.scale.calibration import MINILM_RUNS_PATH, program
     from heterotron.sim.scale.runs import Workload
 
-    _, config = load_config("encoder")
-    table = describe(config["accelerator"]).table()
+    # configs/encoder.toml as its MiniLM RTL runs recorded it, with all its PiM tiles (the
+    # flows layer does not read the command layer's configuration files)
+    runs = json.loads(MINILM_RUNS_PATH.read_text())["runs"]
+    table = max((r for r in runs if r["config"] == "encoder"),
+                key=lambda r: r["pim_tiles"])["description"]
     out = []
     for dataflow in ("os", "ws"):
         t = {**table, "tile": [{**x, "dataflow": dataflow} if x["kind"] == "sa" else x
