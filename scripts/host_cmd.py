@@ -284,6 +284,18 @@ def _counter_deltas(tiles0: list[dict[str, int]], tiles1: list[dict[str, int]]) 
               f"{delta['items']:>6}  {_tile_status(t1['status'])}")
 
 
+async def _idle_board(dev):
+    """Clear the error flags; ``(status, counters)`` of an idle board, or ``None`` (said on
+    stderr) when it still runs a program."""
+    await dev.clear_errors()
+    before = await dev.status()
+    if before["status"] & 1:
+        print(f"heterotron: the board is still running a program (retired "
+              f"{before['retired']}); wait, or reset it", file=sys.stderr)
+        return None
+    return before, await dev.counters()
+
+
 async def _gemm(dev, job: GemmJob, seed: int) -> int:
     from tqdm import tqdm
 
@@ -291,13 +303,10 @@ async def _gemm(dev, job: GemmJob, seed: int) -> int:
 
     print(f"{job.describe()}, seed {seed}")
     addr = dev.address(job.mem)
-    await dev.clear_errors()
-    before = await dev.status()
-    if before["status"] & 1:
-        print(f"heterotron: the board is still running a program (retired "
-              f"{before['retired']}); wait, or reset it", file=sys.stderr)
+    ready = await _idle_board(dev)
+    if ready is None:
         return 1
-    tiles0 = await dev.counters()
+    before, tiles0 = ready
     with tqdm(total=len(job.image), desc="writing operands", unit="B", unit_scale=True,
               leave=False, disable=None) as bar:
         await dev.write_mem(addr, job.image, progress=bar.update)
@@ -387,13 +396,10 @@ async def _run_model(dev, job: dict[str, Any]) -> int:
     total = sum(len(b) for b in images.values())
     print(f"{job['model']}: one layer on {job['tokens']} tokens, {len(comp.words)} program "
           f"words ({res.retired} instructions), {total} bytes of scratchpad images")
-    await dev.clear_errors()
-    before = await dev.status()
-    if before["status"] & 1:
-        print(f"heterotron: the board is still running a program (retired "
-              f"{before['retired']}); wait, or reset it", file=sys.stderr)
+    ready = await _idle_board(dev)
+    if ready is None:
         return 1
-    tiles0 = await dev.counters()
+    before, tiles0 = ready
     with tqdm(total=total, desc="writing images", unit="B", unit_scale=True, leave=False,
               disable=None) as bar:
         for t, data in images.items():
